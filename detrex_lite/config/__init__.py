@@ -1,1 +1,24 @@
+"""Config helpers: loading the shipped configs, class counts from dataset metadata, and the
+checks that train_net runs before it builds anything."""
+from .dataset_meta import num_classes_from_dataset
+from .get_config import configs_dir, get_config
+from .validate import (
+    ConfigError,
+    apply_overrides_checked,
+    check_init_checkpoint,
+    check_num_classes,
+    check_structure,
+    load_config_file,
+)
 
+__all__ = [
+    "ConfigError",
+    "apply_overrides_checked",
+    "check_init_checkpoint",
+    "check_num_classes",
+    "check_structure",
+    "configs_dir",
+    "get_config",
+    "load_config_file",
+    "num_classes_from_dataset",
+]

@@ -1,0 +1,9 @@
+from .detr import DETR
+from .transformer import (
+    DetrTransformer,
+    DetrTransformerDecoder,
+    DetrTransformerDecoderLayer,
+    DetrTransformerEncoder,
+    DetrTransformerEncoderLayer,
+    DetrTransformerOutput,
+)

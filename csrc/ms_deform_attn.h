@@ -1,0 +1,47 @@
+// Multi-scale deformable attention (Zhu et al. 2021, eq. 3): declarations shared by the
+// registration (vision.cpp), the CPU kernels (cpu/) and the CUDA kernels (cuda/).
+//
+// Shapes (N batch, S = sum_l H_l * W_l value positions, M heads, D channels per head,
+// Lq queries, L levels, P points per level):
+//   value               (N, S, M, D)
+//   spatial_shapes      (L, 2) int64, rows (H_l, W_l)
+//   level_start_index   (L,) int64, offset of level l in S
+//   sampling_loc        (N, Lq, M, L, P, 2) normalised (x, y) in [0, 1]
+//   attn_weight         (N, Lq, M, L, P)
+//   output              (N, Lq, M * D)
+// Bilinear sampling uses align_corners=False and zero padding: pixel x = loc_x * W_l - 0.5.
+#pragma once
+
+#include <torch/types.h>
+
+#include <tuple>
+
+namespace detrex_lite {
+
+// Checks shared by every backend; raises c10::Error naming the argument at fault.
+void check_ms_deform_attn_inputs(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc,
+    const at::Tensor& attn_weight,
+    int64_t im2col_step);
+
+at::Tensor ms_deform_attn_forward_cpu(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc,
+    const at::Tensor& attn_weight,
+    int64_t im2col_step);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc,
+    const at::Tensor& attn_weight,
+    const at::Tensor& grad_output,
+    int64_t im2col_step);
+
+}  // namespace detrex_lite

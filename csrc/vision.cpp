@@ -1,0 +1,95 @@
+// Registers the detrex_lite operators with the PyTorch dispatcher and exposes build facts
+// (CUDA or not, compiled architectures) to Python as detrex_lite._C.
+//
+// The schemas live here; the CPU kernels are registered below and the CUDA kernels in
+// cuda/ms_deform_attn_cuda.cu (TORCH_LIBRARY_IMPL(detrex_lite, CUDA, ...)), so a CPU-only build
+// simply has no CUDA kernel and the dispatcher reports that clearly.
+#include <torch/extension.h>
+
+#include "ms_deform_attn.h"
+
+// setup.py defines DETREX_LITE_CUDA_ARCHS as e.g. sm_80+sm_90 (no quotes: it passes through
+// compiler command lines); it is turned into a string here.
+#define DETREX_LITE_STRINGIFY_(x) #x
+#define DETREX_LITE_STRINGIFY(x) DETREX_LITE_STRINGIFY_(x)
+#ifdef DETREX_LITE_CUDA_ARCHS
+#define DETREX_LITE_CUDA_ARCHS_STR DETREX_LITE_STRINGIFY(DETREX_LITE_CUDA_ARCHS)
+#else
+#define DETREX_LITE_CUDA_ARCHS_STR ""
+#endif
+
+namespace detrex_lite {
+
+void check_ms_deform_attn_inputs(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc,
+    const at::Tensor& attn_weight,
+    int64_t im2col_step) {
+  TORCH_CHECK(value.dim() == 4, "value must be (N, S, M, D), got shape ", value.sizes());
+  TORCH_CHECK(
+      spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
+      "spatial_shapes must be (L, 2), got shape ", spatial_shapes.sizes());
+  TORCH_CHECK(
+      level_start_index.dim() == 1 && level_start_index.size(0) == spatial_shapes.size(0),
+      "level_start_index must be (L,) with L = ", spatial_shapes.size(0), ", got shape ",
+      level_start_index.sizes());
+  TORCH_CHECK(
+      spatial_shapes.scalar_type() == at::kLong && level_start_index.scalar_type() == at::kLong,
+      "spatial_shapes and level_start_index must be int64");
+  const int64_t N = value.size(0), M = value.size(2);
+  const int64_t L = spatial_shapes.size(0);
+  TORCH_CHECK(
+      sampling_loc.dim() == 6 && sampling_loc.size(0) == N && sampling_loc.size(2) == M &&
+          sampling_loc.size(3) == L && sampling_loc.size(5) == 2,
+      "sampling_loc must be (N, Lq, M, L, P, 2) = (", N, ", Lq, ", M, ", ", L,
+      ", P, 2), got shape ", sampling_loc.sizes());
+  TORCH_CHECK(
+      attn_weight.dim() == 5 && attn_weight.size(0) == N && attn_weight.size(1) == sampling_loc.size(1) &&
+          attn_weight.size(2) == M && attn_weight.size(3) == L && attn_weight.size(4) == sampling_loc.size(4),
+      "attn_weight must be (N, Lq, M, L, P) matching sampling_loc ", sampling_loc.sizes(), ", got shape ",
+      attn_weight.sizes());
+  TORCH_CHECK(
+      value.scalar_type() == sampling_loc.scalar_type() && value.scalar_type() == attn_weight.scalar_type(),
+      "value, sampling_loc and attn_weight must have one dtype, got ", value.scalar_type(), ", ",
+      sampling_loc.scalar_type(), ", ", attn_weight.scalar_type());
+  TORCH_CHECK(
+      value.device() == sampling_loc.device() && value.device() == attn_weight.device(),
+      "value, sampling_loc and attn_weight must be on one device");
+  TORCH_CHECK(im2col_step > 0, "im2col_step must be positive, got ", im2col_step);
+}
+
+}  // namespace detrex_lite
+
+TORCH_LIBRARY(detrex_lite, m) {
+  m.def(
+      "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_loc, Tensor attn_weight, int im2col_step) -> Tensor");
+  m.def(
+      "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_loc, Tensor attn_weight, Tensor grad_output, int im2col_step) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(detrex_lite, CPU, m) {
+  m.impl("ms_deform_attn_forward", &detrex_lite::ms_deform_attn_forward_cpu);
+  m.impl("ms_deform_attn_backward", &detrex_lite::ms_deform_attn_backward_cpu);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "detrex_lite compiled operators (registered under torch.ops.detrex_lite)";
+  m.def(
+      "with_cuda",
+      []() {
+#ifdef WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether the CUDA kernels were compiled.");
+  m.def(
+      "cuda_archs", []() { return std::string(DETREX_LITE_CUDA_ARCHS_STR); },
+      "'+'-separated GPU code targets compiled in (e.g. 'sm_80+sm_90'), empty without CUDA.");
+}

@@ -1,0 +1,209 @@
+"""Checks run by tools/train_net.py before any model is built, so that a wrong config fails in
+one line instead of after minutes of start-up or deep in a traceback.
+
+Every check raises `ConfigError`; train_net prints its message and exits with code 2.
+"""
+import difflib
+import os
+from typing import Any, List, Sequence, Tuple
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from detectron2.config import LazyConfig
+
+
+class ConfigError(Exception):
+    """A mistake in a config file, an override or a path given to train_net."""
+
+
+_MISSING = object()
+_REQUIRED_TOP_LEVEL = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
+_AMP_DTYPES = ("float16", "bfloat16")
+
+
+def load_config_file(path: str):
+    """`LazyConfig.load(path)` with a one-line error for a missing file."""
+    if not path:
+        raise ConfigError("no config file given (use --config-file path/to/config.py)")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    return LazyConfig.load(path)
+
+
+def _is_interpolation(value) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def _child_keys(node) -> List[str]:
+    if isinstance(node, DictConfig):
+        return [str(k) for k in node.keys()]
+    if isinstance(node, ListConfig):
+        return [str(i) for i in range(len(node))]
+    return []
+
+
+def _lookup_raw(cfg, key: str) -> Tuple[Any, str, List[str]]:
+    """Walk `key` ("a.b.c") in cfg without resolving interpolations.
+
+    Returns (raw value or _MISSING, the longest existing prefix, the keys available after that
+    prefix).
+    """
+    node = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        prefix = ".".join(parts[:i])
+        if isinstance(node, DictConfig):
+            if part not in node.keys():
+                return _MISSING, prefix, _child_keys(node)
+            child = node._get_node(part)
+        elif isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                return _MISSING, prefix, _child_keys(node)
+            child = node._get_node(int(part))
+        else:
+            return _MISSING, prefix, []
+        node = child if isinstance(child, (DictConfig, ListConfig)) else child._value()
+    return node, key, []
+
+
+def _type_name(value) -> str:
+    if isinstance(value, (DictConfig, dict)):
+        return "dict"
+    if isinstance(value, (ListConfig, list, tuple)):
+        return "list"
+    return type(value).__name__
+
+
+def _compatible(old, new) -> bool:
+    if old is None or new is None or _is_interpolation(old) or _is_interpolation(new):
+        return True
+    if isinstance(old, DictConfig) and "_target_" in old:
+        return True  # a LazyCall may be replaced by a literal (e.g. model.num_classes=80)
+    if isinstance(old, bool):
+        return isinstance(new, bool)
+    if isinstance(old, int):
+        return isinstance(new, int) and not isinstance(new, bool)
+    if isinstance(old, float):
+        return isinstance(new, (int, float)) and not isinstance(new, bool)
+    if isinstance(old, str):
+        return isinstance(new, str)
+    if isinstance(old, (ListConfig, list, tuple)):
+        return isinstance(new, (list, tuple, ListConfig))
+    if isinstance(old, (DictConfig, dict)):
+        return isinstance(new, (dict, DictConfig))
+    return True
+
+
+def _parse_override(item: str):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        (override,) = OverridesParser.create().parse_overrides([item])
+    except Exception as e:  # hydra's parse errors are multi-line; keep the first line
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot parse override '{item}': {first_line}") from None
+    return override.value()
+
+
+def apply_overrides_checked(cfg, overrides: Sequence[str]):
+    """Apply "key=value" overrides like `LazyConfig.apply_overrides`, refusing unknown keys and
+    values whose type differs from the current one.
+
+    LazyConfig.apply_overrides silently creates a new key for a typo (`train.max_itr=10`), so the
+    key must exist; write `+key=value` to add a key on purpose (e.g. a constructor argument the
+    config does not set).
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, value_text = item.split("=", 1)
+        add = key.startswith("+")
+        key = key.lstrip("+").strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        old, prefix, siblings = _lookup_raw(cfg, key)
+        new = _parse_override(f"{key}={value_text}")
+        if old is _MISSING and not add:
+            missing = key[len(prefix) + 1 :] if prefix else key
+            first_missing = missing.split(".")[0]
+            close = difflib.get_close_matches(first_missing, siblings, n=1, cutoff=0.6)
+            if close:
+                suggestion = f"{prefix + '.' if prefix else ''}{close[0]}"
+                hint = f"did you mean '{suggestion}'?"
+            else:
+                where = f"'{prefix}'" if prefix else "the config"
+                hint = "keys of {}: {}".format(where, ", ".join(siblings) or "none")
+            raise ConfigError(
+                f"unknown config key '{key}' ({hint}); write '+{key}={value_text}' to add a new key"
+            )
+        if old is not _MISSING and not _compatible(old, new):
+            shown_old = old if not isinstance(old, (DictConfig, ListConfig)) else OmegaConf.to_container(old)
+            raise ConfigError(
+                f"override {key}={value_text}: expected {_type_name(old)} (current value "
+                f"{shown_old!r}), got {_type_name(new)} {new!r}"
+            )
+        LazyConfig.apply_overrides(cfg, [f"{key}={value_text}"])
+    return cfg
+
+
+def check_structure(cfg) -> None:
+    """The top-level keys train_net needs, and the values it interprets itself."""
+    missing = [k for k in _REQUIRED_TOP_LEVEL if k not in cfg]
+    if missing:
+        raise ConfigError(
+            "config is missing top-level key(s) {} (it has: {})".format(
+                ", ".join(missing), ", ".join(str(k) for k in cfg.keys())
+            )
+        )
+    train = cfg.train
+    amp = train.get("amp", None)
+    if amp is not None and amp.get("enabled", False) and amp.get("dtype", "float16") not in _AMP_DTYPES:
+        raise ConfigError(f"train.amp.dtype={amp.dtype!r}: expected one of {', '.join(_AMP_DTYPES)}")
+    max_iter = train.get("max_iter", None)
+    if not isinstance(max_iter, int) or max_iter <= 0:
+        raise ConfigError(f"train.max_iter={max_iter!r}: expected a positive int")
+
+
+def _literal_int(cfg, key: str):
+    value, _, _ = _lookup_raw(cfg, key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def check_num_classes(cfg, eval_only: bool = False) -> None:
+    """A literal `model.num_classes` (or `model.criterion.num_classes`) must match the number of
+    thing_classes of the dataset the config trains (or, with eval_only, tests) on."""
+    from .dataset_meta import num_classes_from_dataset
+
+    split = "test" if eval_only else "train"
+    names_key = f"dataloader.{split}.dataset.names"
+    try:
+        names = OmegaConf.select(cfg, names_key, default=None)
+    except Exception:
+        names = None
+    if names is None:
+        return
+    names = [names] if isinstance(names, str) else list(names)
+    for key in ("model.num_classes", "model.criterion.num_classes"):
+        literal = _literal_int(cfg, key)
+        if literal is None:
+            continue
+        try:
+            expected = num_classes_from_dataset(names)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(str(e).strip("'\"")) from None
+        if literal != expected:
+            raise ConfigError(
+                f"{key}={literal} but dataset {', '.join(names)} has {expected} thing_classes "
+                f"({names_key}); set {key}={expected} or use "
+                "L(num_classes_from_dataset)(names=...)"
+            )
+
+
+def check_init_checkpoint(path: str) -> None:
+    """`train.init_checkpoint` must be empty, a URL / detectron2:// path, or an existing file."""
+    if not path or "://" in path:
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f"train.init_checkpoint: file not found: {path}")

@@ -1,0 +1,211 @@
+"""COCO-format detection datasets: a validating loader, one-call registration, the evaluator.
+
+``load_coco_detection_json`` reads a COCO instances json into detectron2's dataset-dict format
+(boxes ``XYWH_ABS``, category ids mapped to contiguous 0..K-1 by sorted dataset id), and turns
+the usual ways a json goes wrong into errors that name the file and the record at fault:
+
+* the json does not parse -> ``ValueError`` with the file, line, column and character offset;
+* an annotation's ``category_id`` is not among ``categories`` -> ``ValueError`` naming the
+  file, the annotation id and the category id;
+* a box with zero / negative size, non-finite values or entirely outside its image is dropped,
+  a box sticking out of its image is clipped; both are counted in one warning per file.
+
+COCO 2017 itself keeps detectron2's builtin registration ("coco_2017_train", "coco_2017_val",
+images and annotations under ``$DETECTRON2_DATASETS/coco``, default ``./datasets``).
+"""
+import json
+import logging
+import math
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["read_coco_json", "load_coco_detection_json", "register_coco_dataset",
+           "build_coco_evaluator"]
+
+
+def read_coco_json(json_file):
+    """Parse ``json_file``; errors name the file (and for bad json, where parsing stopped)."""
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {json_file}")
+    with open(json_file, "rb") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"COCO annotation file {json_file} is not valid JSON: {e.msg} at line {e.lineno} "
+                f"column {e.colno} (char {e.pos})"
+            ) from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"COCO annotation file {json_file} is not UTF-8 text: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_file}: expected a JSON object at top level, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{json_file}: expected a list under '{key}' (COCO instances format)")
+    return data
+
+
+def _categories(data, json_file):
+    """Sorted ``[(dataset id, name)]`` of the json's categories, checked for duplicates."""
+    categories = {}
+    for category in data["categories"]:
+        if "id" not in category or "name" not in category:
+            raise ValueError(f"{json_file}: category {category} needs an 'id' and a 'name'")
+        if category["id"] in categories:
+            raise ValueError(f"{json_file}: category id {category['id']} appears twice")
+        categories[category["id"]] = category["name"]
+    if not categories:
+        raise ValueError(f"{json_file}: 'categories' is empty; a detection dataset needs classes")
+    return sorted(categories.items())
+
+
+def _set_class_metadata(dataset_name, categories):
+    """Put thing_classes and the dataset-id -> contiguous-id map into the dataset's metadata."""
+    meta = MetadataCatalog.get(dataset_name)
+    thing_classes = [name for _, name in categories]
+    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(categories)}
+    if getattr(meta, "thing_classes", thing_classes) != thing_classes:
+        raise ValueError(
+            f"Dataset '{dataset_name}' is registered with thing_classes={meta.thing_classes}, "
+            f"but its json has {thing_classes}"
+        )
+    meta.set(thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=id_map)
+
+
+def load_coco_detection_json(json_file, image_root, dataset_name=None):
+    """Load a COCO instances json as a list of detectron2 dataset dicts (detection fields only).
+
+    Each record: ``file_name`` (joined to ``image_root``), ``height``, ``width``, ``image_id`` and
+    ``annotations`` = ``[{"bbox": [x, y, w, h] absolute, "bbox_mode": XYWH_ABS,
+    "category_id": contiguous 0..K-1, "iscrowd": 0 or 1}]``. Images without annotations are
+    kept (filter them with ``get_detection_dataset_dicts(filter_empty=True)`` if wanted).
+    With ``dataset_name``, sets its metadata ``thing_classes`` and
+    ``thing_dataset_id_to_contiguous_id`` (which COCOEvaluator uses to map predictions back).
+    """
+    data = read_coco_json(json_file)
+    categories = _categories(data, json_file)
+    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(categories)}
+    if dataset_name is not None:
+        _set_class_metadata(dataset_name, categories)
+
+    records, by_image_id = [], {}
+    for image in data["images"]:
+        try:
+            image_id, file_name = image["id"], image["file_name"]
+            height, width = int(image["height"]), int(image["width"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"{json_file}: image entry {image} needs 'id', 'file_name', 'height' and 'width'"
+            ) from e
+        if image_id in by_image_id:
+            raise ValueError(f"{json_file}: image id {image_id} appears twice")
+        record = {"file_name": os.path.join(image_root, file_name), "height": height,
+                  "width": width, "image_id": image_id, "annotations": []}
+        by_image_id[image_id] = record
+        records.append(record)
+
+    annotation_ids = set()
+    num_unmatched, num_clipped, dropped_ids = 0, 0, []
+    for annotation in data["annotations"]:
+        annotation_id = annotation.get("id")
+        if annotation_id in annotation_ids:
+            raise ValueError(f"{json_file}: annotation id {annotation_id} appears twice")
+        annotation_ids.add(annotation_id)
+        category_id = annotation.get("category_id")
+        if category_id not in id_map:
+            raise ValueError(
+                f"{json_file}: annotation id {annotation_id} has category_id {category_id}, "
+                f"which is not among the json's categories (ids {sorted(id_map)})"
+            )
+        record = by_image_id.get(annotation.get("image_id"))
+        if record is None:
+            num_unmatched += 1
+            continue
+        bbox = annotation.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise ValueError(
+                f"{json_file}: annotation id {annotation_id} has bbox {bbox!r}; expected [x, y, w, h]"
+            )
+        x, y, w, h = (float(v) for v in bbox)
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, record["width"]), min(y + h, record["height"])
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or x1 <= x0 or y1 <= y0:
+            dropped_ids.append(annotation_id)  # zero/negative size, or nothing inside the image
+            continue
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            num_clipped += 1
+        record["annotations"].append({
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "bbox_mode": BoxMode.XYWH_ABS,
+            "category_id": id_map[category_id],
+            "iscrowd": int(annotation.get("iscrowd", 0)),
+        })
+
+    if num_unmatched:
+        logger.warning("%s: %d annotations refer to image ids not in 'images'; ignored them",
+                       json_file, num_unmatched)
+    if num_clipped or dropped_ids:
+        logger.warning(
+            "%s: clipped %d boxes that extend outside their image; dropped %d boxes with zero, "
+            "negative or non-finite size or lying outside their image (annotation ids %s%s)",
+            json_file, num_clipped, len(dropped_ids), dropped_ids[:10],
+            " ..." if len(dropped_ids) > 10 else "",
+        )
+    logger.info("Loaded %d images, %d annotations from %s", len(records),
+                sum(len(r["annotations"]) for r in records), json_file)
+    return records
+
+
+def register_coco_dataset(name, json_file, image_root):
+    """Register a COCO-format detection dataset under ``name`` in one call.
+
+    Checks that ``json_file`` and ``image_root`` exist and reads the json's categories now, so
+    ``MetadataCatalog.get(name).thing_classes`` (and hence the model's class count through
+    ``detrex_lite.config.num_classes_from_dataset``) is available right away. Images and
+    annotations are read when the dataset is first loaded. Evaluation uses ``COCOEvaluator``
+    (``evaluator_type="coco"``, ``json_file`` in the metadata).
+    """
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"Dataset '{name}': annotation file not found: {json_file}")
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"Dataset '{name}': image folder not found: {image_root}")
+    if name in DatasetCatalog.list():
+        raise ValueError(
+            f"Dataset '{name}' is already registered; pick another name or remove it first with "
+            "DatasetCatalog.remove(name) and MetadataCatalog.remove(name)"
+        )
+    categories = _categories(read_coco_json(json_file), json_file)
+    DatasetCatalog.register(name, lambda: load_coco_detection_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+    _set_class_metadata(name, categories)
+
+
+def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
+    """detectron2 ``COCOEvaluator`` for ``dataset_name``, with its annotation json ready.
+
+    The demo datasets are generated here if needed (COCOEvaluator reads ``metadata.json_file``
+    when it is built); for other datasets a missing json is reported by name. ``kwargs`` go to
+    COCOEvaluator (e.g. ``max_dets_per_image``, ``tasks``).
+    """
+    from detectron2.evaluation import COCOEvaluator
+
+    from .demo_dataset import DEMO_DATASET_NAMES, ensure_demo_dataset
+
+    if isinstance(dataset_name, (list, tuple)):
+        if len(dataset_name) != 1:
+            raise ValueError(f"COCO evaluation takes one dataset name, got {list(dataset_name)}")
+        dataset_name = dataset_name[0]
+    meta = MetadataCatalog.get(dataset_name)
+    if dataset_name in DEMO_DATASET_NAMES:
+        ensure_demo_dataset(meta.demo_cache_root, *meta.demo_num_images)
+    elif hasattr(meta, "json_file") and not os.path.isfile(meta.json_file):
+        raise FileNotFoundError(
+            f"Dataset '{dataset_name}': annotation file for evaluation not found: {meta.json_file}"
+        )
+    kwargs.setdefault("tasks", ("bbox",))
+    return COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)

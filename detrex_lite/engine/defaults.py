@@ -1,0 +1,143 @@
+"""Building the model, optimizer, trainer and hooks from a LazyConfig; training and testing.
+
+tools/train_net.py is a thin command line around `do_train` and `do_test`.
+"""
+import logging
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.config import instantiate
+from detectron2.engine import default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from detrex_lite.solver.param_groups import param_group_summary
+
+from .checkpoint import AtomicCheckpointer
+from .ema import ModelEMA
+from .launch import resolve_device
+from .trainer import DetrTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def create_ddp_model(model: nn.Module, *, fp16_compression: bool = False, **kwargs) -> nn.Module:
+    """DistributedDataParallel when several processes train (GPU or CPU), else the model itself."""
+    if comm.get_world_size() == 1:
+        return model
+    if next(model.parameters()).is_cuda and "device_ids" not in kwargs:
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+
+
+def build_model(cfg) -> nn.Module:
+    model = instantiate(cfg.model)
+    model.to(torch.device(resolve_device(cfg.train.get("device", "auto"))))
+    logger.info("Model:\n{}".format(model))
+    return model
+
+
+def do_test(cfg, model: nn.Module, model_ema: Optional[ModelEMA] = None) -> dict:
+    """Evaluate `model` (or its EMA weights) on cfg.dataloader.test with cfg.dataloader.evaluator.
+
+    Returns:
+        {task: {metric: value}} as detectron2's evaluators return it (e.g. {"bbox": {"AP": ...}}),
+        on the main process; {} elsewhere.
+    """
+    if "evaluator" not in cfg.dataloader:
+        logger.warning("No dataloader.evaluator in the config: skipping evaluation")
+        return {}
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    data_loader = instantiate(cfg.dataloader.test)
+    if model_ema is not None:
+        with model_ema.apply_to(model):
+            ret = inference_on_dataset(model, data_loader, evaluator)
+    else:
+        ret = inference_on_dataset(model, data_loader, evaluator)
+    if comm.is_main_process() and ret:
+        print_csv_format(ret)
+    return ret or {}
+
+
+def load_for_eval(cfg, model: nn.Module) -> nn.Module:
+    """Load train.init_checkpoint (the EMA weights in it when model_ema asks for them)."""
+    checkpointer = AtomicCheckpointer(model, save_dir=cfg.train.output_dir)
+    extra = checkpointer.load(cfg.train.init_checkpoint)
+    ema_cfg = cfg.train.get("model_ema", {})
+    if ema_cfg.get("enabled", False) and ema_cfg.get("use_ema_weights_for_eval_only", False):
+        if "model_ema" not in extra:
+            raise KeyError(
+                f"train.model_ema.use_ema_weights_for_eval_only is set but {cfg.train.init_checkpoint} "
+                "holds no EMA weights (it was not trained with train.model_ema.enabled=True)"
+            )
+        ema = ModelEMA(model, decay=ema_cfg.get("decay", 0.9998))
+        ema.load_state_dict(extra["model_ema"])
+        ema.copy_to(model)
+        logger.info("Evaluating the EMA weights of the checkpoint")
+    return model
+
+
+def do_train(cfg, resume: bool = False) -> DetrTrainer:
+    """Train as cfg says; with resume, continue from the last checkpoint in train.output_dir."""
+    model = build_model(cfg)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    logger.info("Optimizer parameter groups:\n" + param_group_summary(optimizer))
+    ema_cfg = cfg.train.get("model_ema", {})
+    model_ema = ModelEMA(model, decay=ema_cfg.get("decay", 0.9998)) if ema_cfg.get("enabled", False) else None
+
+    train_loader = instantiate(cfg.dataloader.train)
+    ddp_model = create_ddp_model(model, **cfg.train.ddp)
+    amp = cfg.train.get("amp", {})
+    clip = cfg.train.get("clip_grad", {})
+    trainer = DetrTrainer(
+        ddp_model,
+        train_loader,
+        optimizer,
+        amp_enabled=amp.get("enabled", False),
+        amp_dtype=amp.get("dtype", "float16"),
+        clip_grad_params=dict(clip.params) if clip.get("enabled", False) else None,
+        model_ema=model_ema,
+    )
+    checkpointables = {"trainer": trainer}
+    if model_ema is not None:
+        checkpointables["model_ema"] = model_ema
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, **checkpointables)
+    trainer.checkpointer = checkpointer
+
+    def test_fn():
+        return do_test(cfg, model, model_ema)
+
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.EvalHook(cfg.train.eval_period, test_fn),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+
+    checkpoint = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = 0
+    if resume and checkpointer.has_checkpoint():
+        # The checkpoint's "iteration" is the last finished one.
+        start_iter = checkpoint.get("iteration", -1) + 1
+        logger.info(f"Resuming at iteration {start_iter}")
+    elif model_ema is not None:
+        model_ema.reset(model)  # average from the loaded init_checkpoint, not the random init
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer

@@ -1,0 +1,323 @@
+"""ONNX export of DETR-family detectors (Deformable DETR one-stage, box refinement, two-stage; DETR)
+and the onnxruntime parity check.
+
+The exported graph's contract (see docs/tools.md):
+
+Inputs
+    ``images``: (B, 3, H, W) float32, normalised ((rgb - pixel_mean) / pixel_std) and zero-padded
+    at the bottom/right to the export canvas (H, W). B is dynamic.
+    ``image_sizes``: (B, 2) int64, the unpadded (height, width) of each image in the canvas.
+
+Outputs (``output="detections"``, the default)
+    ``scores`` (B, k) float32 descending, ``labels`` (B, k) int64 contiguous class ids,
+    ``boxes`` (B, k, 4) float32 absolute (x0, y0, x1, y1) in the unpadded input image's pixels,
+    clipped to it (multiply by original / resized size to go back to the original image). k is
+    the model's ``select_box_nums_for_evaluation`` (top-k over query x class, as in evaluation);
+    unlike detectron2's ``detector_postprocess``, empty boxes are kept (fixed output shape).
+Outputs (``output="raw"``)
+    ``pred_logits`` (B, Q, K or K+1) and ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h).
+
+The deformable attention runs through its pure-PyTorch path (``grid_sample``, opset >= 16)
+during export, see :func:`pytorch_deform_attn`.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from detrex_lite.modeling.meta_arch import select_topk
+from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy
+
+__all__ = [
+    "ExportableDETR",
+    "check_onnx_parity",
+    "export_onnx",
+    "prepare_export_inputs",
+    "pytorch_deform_attn",
+]
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 16  # GridSample
+
+
+@contextlib.contextmanager
+def pytorch_deform_attn():
+    """Routes :class:`MultiScaleDeformableAttention` through the pure-PyTorch reference
+    (``F.grid_sample``) inside the block, whatever the compiled extension offers, so that tracing
+    and ONNX export see standard ops instead of ``torch.ops.detrex_lite.ms_deform_attn_forward``.
+
+    The module's reference to ``ms_deform_attn`` is swapped and restored on exit; the op module
+    itself (and its fallback warning) is left untouched.
+    """
+    from detrex_lite.layers import multi_scale_deform_attn as msda
+    from detrex_lite.layers.ms_deform_attn_function import ms_deform_attn_pytorch
+
+    def reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step=64):
+        return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+
+    original = msda.ms_deform_attn
+    msda.ms_deform_attn = reference
+    try:
+        yield
+    finally:
+        msda.ms_deform_attn = original
+
+
+def level_masks(
+    image_sizes: torch.Tensor, features: Sequence[torch.Tensor], strides: Sequence[int]
+) -> List[torch.Tensor]:
+    """Padding masks of each feature level from tensor image sizes (traceable).
+
+    The valid size of an (h, w) image at stride s is (ceil(h / s), ceil(w / s)), as
+    :meth:`DETRBase.feature_masks` computes with Python numbers.
+
+    Args:
+        image_sizes: (B, 2) int64 unpadded (h, w).
+        features: per level (B, C, H_l, W_l).
+
+    Returns:
+        per level (B, H_l, W_l) bool, True at padding.
+    """
+    masks = []
+    for feature, stride in zip(features, strides):
+        valid = torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")  # ceil
+        rows = torch.arange(feature.shape[-2], device=feature.device)
+        cols = torch.arange(feature.shape[-1], device=feature.device)
+        mask = (rows[None, :, None] >= valid[:, 0, None, None]) | (cols[None, None, :] >= valid[:, 1, None, None])
+        masks.append(mask)
+    return masks
+
+
+def _topk_detections(
+    logits: torch.Tensor, boxes: torch.Tensor, num_classes: int, k: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The models' own post-processing, in tensors: (scores (B, k), labels (B, k), boxes (B, k, 4)).
+
+    K-way sigmoid heads (Deformable DETR): top-k over all (query, class) pairs.
+    (K+1)-way softmax heads (DETR): the no-object column is dropped, each query keeps its most
+    likely class, top-k over queries.
+    """
+    if logits.shape[-1] == num_classes + 1:
+        scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+        scores, query_idx = scores.topk(min(k, scores.shape[1]), dim=1)
+        labels = torch.gather(labels, 1, query_idx)
+    else:
+        scores, labels, query_idx = select_topk(logits.sigmoid(), k)
+    return scores, labels, torch.gather(boxes, 1, query_idx[..., None].expand(-1, -1, 4))
+
+
+def _takes_single_level(model: nn.Module) -> bool:
+    # DETR's _predict(feature, mask) takes its one level as tensors, Deformable DETR's
+    # _predict(features, masks) takes lists.
+    params = list(inspect.signature(model._predict).parameters)
+    return params[:1] == ["feature"]
+
+
+class ExportableDETR(nn.Module):
+    """A DETR-family model as a tensor-in/tensor-out module (see the module docstring).
+
+    It runs the same parts as the model's eval forward (backbone, neck, ``_predict``, top-k)
+    but on an already normalised, padded batch, with masks computed from ``image_sizes``.
+
+    Args:
+        model: a :class:`DETRBase` subclass whose ``_predict(features, masks)`` returns
+            ``{"pred_logits", "pred_boxes"}`` (DeformableDETR, DETR).
+        output: "detections" (top-k scores/labels/boxes) or "raw" (logits, normalised boxes).
+        topk: detections per image; default: the model's ``select_box_nums_for_evaluation``.
+    """
+
+    def __init__(self, model: nn.Module, output: str = "detections", topk: Optional[int] = None):
+        super().__init__()
+        if output not in ("detections", "raw"):
+            raise ValueError(f"output must be 'detections' or 'raw', got {output!r}")
+        for attr in ("backbone", "neck", "feature_strides", "_predict", "num_classes"):
+            if not hasattr(model, attr):
+                raise TypeError(f"ExportableDETR: {type(model).__name__} has no {attr!r} (expected a DETRBase model)")
+        self.model = model
+        self.output = output
+        self.topk = int(topk or getattr(model, "select_box_nums_for_evaluation", 100))
+        self.single_level = _takes_single_level(model)
+
+    @property
+    def output_names(self) -> List[str]:
+        return ["scores", "labels", "boxes"] if self.output == "detections" else ["pred_logits", "pred_boxes"]
+
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """images: (B, 3, H, W) normalised, padded; image_sizes: (B, 2) int64 (h, w)."""
+        model = self.model
+        features = model.neck(model.backbone(images))
+        masks = level_masks(image_sizes, features, model.feature_strides)
+        if self.single_level:
+            outputs = model._predict(features[0], masks[0])
+        else:
+            outputs = model._predict(features, masks)
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        if self.output == "raw":
+            return logits, boxes
+        topk_scores, labels, topk_boxes = _topk_detections(logits, boxes, model.num_classes, self.topk)
+        hw = image_sizes.to(topk_boxes.dtype)
+        scale = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None]
+        # Clipped to the image as detectron2's detector_postprocess does.
+        boxes_xyxy = torch.min(torch.clamp(box_cxcywh_to_xyxy(topk_boxes) * scale, min=0), scale)
+        return topk_scores, labels, boxes_xyxy
+
+
+def prepare_export_inputs(
+    model: nn.Module, images: Sequence[torch.Tensor], canvas: Optional[Tuple[int, int]] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Model-input images -> the exported graph's (images, image_sizes).
+
+    Args:
+        model: provides ``pixel_mean`` / ``pixel_std`` (RGB, 0-255).
+        images: (3, h, w) uint8 RGB, already resized as the test mapper does.
+        canvas: (H, W) to pad to; default: the largest h and w of the batch.
+
+    Returns:
+        images (B, 3, H, W) float32 normalised and zero-padded; image_sizes (B, 2) int64.
+    """
+    sizes = [tuple(img.shape[-2:]) for img in images]
+    if canvas is None:
+        canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    for h, w in sizes:
+        if h > canvas[0] or w > canvas[1]:
+            raise ValueError(f"image of size {(h, w)} does not fit the export canvas {tuple(canvas)}")
+    mean = model.pixel_mean.detach().cpu().view(3, 1, 1)
+    std = model.pixel_std.detach().cpu().view(3, 1, 1)
+    batch = torch.zeros((len(images), 3, canvas[0], canvas[1]), dtype=torch.float32)
+    for i, img in enumerate(images):
+        h, w = img.shape[-2:]
+        batch[i, :, :h, :w] = (img.cpu().float() - mean) / std
+    return batch, torch.tensor(sizes, dtype=torch.int64)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    canvas: Tuple[int, int],
+    *,
+    output: str = "detections",
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    dynamic_size: bool = False,
+    sample_batch_size: int = 1,
+) -> ExportableDETR:
+    """Exports ``model`` (put in eval mode, on CPU) to ``path``; returns the exported wrapper.
+
+    Args:
+        canvas: (H, W) of the padded input the graph takes (images of any size up to it are
+            given with their ``image_sizes``).
+        dynamic_batch: mark the batch axis dynamic.
+        dynamic_size: also mark H and W dynamic. Only valid if the model computes every shape
+            from tensors; :func:`check_onnx_parity` at another size tells (see docs/tools.md).
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} < {MIN_OPSET}: GridSample (deformable attention) needs opset >= {MIN_OPSET}")
+    model = model.eval().cpu()
+    wrapper = ExportableDETR(model, output=output).eval()
+    # A sample with one image smaller than the canvas, so padding masks are exercised.
+    generator = torch.Generator().manual_seed(0)
+    h, w = canvas
+    samples = [
+        torch.randint(0, 256, (3, h if i == 0 else max(h * 3 // 4, 1), w if i == 0 else max(w * 2 // 3, 1)),
+                      dtype=torch.uint8, generator=generator)
+        for i in range(sample_batch_size)
+    ]
+    images, image_sizes = prepare_export_inputs(model, samples, canvas)
+    dynamic_axes = {}
+    if dynamic_batch or dynamic_size:
+        image_axes = {}
+        if dynamic_batch:
+            image_axes[0] = "batch"
+        if dynamic_size:
+            image_axes.update({2: "height", 3: "width"})
+        dynamic_axes["images"] = image_axes
+        if dynamic_batch:
+            dynamic_axes["image_sizes"] = {0: "batch"}
+            for name in wrapper.output_names:
+                dynamic_axes[name] = {0: "batch"}
+    with pytorch_deform_attn(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python numbers: see docs/tools.md
+        torch.onnx.export(
+            wrapper,
+            (images, image_sizes),
+            path,
+            input_names=["images", "image_sizes"],
+            output_names=wrapper.output_names,
+            dynamic_axes=dynamic_axes or None,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(onnx.load(path))
+    logger.info("Exported %s to %s (opset %d, canvas %dx%d)", type(model).__name__, path, opset, h, w)
+    return wrapper
+
+
+# Two detections whose scores differ by less than this may legitimately sort in either order.
+_TIE_TOL = 1e-5
+
+
+def _matched_topk_diff(
+    scores_ref: np.ndarray, labels_ref: np.ndarray, boxes_ref: np.ndarray,
+    scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, tie_tol: float,
+) -> Tuple[float, float]:
+    """Max score and box differences between two sorted top-k lists.
+
+    Position i of one list is compared with position i of the other, except that near-ties
+    (same label, scores within ``tie_tol``) may have swapped places: then the closest such
+    entry counts. Scores are sorted, so comparing them position by position is exact.
+    """
+    score_diff = float(np.abs(scores_ref - scores).max()) if scores.size else 0.0
+    box_diff = 0.0
+    for b in range(scores.shape[0]):
+        for i in range(scores.shape[1]):
+            candidates = [float(np.abs(boxes[b, i] - boxes_ref[b, i]).max())] if labels[b, i] == labels_ref[b, i] else []
+            ties = np.nonzero((np.abs(scores_ref[b] - scores[b, i]) <= tie_tol) & (labels_ref[b] == labels[b, i]))[0]
+            candidates += [float(np.abs(boxes[b, i] - boxes_ref[b, j]).max()) for j in ties]
+            box_diff = max(box_diff, min(candidates) if candidates else math.inf)
+    return score_diff, box_diff
+
+
+def check_onnx_parity(
+    path: str, wrapper: ExportableDETR, images: torch.Tensor, image_sizes: torch.Tensor, atol: float = 1e-3
+) -> Dict[str, float]:
+    """Runs the ONNX file with onnxruntime (CPU) and ``wrapper`` in PyTorch on the same inputs.
+
+    Returns:
+        max absolute differences per output (for detections: top-k with near-ties matched,
+        boxes in pixels) and ``ok`` (all within ``atol``).
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"images": images.numpy(), "image_sizes": image_sizes.numpy()})
+    with torch.no_grad():
+        torch_out = [t.numpy() for t in wrapper(images, image_sizes)]
+    diffs: Dict[str, float] = {}
+    if wrapper.output == "raw":
+        for name, ref, got in zip(wrapper.output_names, torch_out, onnx_out):
+            diffs[name] = float(np.abs(ref - got).max())
+        ok = all(v <= atol for v in diffs.values())
+    else:
+        # Boxes compared normalised by the image size (like pred_boxes); pixels reported too.
+        hw = image_sizes.numpy().astype(np.float64)
+        scale = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], -1)[:, None]
+        (s_ref, l_ref, b_ref), (s_got, l_got, b_got) = torch_out, onnx_out
+        diffs["scores"], diffs["boxes"] = _matched_topk_diff(
+            s_ref, l_ref, b_ref / scale, s_got, l_got, b_got / scale, tie_tol=_TIE_TOL
+        )
+        _, diffs["boxes_px"] = _matched_topk_diff(s_ref, l_ref, b_ref, s_got, l_got, b_got, tie_tol=_TIE_TOL)
+        ok = diffs["scores"] <= atol and diffs["boxes"] <= atol
+    diffs["ok"] = bool(ok)
+    return diffs

@@ -1,0 +1,169 @@
+"""The multi-scale deformable attention module of Deformable DETR (Zhu et al. 2021, sec. 4.1)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .ms_deform_attn_function import ms_deform_attn
+
+__all__ = ["MultiScaleDeformableAttention"]
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Each query attends to ``num_points`` sampled positions per head and per feature level
+    around its reference point (eq. 3 of the paper).
+
+    Parameter names follow the official implementation (``sampling_offsets``,
+    ``attention_weights``, ``value_proj``, ``output_proj``) so checkpoints convert by name.
+
+    Args:
+        embed_dim: channels C of queries and values; must be divisible by ``num_heads``.
+        num_heads: attention heads M.
+        num_levels: feature levels L.
+        num_points: sampling points P per head and level.
+        im2col_step: batch chunk per CUDA launch (see :func:`ms_deform_attn`).
+        dropout: dropout on the output before the residual (only with ``add_identity``).
+        batch_first: queries/values are (N, Lq, C) when True, (Lq, N, C) when False.
+        add_identity: return ``identity + dropout(output_proj(out))``; when False return
+            ``output_proj(out)`` (for layers that add their own residual and dropout).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        im2col_step: int = 64,
+        dropout: float = 0.1,
+        batch_first: bool = True,
+        add_identity: bool = True,
+    ):
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.im2col_step = im2col_step
+        self.batch_first = batch_first
+        self.add_identity = add_identity
+
+        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Paper initialisation: offsets start on a ring of ``num_heads`` directions (head h
+        points at angle 2*pi*h/M, scaled so the larger coordinate is 1), point k at distance
+        k + 1, the same on every level; attention starts uniform; projections xavier."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.num_heads, dtype=torch.float64) * (2.0 * math.pi / self.num_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2) as (x, y)
+        directions = directions / directions.abs().max(dim=-1, keepdim=True).values
+        scale = torch.arange(1, self.num_points + 1, dtype=torch.float64).view(1, 1, -1, 1)
+        bias = directions.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1) * scale
+        self.sampling_offsets.bias.copy_(bias.flatten().to(self.sampling_offsets.bias.dtype))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: Optional[torch.Tensor] = None,
+        value: Optional[torch.Tensor] = None,
+        identity: Optional[torch.Tensor] = None,
+        query_pos: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        reference_points: Optional[torch.Tensor] = None,
+        spatial_shapes: Optional[torch.Tensor] = None,
+        level_start_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            query: (N, Lq, C), or (Lq, N, C) when not ``batch_first``.
+            key: unused; kept so callers written for other attention modules work.
+            value: (N, S, C) (or (S, N, C)), the flattened levels; defaults to ``query``.
+            identity: the residual added to the output; defaults to ``query`` (before
+                ``query_pos`` is added).
+            query_pos: positional embedding added to ``query`` before the projections.
+            key_padding_mask: (N, S) bool, True where ``value`` is padding (zeroed).
+            reference_points: (N, Lq, L, 2) normalised (x, y) in [0, 1], or (N, Lq, L, 4)
+                normalised boxes (cx, cy, w, h).
+            spatial_shapes: (L, 2) int64, (H_l, W_l) of each level.
+            level_start_index: (L,) int64, offset of each level in S.
+
+        Returns:
+            Same layout as ``query``: ``identity + dropout(output_proj(out))`` when
+            ``add_identity``, else ``output_proj(out)``.
+        """
+        if value is None:
+            value = query
+        if identity is None:
+            identity = query
+        if query_pos is not None:
+            query = query + query_pos
+        if not self.batch_first:
+            query = query.transpose(0, 1)
+            value = value.transpose(0, 1)
+        if reference_points is None or spatial_shapes is None or level_start_index is None:
+            raise ValueError("reference_points, spatial_shapes and level_start_index are required")
+
+        n, num_queries, _ = query.shape
+        _, num_value, _ = value.shape
+        m, num_levels, num_points = self.num_heads, self.num_levels, self.num_points
+
+        value = self.value_proj(value)
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (n, num_value):
+                raise ValueError(
+                    f"key_padding_mask must be (N, S) = ({n}, {num_value}), got {tuple(key_padding_mask.shape)}"
+                )
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+        value = value.view(n, num_value, m, self.embed_dim // m)
+
+        offsets = self.sampling_offsets(query).view(n, num_queries, m, num_levels, num_points, 2)
+        weights = self.attention_weights(query).view(n, num_queries, m, num_levels * num_points)
+        weights = weights.softmax(-1).view(n, num_queries, m, num_levels, num_points)
+
+        if reference_points.shape[-1] == 2:
+            # Offsets are in pixels of each level: divide by (W_l, H_l).
+            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
+            sampling_locations = (
+                reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            )
+        elif reference_points.shape[-1] == 4:
+            # Offsets are fractions of the reference box's half size.
+            sampling_locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        else:
+            raise ValueError(
+                f"reference_points must end in 2 (points) or 4 (boxes), got shape {tuple(reference_points.shape)}"
+            )
+
+        if sampling_locations.dtype != value.dtype and not torch.is_autocast_enabled(value.device.type):
+            sampling_locations = sampling_locations.to(value.dtype)
+        weights = weights.to(sampling_locations.dtype)
+        out = ms_deform_attn(
+            value, spatial_shapes, level_start_index, sampling_locations, weights, self.im2col_step
+        )
+        out = self.output_proj(out)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if not self.add_identity:
+            return out
+        return identity + self.dropout(out)

@@ -1,0 +1,187 @@
+"""DETRBase: what every DETR-like detector shares (inputs, masks, targets, post-processing)."""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+from torch.nn import functional as F
+
+from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+
+__all__ = ["DETRBase", "select_topk"]
+
+
+def select_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k over all (query, class) pairs of one or more images.
+
+    Args:
+        scores: (B, Q, K) class probabilities.
+        k: pairs to keep per image (clipped to Q * K).
+
+    Returns:
+        topk_scores (B, k) descending, labels (B, k) class indices, query indices (B, k).
+    """
+    num_classes = scores.shape[-1]
+    k = min(k, scores.shape[1] * num_classes)
+    topk_scores, topk_idx = scores.flatten(1).topk(k, dim=1)
+    return topk_scores, topk_idx % num_classes, torch.div(topk_idx, num_classes, rounding_mode="floor")
+
+
+class DETRBase(nn.Module):
+    """Base class of DETR-family detectors on detectron2 inputs.
+
+    Subclasses implement ``forward`` using the helpers here:
+    :meth:`preprocess_image` -> :meth:`extract_features` (backbone + neck, exact per-level padding
+    masks) -> their transformer and heads -> the criterion on :meth:`prepare_targets` (training)
+    or :meth:`postprocess` (inference).
+
+    Args:
+        backbone: a detectron2 ``Backbone`` (dict of named feature maps).
+        neck: maps the backbone's dict to a list of levels (finest first) and has
+            ``output_shape()`` giving each level's stride (e.g. :class:`ChannelMapper`).
+        pixel_mean, pixel_std: per-channel normalisation in the input's RGB 0-255 scale.
+        batch_invariant_inference: in eval mode run backbone + neck on each image unpadded, then
+            zero-pad the feature maps, so that results do not depend on the test batch size
+            (padding changes border conv features and GroupNorm statistics). Training always
+            runs the padded batch.
+        size_divisibility: pad the batch so H and W are multiples of this (0: no constraint).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        neck: nn.Module,
+        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
+        pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
+        batch_invariant_inference: bool = True,
+        size_divisibility: int = 0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.batch_invariant_inference = batch_invariant_inference
+        self.size_divisibility = size_divisibility
+        self.feature_strides = [s.stride for s in neck.output_shape()]
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---- inputs --------------------------------------------------------------------------
+    def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, torch.Tensor]:
+        """Normalise and pad the images.
+
+        Returns:
+            images: ImageList (N, 3, H, W) float, ``image_sizes`` = the unpadded (h, w).
+            mask: (N, H, W) bool, True at padded pixels.
+        """
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = ImageList.from_tensors(images, self.size_divisibility)
+        n, _, h, w = images.tensor.shape
+        mask = torch.ones((n, h, w), dtype=torch.bool, device=self.device)
+        for i, (img_h, img_w) in enumerate(images.image_sizes):
+            mask[i, :img_h, :img_w] = False
+        return images, mask
+
+    def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        """Instances (abs xyxy in the resized image) -> [{"labels": (n,), "boxes": (n, 4)
+        cxcywh normalised by the unpadded image size}]."""
+        targets = []
+        for x in batched_inputs:
+            inst = x["instances"].to(self.device)
+            h, w = inst.image_size
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+            boxes = box_xyxy_to_cxcywh(inst.gt_boxes.tensor.float() / scale)
+            targets.append({"labels": inst.gt_classes.long(), "boxes": boxes})
+        return targets
+
+    # ---- features ------------------------------------------------------------------------
+    @staticmethod
+    def feature_masks(
+        image_sizes: Sequence[Tuple[int, int]], feature_shapes: Sequence[Tuple[int, int]], strides: Sequence[int]
+    ) -> List[torch.Tensor]:
+        """Exact padding masks of each level: the valid size of an (h, w) image at stride s is
+        (ceil(h / s), ceil(w / s)), what stride-2 convs with "same" padding produce.
+
+        Returns:
+            per level, (N, H_l, W_l) bool, True at padding (on CPU; move as needed).
+        """
+        masks = []
+        for (feat_h, feat_w), stride in zip(feature_shapes, strides):
+            mask = torch.ones((len(image_sizes), feat_h, feat_w), dtype=torch.bool)
+            for i, (h, w) in enumerate(image_sizes):
+                mask[i, : math.ceil(h / stride), : math.ceil(w / stride)] = False
+            masks.append(mask)
+        return masks
+
+    def _backbone_neck(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.neck(self.backbone(x))
+
+    def extract_features(self, images: ImageList) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Backbone + neck features and their padding masks.
+
+        Returns:
+            features: per level (N, C, H_l, W_l), finest first.
+            masks: per level (N, H_l, W_l) bool, True at padding.
+        """
+        if self.training or not self.batch_invariant_inference or len(images) == 1:
+            features = self._backbone_neck(images.tensor)
+        else:
+            per_image = [self._backbone_neck(images[i][None]) for i in range(len(images))]
+            features = []
+            for level in range(len(per_image[0])):
+                maps = [f[level] for f in per_image]
+                feat_h = max(m.shape[-2] for m in maps)
+                feat_w = max(m.shape[-1] for m in maps)
+                features.append(
+                    torch.cat([F.pad(m, (0, feat_w - m.shape[-1], 0, feat_h - m.shape[-2])) for m in maps])
+                )
+        shapes = [tuple(f.shape[-2:]) for f in features]
+        masks = [m.to(self.device) for m in self.feature_masks(images.image_sizes, shapes, self.feature_strides)]
+        return features, masks
+
+    # ---- outputs -------------------------------------------------------------------------
+    def postprocess(
+        self,
+        scores: torch.Tensor,
+        boxes: torch.Tensor,
+        batched_inputs: List[Dict],
+        image_sizes: Sequence[Tuple[int, int]],
+        topk: int,
+        labels: Optional[torch.Tensor] = None,
+    ) -> List[Dict[str, Instances]]:
+        """Top-k (query, class) pairs per image, boxes to the original image size.
+
+        Args:
+            scores: (B, Q, K) class probabilities (sigmoid or softmax without no-object).
+            boxes: (B, Q, 4) normalised cxcywh relative to the unpadded image.
+            batched_inputs: the model inputs ("height", "width" give the output size).
+            image_sizes: the unpadded (h, w) of each input image.
+            topk: detections per image.
+            labels: (B, Q) int64: one class per query (DETR's softmax argmax); then ``scores``
+                is (B, Q) and the top-k is over queries, so each query gives at most one box.
+
+        Returns:
+            [{"instances": Instances(pred_boxes abs xyxy, scores, pred_classes)}] per image.
+        """
+        if labels is None:
+            topk_scores, labels, query_idx = select_topk(scores, topk)
+        else:
+            topk_scores, query_idx = scores.topk(min(topk, scores.shape[1]), dim=1)
+            labels = torch.gather(labels, 1, query_idx)
+        topk_boxes = torch.gather(boxes, 1, query_idx[..., None].expand(-1, -1, 4))
+        results = []
+        for i, (x, (h, w)) in enumerate(zip(batched_inputs, image_sizes)):
+            inst = Instances((h, w))
+            scale = torch.tensor([w, h, w, h], dtype=topk_boxes.dtype, device=topk_boxes.device)
+            inst.pred_boxes = Boxes(box_cxcywh_to_xyxy(topk_boxes[i]) * scale)
+            inst.scores = topk_scores[i]
+            inst.pred_classes = labels[i]
+            out_h, out_w = x.get("height", h), x.get("width", w)
+            results.append({"instances": detector_postprocess(inst, out_h, out_w)})
+        return results

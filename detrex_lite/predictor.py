@@ -1,0 +1,190 @@
+"""Single-image inference from a LazyConfig: ``Predictor(cfg, checkpoint)(image) -> Instances``.
+
+The predictor reproduces what the test data loader does to an image before the model sees it
+(the config's test-time augmentation, usually ``ResizeShortestEdge``; BGR -> RGB; HWC -> CHW), so
+that its results match evaluation. The model itself rescales its boxes to the size of the image
+it was given (detectron2's ``height``/``width`` convention), so ``Instances`` come back at the
+original image size.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.structures import Instances
+
+from detrex_lite.config import apply_overrides_checked, load_config_file
+
+__all__ = ["Predictor", "load_config", "preprocess_image", "test_augmentations", "test_metadata"]
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Union[str, os.PathLike, np.ndarray]
+
+# detectron2's test-time default, used when a config has no test mapper augmentation.
+_DEFAULT_TEST_RESIZE = dict(short_edge_length=800, max_size=1333)
+
+
+def load_config(cfg_or_path: Any, opts: Sequence[str] = ()) -> Any:
+    """Loads a LazyConfig file (or takes a loaded one) and applies ``key=value`` overrides.
+
+    Overrides are checked as train_net checks them: an unknown key (a typo) or a value of the
+    wrong type raises ``ConfigError``; ``+key=value`` adds a new key on purpose.
+    """
+    if isinstance(cfg_or_path, (str, os.PathLike)):
+        cfg = load_config_file(os.fspath(cfg_or_path))
+    else:
+        cfg = cfg_or_path
+    if opts:
+        cfg = apply_overrides_checked(cfg, list(opts))
+    return cfg
+
+
+def _select(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for key in dotted.split("."):
+        try:
+            node = node[key]
+        except (KeyError, TypeError, AttributeError):
+            try:
+                node = getattr(node, key)
+            except AttributeError:
+                return None
+        if node is None:
+            return None
+    return node
+
+
+def test_augmentations(cfg: Any) -> List[T.Augmentation]:
+    """The test mapper's augmentations (``cfg.dataloader.test.mapper.augmentation``), built.
+
+    Falls back to ``ResizeShortestEdge(800, max_size=1333)`` (with a warning) when the config has
+    no test mapper, e.g. a model-only config.
+    """
+    augs = _select(cfg, "dataloader.test.mapper.augmentation")
+    if augs is None:
+        logger.warning(
+            "Config has no dataloader.test.mapper.augmentation; using ResizeShortestEdge(%s).",
+            _DEFAULT_TEST_RESIZE,
+        )
+        return [T.ResizeShortestEdge(**_DEFAULT_TEST_RESIZE)]
+    built = instantiate(augs)
+    if isinstance(built, T.Augmentation):
+        built = [built]
+    return list(built)
+
+
+def test_metadata(cfg: Any):
+    """``MetadataCatalog`` entry of the first test dataset (class names for drawing and JSON)."""
+    try:  # registers the built-in demo datasets; optional for model-only use
+        import detrex_lite.data  # noqa: F401
+    except ImportError:
+        pass
+    names = _select(cfg, "dataloader.test.dataset.names")
+    if names is None:
+        return MetadataCatalog.get("__unused")
+    if not isinstance(names, str):
+        names = list(names)[0]
+    return MetadataCatalog.get(names)
+
+
+def preprocess_image(image_rgb: np.ndarray, augmentations: T.AugmentationList) -> dict:
+    """HxWx3 uint8 RGB -> model input dict: "image" (3, h, w) uint8 RGB after the test-time
+    augmentations, "height"/"width" the original size (the size the model's boxes come back at)."""
+    height, width = image_rgb.shape[:2]
+    aug_input = T.AugInput(np.ascontiguousarray(image_rgb))
+    augmentations(aug_input)
+    resized = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
+    return {"image": torch.as_tensor(resized), "height": height, "width": width}
+
+
+class Predictor:
+    """Runs a detector built from a LazyConfig on single images or small lists of images.
+
+    Args:
+        cfg_or_path: a LazyConfig file path or an already loaded config.
+        checkpoint: weights to load (a path or URL that detectron2's checkpointer understands);
+            ``None`` takes ``cfg.train.init_checkpoint``; ``""`` keeps the random initialisation.
+        device: "cpu", "cuda", "cuda:1", ...; default: CUDA when available, else CPU.
+        opts: ``key=value`` config overrides, applied before the model is built.
+        input_format: channel order of numpy images given to ``__call__`` ("BGR" as OpenCV
+            reads them, or "RGB"). Paths are always read correctly.
+
+    Example::
+
+        predictor = Predictor("projects/deformable_detr/configs/deformable_detr_r50_50ep.py",
+                              "output/model_final.pth")
+        instances = predictor("image.jpg")  # pred_boxes (abs. xyxy, original size), scores, pred_classes
+    """
+
+    def __init__(
+        self,
+        cfg_or_path: Any,
+        checkpoint: Optional[str] = None,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        opts: Sequence[str] = (),
+        input_format: str = "BGR",
+    ):
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}")
+        self.cfg = load_config(cfg_or_path, opts)
+        self.input_format = input_format
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = instantiate(self.cfg.model).to(torch.device(device)).eval()
+
+        if checkpoint is None:
+            checkpoint = _select(self.cfg, "train.init_checkpoint") or ""
+        self.checkpoint = checkpoint
+        if checkpoint:
+            DetectionCheckpointer(self.model).load(checkpoint)
+        else:
+            logger.warning("No checkpoint given (train.init_checkpoint is empty): random weights.")
+
+        self.augmentations = T.AugmentationList(test_augmentations(self.cfg))
+        self.metadata = test_metadata(self.cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def read(self, image: ImageLike) -> np.ndarray:
+        """Returns the image as an HWC uint8 RGB array (paths are read with EXIF orientation)."""
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(os.fspath(image), format="RGB")
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            got = getattr(image, "shape", type(image).__name__)
+            raise ValueError(f"Expected an image path or an HxWx3 uint8 array, got {got}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"Expected a uint8 image array, got dtype {image.dtype}")
+        return image[:, :, ::-1] if self.input_format == "BGR" else image
+
+    def preprocess(self, image_rgb: np.ndarray) -> dict:
+        """One model input dict: the test-time resized RGB image and the original size."""
+        return preprocess_image(image_rgb, self.augmentations)
+
+    def predict(self, images: Iterable[ImageLike]) -> List[Instances]:
+        """Batched inference. Returns one CPU ``Instances`` per image, at its original size."""
+        return self.predict_rgb([self.read(image) for image in images])
+
+    @torch.no_grad()
+    def predict_rgb(self, images_rgb: Sequence[np.ndarray]) -> List[Instances]:
+        """Batched inference on HxWx3 uint8 RGB arrays (skips the channel-order conversion)."""
+        inputs = [self.preprocess(image) for image in images_rgb]
+        if not inputs:
+            return []
+        outputs = self.model(inputs)
+        return [out["instances"].to("cpu") for out in outputs]
+
+    def __call__(self, image: ImageLike) -> Instances:
+        """Inference on one image path or HxWx3 uint8 array (``input_format`` channel order)."""
+        return self.predict([image])[0]

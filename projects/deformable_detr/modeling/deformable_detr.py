@@ -1,0 +1,162 @@
+"""Deformable DETR (Zhu et al. 2021): one-stage, box refinement and two-stage variants."""
+import copy
+import math
+from typing import Dict, List, Sequence
+
+import torch
+from torch import nn
+
+from detrex_lite.layers import MLP
+from detrex_lite.modeling.meta_arch import DETRBase
+
+from .deformable_transformer import DeformableTransformer, inverse_sigmoid
+
+__all__ = ["DeformableDETR"]
+
+
+class DeformableDETR(DETRBase):
+    """Deformable DETR on detectron2 inputs.
+
+    Args:
+        backbone, neck, pixel_mean, pixel_std, batch_invariant_inference, size_divisibility:
+            see :class:`DETRBase`. The neck must give ``transformer.num_feature_levels`` levels of
+            ``transformer.d_model`` channels.
+        position_embedding: mask (N, H, W) -> (N, d_model, H, W), e.g. PositionEmbeddingSine
+            with num_pos_feats = d_model / 2 and offset -0.5.
+        transformer: :class:`DeformableTransformer` (two_stage must equal ``as_two_stage``).
+        num_classes: K (sigmoid classification, no background class).
+        num_queries: object queries (300 in the paper).
+        criterion: a :class:`~detrex_lite.modeling.SetCriterion`.
+        aux_loss: supervise every decoder layer.
+        with_box_refine: per-layer heads that refine the reference boxes (Sec. 4.1).
+        as_two_stage: queries from encoder proposals (Sec. 4.1); needs ``with_box_refine`` in
+            the paper's "two-stage" row, which this class allows but does not force.
+        select_box_nums_for_evaluation: detections kept per image (top-k over query x class).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        neck: nn.Module,
+        position_embedding: nn.Module,
+        transformer: DeformableTransformer,
+        num_classes: int,
+        criterion: nn.Module,
+        num_queries: int = 300,
+        aux_loss: bool = True,
+        with_box_refine: bool = False,
+        as_two_stage: bool = False,
+        select_box_nums_for_evaluation: int = 100,
+        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
+        pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
+        batch_invariant_inference: bool = True,
+        size_divisibility: int = 0,
+    ):
+        super().__init__(
+            backbone=backbone, neck=neck, pixel_mean=pixel_mean, pixel_std=pixel_std,
+            batch_invariant_inference=batch_invariant_inference, size_divisibility=size_divisibility,
+        )
+        if transformer.two_stage != as_two_stage:
+            raise ValueError(f"DeformableDETR: as_two_stage={as_two_stage} but transformer.two_stage={transformer.two_stage}")
+        if len(self.feature_strides) != transformer.num_feature_levels:
+            raise ValueError(
+                f"DeformableDETR: the neck gives {len(self.feature_strides)} levels, "
+                f"transformer.num_feature_levels={transformer.num_feature_levels}"
+            )
+        if as_two_stage and transformer.two_stage_num_proposals != num_queries:
+            raise ValueError(
+                f"DeformableDETR: two-stage needs transformer.two_stage_num_proposals "
+                f"({transformer.two_stage_num_proposals}) == num_queries ({num_queries})"
+            )
+        hidden_dim = transformer.d_model
+        self.position_embedding = position_embedding
+        self.transformer = transformer
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.criterion = criterion
+        self.aux_loss = aux_loss
+        self.with_box_refine = with_box_refine
+        self.as_two_stage = as_two_stage
+        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
+        if not as_two_stage:
+            self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
+
+        class_embed = nn.Linear(hidden_dim, num_classes)
+        bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        # Focal-loss prior (RetinaNet): every class starts at probability 0.01.
+        nn.init.constant_(class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        nn.init.constant_(bbox_embed.layers[-1].weight, 0.0)
+        nn.init.constant_(bbox_embed.layers[-1].bias, 0.0)
+        # Two-stage adds one head pair for the encoder proposals (index num_decoder_layers).
+        num_pred = transformer.decoder.num_layers + (1 if as_two_stage else 0)
+        if with_box_refine:
+            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+        else:
+            # One head shared by all decoder layers (the same module repeated), as official.
+            nn.init.constant_(bbox_embed.layers[-1].bias[2:], -2.0)
+            self.class_embed = nn.ModuleList([class_embed] * num_pred)
+            self.bbox_embed = nn.ModuleList([bbox_embed] * num_pred)
+        if as_two_stage:
+            for head in self.bbox_embed:
+                nn.init.constant_(head.layers[-1].bias[2:], 0.0)
+
+    def _predict(self, features: List[torch.Tensor], masks: List[torch.Tensor]) -> Dict:
+        """Transformer + heads -> criterion-style outputs dict."""
+        pos_embeds = [self.position_embedding(m).to(f.dtype) for f, m in zip(features, masks)]
+        query_embed = None if self.as_two_stage else self.query_embed.weight
+        num_layers = self.transformer.decoder.num_layers
+        out = self.transformer(
+            features, masks, pos_embeds, query_embed,
+            bbox_embed=self.bbox_embed if self.with_box_refine else None,
+            # The proposal heads are the extra last entries (index num_decoder_layers), as official.
+            proposal_heads=(self.class_embed[num_layers], self.bbox_embed[num_layers]) if self.as_two_stage else None,
+        )
+
+        outputs_classes, outputs_coords = [], []
+        for lvl in range(out.hs.shape[0]):
+            reference = out.init_reference if lvl == 0 else out.inter_references[lvl - 1]
+            reference = inverse_sigmoid(reference)
+            logits = self.class_embed[lvl](out.hs[lvl])
+            delta = self.bbox_embed[lvl](out.hs[lvl])
+            if reference.shape[-1] == 4:
+                coord = (delta + reference).sigmoid()
+            else:
+                coord = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1).sigmoid()
+            outputs_classes.append(logits)
+            outputs_coords.append(coord)
+
+        outputs = {"pred_logits": outputs_classes[-1], "pred_boxes": outputs_coords[-1]}
+        if self.aux_loss:
+            outputs["aux_outputs"] = [
+                {"pred_logits": c, "pred_boxes": b} for c, b in zip(outputs_classes[:-1], outputs_coords[:-1])
+            ]
+        if self.as_two_stage:
+            outputs["enc_outputs"] = {
+                "pred_logits": out.enc_outputs_class,
+                "pred_boxes": out.enc_outputs_coord_unact.sigmoid(),
+            }
+        return outputs
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: detectron2 inputs ("image" uint8 (3, H, W) RGB, "height", "width",
+                "instances" when training).
+
+        Returns:
+            training: dict of weighted losses; eval: [{"instances": Instances}] per image at
+            its original size.
+        """
+        images, _ = self.preprocess_image(batched_inputs)
+        features, masks = self.extract_features(images)
+        outputs = self._predict(features, masks)
+        if self.training:
+            targets = self.prepare_targets(batched_inputs)
+            return self.criterion(outputs, targets)
+        return self.postprocess(
+            outputs["pred_logits"].sigmoid(), outputs["pred_boxes"], batched_inputs, images.image_sizes,
+            self.select_box_nums_for_evaluation,
+        )

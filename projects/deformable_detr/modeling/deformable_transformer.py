@@ -1,0 +1,405 @@
+"""The Deformable DETR transformer (Zhu et al. 2021, Sec. 4.1 and A.4).
+
+Parameter names follow the official implementation (``encoder.layers.{i}.self_attn``,
+``decoder.layers.{i}.cross_attn``, ``norm1``..``norm3``, ``linear1``/``linear2``, ``level_embed``,
+``reference_points``, ``enc_output``, ``pos_trans``) so converted checkpoints load with a short
+table. Sequences are batch-first: (N, S, C).
+"""
+import math
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detrex_lite.layers import MultiScaleDeformableAttention
+
+__all__ = [
+    "DeformableTransformerEncoderLayer",
+    "DeformableTransformerEncoder",
+    "DeformableTransformerDecoderLayer",
+    "DeformableTransformerDecoder",
+    "DeformableTransformer",
+    "TransformerOutput",
+    "inverse_sigmoid",
+]
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """log(x / (1 - x)) with x clamped to [eps, 1 - eps] (the official helper)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"activation must be 'relu' or 'gelu', got {name!r}")
+
+
+def _with_pos(x: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.Tensor:
+    return x if pos is None else x + pos
+
+
+class DeformableTransformerEncoderLayer(nn.Module):
+    """Multi-scale deformable self-attention + FFN, post-norm (official layout)."""
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+    ):
+        super().__init__()
+        self.self_attn = MultiScaleDeformableAttention(
+            embed_dim=d_model, num_heads=n_heads, num_levels=n_levels, num_points=n_points,
+            dropout=0.0, batch_first=True, add_identity=False,
+        )
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = _activation(activation)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
+        """src, pos: (N, S, C); reference_points: (N, S, L, 2) normalised; padding_mask (N, S)."""
+        attn = self.self_attn(
+            query=src, value=src, query_pos=pos, key_padding_mask=padding_mask,
+            reference_points=reference_points, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+        )
+        src = self.norm1(src + self.dropout1(attn))
+        ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
+        return self.norm2(src + self.dropout3(ffn))
+
+
+class DeformableTransformerEncoder(nn.Module):
+    def __init__(self, num_layers: int = 6, **layer_kwargs):
+        super().__init__()
+        self.layers = nn.ModuleList(DeformableTransformerEncoderLayer(**layer_kwargs) for _ in range(num_layers))
+        self.num_layers = num_layers
+
+    @staticmethod
+    def get_reference_points(spatial_shapes: torch.Tensor, valid_sizes: torch.Tensor) -> torch.Tensor:
+        """Pixel centres of every level, normalised by the valid size of their own level, then
+        expressed in every level's padded coordinates.
+
+        Args:
+            spatial_shapes: (L, 2) int64 (H_l, W_l) of the padded maps.
+            valid_sizes: (N, L, 2) float (valid W_l, valid H_l).
+
+        Returns:
+            (N, S, L, 2) reference points (x, y) in [0, 1] of each level's padded map.
+        """
+        refs = []
+        device = valid_sizes.device
+        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+            ref_y, ref_x = torch.meshgrid(
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
+                indexing="ij",
+            )
+            ref_x = ref_x.reshape(-1)[None] / valid_sizes[:, None, lvl, 0]
+            ref_y = ref_y.reshape(-1)[None] / valid_sizes[:, None, lvl, 1]
+            refs.append(torch.stack((ref_x, ref_y), -1))
+        reference_points = torch.cat(refs, 1)
+        valid_ratios = valid_sizes / spatial_shapes.flip(-1)[None].to(valid_sizes)
+        return reference_points[:, :, None] * valid_ratios[:, None]
+
+    def forward(self, src, spatial_shapes, level_start_index, valid_sizes, pos=None, padding_mask=None):
+        reference_points = self.get_reference_points(spatial_shapes, valid_sizes)
+        for layer in self.layers:
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+        return src
+
+
+class DeformableTransformerDecoderLayer(nn.Module):
+    """Self-attention (nn.MultiheadAttention) -> deformable cross-attention -> FFN, post-norm.
+
+    Official naming: ``norm2`` follows the self-attention, ``norm1`` the cross-attention.
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+    ):
+        super().__init__()
+        self.cross_attn = MultiScaleDeformableAttention(
+            embed_dim=d_model, num_heads=n_heads, num_levels=n_levels, num_points=n_points,
+            dropout=0.0, batch_first=True, add_identity=False,
+        )
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = _activation(activation)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout4 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, tgt, query_pos, reference_points, src, spatial_shapes, level_start_index, src_padding_mask=None):
+        """tgt, query_pos: (N, Q, C); reference_points: (N, Q, L, 2 or 4); src: (N, S, C)."""
+        q = k = _with_pos(tgt, query_pos)
+        tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        attn = self.cross_attn(
+            query=tgt, value=src, query_pos=query_pos, key_padding_mask=src_padding_mask,
+            reference_points=reference_points, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+        )
+        tgt = self.norm1(tgt + self.dropout1(attn))
+        ffn = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout4(ffn))
+
+
+class DeformableTransformerDecoder(nn.Module):
+    """Stack of decoder layers returning every layer's output and reference points.
+
+    With ``bbox_embed`` set (box refinement, Sec. 4.1 "Iterative Bounding Box Refinement"), each
+    layer's box head refines the references: r_{d} = sigmoid(delta_d + inverse_sigmoid(r_{d-1})),
+    detached before being fed to the next layer.
+    """
+
+    def __init__(self, num_layers: int = 6, **layer_kwargs):
+        super().__init__()
+        self.layers = nn.ModuleList(DeformableTransformerDecoderLayer(**layer_kwargs) for _ in range(num_layers))
+        self.num_layers = num_layers
+
+    def forward(
+        self, tgt, reference_points, src, spatial_shapes, level_start_index, valid_ratios,
+        query_pos=None, src_padding_mask=None, bbox_embed: Optional[nn.ModuleList] = None,
+    ):
+        """
+        Args:
+            tgt, query_pos: (N, Q, C).
+            reference_points: (N, Q, 2) or (N, Q, 4) normalised (cx, cy[, w, h]) of the valid image.
+            src: (N, S, C) encoder memory; valid_ratios: (N, L, 2) (w, h) valid / padded size.
+            bbox_embed: per-layer box heads for iterative refinement (None: no refinement). The
+                heads belong to the detector (``bbox_embed.{i}``); passing them here instead of
+                registering them twice keeps each parameter under one name.
+
+        Returns:
+            hs: (num_layers, N, Q, C); references: (num_layers, N, Q, 2 or 4), the reference
+            points after each layer (equal to the input ones without refinement).
+        """
+        hs, references = [], []
+        output = tgt
+        for lid, layer in enumerate(self.layers):
+            if reference_points.shape[-1] == 4:
+                ref_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+            else:
+                ref_input = reference_points[:, :, None] * valid_ratios[:, None]
+            output = layer(output, query_pos, ref_input, src, spatial_shapes, level_start_index, src_padding_mask)
+            if bbox_embed is not None:
+                delta = bbox_embed[lid](output)
+                if reference_points.shape[-1] == 4:
+                    new_ref = (delta + inverse_sigmoid(reference_points)).sigmoid()
+                else:
+                    new_ref = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1).sigmoid()
+                reference_points = new_ref.detach()
+            hs.append(output)
+            references.append(reference_points)
+        return torch.stack(hs), torch.stack(references)
+
+
+class TransformerOutput(NamedTuple):
+    """What :class:`DeformableTransformer` returns.
+
+    hs: (num_decoder_layers, N, Q, C) decoder outputs.
+    init_reference: (N, Q, 2) one-stage / (N, Q, 4) two-stage normalised references of layer 0.
+    inter_references: (num_decoder_layers, N, Q, 2 or 4) references after each layer.
+    enc_outputs_class: (N, S, K) proposal logits (two-stage only, else None).
+    enc_outputs_coord_unact: (N, S, 4) proposal boxes before sigmoid (two-stage only, else None;
+        +inf at padded / invalid positions).
+    """
+
+    hs: torch.Tensor
+    init_reference: torch.Tensor
+    inter_references: torch.Tensor
+    enc_outputs_class: Optional[torch.Tensor] = None
+    enc_outputs_coord_unact: Optional[torch.Tensor] = None
+
+
+class DeformableTransformer(nn.Module):
+    """Encoder + decoder with query generation (learned queries or two-stage proposals).
+
+    Args:
+        d_model, nhead, dim_feedforward, dropout, activation: layer sizes (paper: 256, 8, 1024, 0.1, relu).
+        num_encoder_layers, num_decoder_layers: 6 and 6 in the paper.
+        num_feature_levels: L (4 multi-scale, 1 single-scale).
+        enc_n_points, dec_n_points: K sampling points per head and level (4).
+        two_stage: generate the queries from the top-scoring encoder proposals (Sec. 4.1).
+        two_stage_num_proposals: how many proposals become queries (= num_queries).
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        nhead: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        num_feature_levels: int = 4,
+        enc_n_points: int = 4,
+        dec_n_points: int = 4,
+        two_stage: bool = False,
+        two_stage_num_proposals: int = 300,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.nhead = nhead
+        self.num_feature_levels = num_feature_levels
+        self.two_stage = two_stage
+        self.two_stage_num_proposals = two_stage_num_proposals
+        layer = dict(d_model=d_model, d_ffn=dim_feedforward, dropout=dropout, activation=activation, n_levels=num_feature_levels, n_heads=nhead)
+        self.encoder = DeformableTransformerEncoder(num_encoder_layers, n_points=enc_n_points, **layer)
+        self.decoder = DeformableTransformerDecoder(num_decoder_layers, n_points=dec_n_points, **layer)
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        if two_stage:
+            self.enc_output = nn.Linear(d_model, d_model)
+            self.enc_output_norm = nn.LayerNorm(d_model)
+            self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
+            self.pos_trans_norm = nn.LayerNorm(d_model * 2)
+        else:
+            self.reference_points = nn.Linear(d_model, 2)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # Official: xavier for all matrices, then the deformable attention's own init.
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MultiScaleDeformableAttention):
+                m.init_weights()
+        if not self.two_stage:
+            nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
+            nn.init.constant_(self.reference_points.bias, 0.0)
+        nn.init.normal_(self.level_embed)
+
+    @staticmethod
+    def get_proposal_pos_embed(proposals: torch.Tensor, num_pos_feats: int = 128, temperature: float = 10000.0) -> torch.Tensor:
+        """(N, Q, 4) unnormalised (pre-sigmoid) boxes -> (N, Q, 4 * num_pos_feats) sine embedding."""
+        scale = 2 * math.pi
+        dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
+        dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+        pos = proposals.sigmoid() * scale
+        pos = pos[:, :, :, None] / dim_t
+        return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)
+
+    def gen_encoder_output_proposals(self, memory, memory_padding_mask, spatial_shapes, valid_sizes):
+        """One proposal per encoder token: its pixel centre with size 0.05 * 2^level (Sec. A.4).
+
+        Returns:
+            output_memory: (N, S, C) memory after enc_output + norm (zero at padded/invalid tokens
+                before the projection, as official).
+            output_proposals: (N, S, 4) inverse-sigmoid boxes, +inf at padded/invalid tokens.
+            valid: (N, S) bool, tokens whose proposal is usable.
+        """
+        n = memory.shape[0]
+        proposals = []
+        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+            grid_y, grid_x = torch.meshgrid(
+                torch.arange(h, dtype=torch.float32, device=memory.device),
+                torch.arange(w, dtype=torch.float32, device=memory.device),
+                indexing="ij",
+            )
+            grid = torch.stack([grid_x, grid_y], -1)[None] + 0.5  # (1, H, W, 2)
+            grid = grid / valid_sizes[:, lvl].view(n, 1, 1, 2)
+            wh = torch.full_like(grid, 0.05 * 2.0**lvl)
+            proposals.append(torch.cat((grid, wh), -1).view(n, -1, 4))
+        output_proposals = torch.cat(proposals, 1)
+        valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).all(-1)
+        if memory_padding_mask is not None:
+            valid = valid & ~memory_padding_mask
+        output_proposals = inverse_sigmoid(output_proposals).masked_fill(~valid[..., None], float("inf"))
+        output_memory = memory.masked_fill(~valid[..., None], 0.0)
+        output_memory = self.enc_output_norm(self.enc_output(output_memory))
+        return output_memory, output_proposals, valid
+
+    def forward(
+        self,
+        srcs: List[torch.Tensor],
+        masks: List[torch.Tensor],
+        pos_embeds: List[torch.Tensor],
+        query_embed: Optional[torch.Tensor] = None,
+        bbox_embed: Optional[nn.ModuleList] = None,
+        proposal_heads: Optional[Tuple[nn.Module, nn.Module]] = None,
+    ) -> TransformerOutput:
+        """
+        Args:
+            srcs: L maps (N, C, H_l, W_l); masks: L (N, H_l, W_l) bool (True = padding);
+            pos_embeds: L (N, C, H_l, W_l).
+            query_embed: (Q, 2C) learned (query_pos | tgt) embeddings (one-stage only).
+            bbox_embed: per-decoder-layer box heads for iterative refinement, or None.
+            proposal_heads: (class head, box head) scoring the encoder proposals (two-stage only).
+        """
+        if len(srcs) != self.num_feature_levels:
+            raise ValueError(f"DeformableTransformer: got {len(srcs)} feature levels, expected num_feature_levels={self.num_feature_levels}")
+        src_flatten, mask_flatten, pos_flatten, shapes = [], [], [], []
+        for lvl, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
+            shapes.append(src.shape[-2:])
+            src_flatten.append(src.flatten(2).transpose(1, 2))
+            mask_flatten.append(mask.flatten(1))
+            pos_flatten.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
+        src_flatten = torch.cat(src_flatten, 1)
+        mask_flatten = torch.cat(mask_flatten, 1)
+        pos_flatten = torch.cat(pos_flatten, 1)
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        # Valid (w, h) of every level from the exact masks, and their ratio to the padded size.
+        valid_sizes = torch.stack(
+            [torch.stack([(~m[:, 0, :]).sum(1), (~m[:, :, 0]).sum(1)], -1) for m in masks], 1
+        ).to(src_flatten.dtype)
+        valid_ratios = valid_sizes / spatial_shapes.flip(-1)[None].to(valid_sizes)
+
+        memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_sizes, pos_flatten, mask_flatten)
+
+        bs, _, c = memory.shape
+        enc_outputs_class = enc_outputs_coord_unact = None
+        if self.two_stage:
+            output_memory, output_proposals, valid = self.gen_encoder_output_proposals(memory, mask_flatten, spatial_shapes, valid_sizes)
+            if proposal_heads is None:
+                raise ValueError("DeformableTransformer: two-stage needs proposal_heads=(class head, box head)")
+            enc_outputs_class = proposal_heads[0](output_memory)
+            enc_outputs_coord_unact = proposal_heads[1](output_memory) + output_proposals
+            # Unlike the official code, padded/invalid tokens can never be selected, so the
+            # selection does not depend on how much padding the batch has.
+            objectness = enc_outputs_class[..., 0].masked_fill(~valid, float("-inf"))
+            topk = min(self.two_stage_num_proposals, objectness.shape[1])
+            topk_idx = torch.topk(objectness, topk, dim=1)[1]
+            topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_idx[..., None].expand(-1, -1, 4)).detach()
+            reference_points = topk_coords_unact.sigmoid()
+            pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords_unact, c // 2)))
+            query_pos, tgt = torch.split(pos_trans_out, c, dim=2)
+        else:
+            if query_embed is None:
+                raise ValueError("DeformableTransformer: one-stage needs query_embed (Q, 2C)")
+            query_pos, tgt = torch.split(query_embed, c, dim=1)
+            query_pos = query_pos[None].expand(bs, -1, -1)
+            tgt = tgt[None].expand(bs, -1, -1)
+            reference_points = self.reference_points(query_pos).sigmoid()
+        init_reference = reference_points
+
+        hs, inter_references = self.decoder(
+            tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, query_pos, mask_flatten,
+            bbox_embed=bbox_embed,
+        )
+        return TransformerOutput(hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact)

@@ -1,0 +1,205 @@
+"""Parity with Hugging Face transformers: tiny random DeformableDetrForObjectDetection /
+DetrForObjectDetection models (their backbones included) are converted through the official
+names into this project's models, which must then predict the same logits and boxes (1e-4) on
+the same input."""
+import pytest
+import torch
+from detectron2.structures import ImageList
+
+transformers = pytest.importorskip("transformers")
+
+from detrex_lite.checkpoint import (  # noqa: E402
+    convert_state_dict,
+    hf_to_official_deformable_detr,
+    hf_to_official_detr,
+    load_model_state,
+)
+from detrex_lite.checkpoint.class_heads import coco_contiguous_to_id  # noqa: E402
+from detrex_lite.layers import PositionEmbeddingSine  # noqa: E402
+from detrex_lite.modeling import ChannelMapper, HungarianMatcher, SetCriterion  # noqa: E402
+from test_convert_resnet import d2_resnet_like_hf  # noqa: E402
+
+D_MODEL, HEADS, FFN, QUERIES = 32, 2, 64, 10
+BACKBONE = dict(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="bottleneck")
+TOL = dict(rtol=0, atol=1e-4)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Perturb every parameter and BatchNorm buffer of the HF model.
+
+    HF initialises many tensors to constants (LayerNorm 1/0, frozen BatchNorm as the identity,
+    attention_weights 0, the last box layer 0): a conversion that swapped two of them would still
+    match. After this every tensor is distinct, so each one must land in its own place.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        for module in model.modules():
+            if hasattr(module, "running_var") and hasattr(module, "running_mean"):
+                n = module.running_var.numel()
+                module.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(n, generator=gen))
+                module.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+
+
+def _input(seed=1, h=64, w=96):
+    return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _our_outputs(model, pixels):
+    images = ImageList(pixels, [tuple(pixels.shape[-2:])] * pixels.shape[0])
+    with torch.no_grad():
+        features, masks = model.extract_features(images)
+        if len(features) == 1 and not hasattr(model, "as_two_stage"):
+            return model._predict(features[0], masks[0])
+        return model._predict(features, masks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deformable DETR
+# ---------------------------------------------------------------------------------------------
+def _hf_deformable(num_labels, num_feature_levels=4, with_box_refine=False, two_stage=False):
+    out_features = ["stage2", "stage3", "stage4"] if num_feature_levels > 1 else ["stage4"]
+    config = transformers.DeformableDetrConfig(
+        backbone_config=transformers.ResNetConfig(out_features=out_features, **BACKBONE),
+        use_timm_backbone=False, d_model=D_MODEL, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
+        num_queries=QUERIES, two_stage_num_proposals=QUERIES, num_labels=num_labels,
+        num_feature_levels=num_feature_levels, with_box_refine=with_box_refine, two_stage=two_stage,
+        dropout=0.0,
+    )
+    torch.manual_seed(0)
+    model = transformers.DeformableDetrForObjectDetection(config)
+    randomize(model)
+    return model.eval()
+
+
+def _our_deformable(num_classes, num_feature_levels=4, with_box_refine=False, two_stage=False):
+    from projects.deformable_detr.modeling import DeformableDETR, DeformableTransformer
+
+    hf_backbone = transformers.ResNetConfig(**BACKBONE)
+    in_features = ["res3", "res4", "res5"] if num_feature_levels > 1 else ["res5"]
+    backbone = d2_resnet_like_hf(hf_backbone, in_features)
+    neck = ChannelMapper(
+        input_shapes=backbone.output_shape(), in_features=in_features, out_channels=D_MODEL,
+        num_outs=num_feature_levels, kernel_size=1, norm="GN", num_groups=32,
+    )
+    transformer = DeformableTransformer(
+        d_model=D_MODEL, nhead=HEADS, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=FFN,
+        dropout=0.0, num_feature_levels=num_feature_levels, two_stage=two_stage, two_stage_num_proposals=QUERIES,
+    )
+    model = DeformableDETR(
+        backbone=backbone, neck=neck,
+        position_embedding=PositionEmbeddingSine(num_pos_feats=D_MODEL // 2, normalize=True, offset=-0.5),
+        transformer=transformer, num_classes=num_classes,
+        criterion=SetCriterion(num_classes=num_classes, matcher=HungarianMatcher()),
+        num_queries=QUERIES, with_box_refine=with_box_refine, as_two_stage=two_stage,
+    )
+    return model.eval()
+
+
+DEFORMABLE_VARIANTS = {
+    "multi_scale": dict(),
+    "single_scale": dict(num_feature_levels=1),
+    "box_refine": dict(with_box_refine=True),
+    "two_stage": dict(with_box_refine=True, two_stage=True),
+}
+
+
+@pytest.mark.parametrize("variant", list(DEFORMABLE_VARIANTS))
+def test_deformable_detr_matches_hf(variant):
+    kwargs = DEFORMABLE_VARIANTS[variant]
+    hf = _hf_deformable(num_labels=7, **kwargs)
+    ours = _our_deformable(num_classes=7, **kwargs)
+    converted, meta = convert_state_dict(hf.state_dict())
+    assert meta == {"source": "hf", "architecture": "deformable_detr"}
+    load_model_state(ours, converted, strict=True)  # raises on any missing/unexpected/shape
+
+    pixels = _input()
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, pixel_mask=torch.ones(1, *pixels.shape[-2:], dtype=torch.long))
+    out = _our_outputs(ours, pixels)
+    torch.testing.assert_close(out["pred_logits"], ref.logits, **TOL)
+    torch.testing.assert_close(out["pred_boxes"], ref.pred_boxes, **TOL)
+    if kwargs.get("two_stage"):
+        torch.testing.assert_close(out["enc_outputs"]["pred_logits"], ref.enc_outputs_class, **TOL)
+
+    # the official key layout converts to the same weights
+    from_official, meta = convert_state_dict(hf_to_official_deformable_detr(hf.state_dict()))
+    assert meta["source"] == "official-deformable-detr"
+    assert set(from_official) == set(converted)
+    assert all(torch.equal(from_official[k], converted[k]) for k in converted)
+
+
+@pytest.mark.parametrize("variant", ["multi_scale", "two_stage"])
+def test_deformable_detr_coco_class_mapping(variant):
+    """91 COCO-id logits -> 80 contiguous classes: each kept class has exactly its logit."""
+    kwargs = DEFORMABLE_VARIANTS[variant]
+    hf = _hf_deformable(num_labels=91, **kwargs)
+    ours = _our_deformable(num_classes=80, **kwargs)
+    load_model_state(ours, convert_state_dict(hf.state_dict())[0], strict=True)
+    pixels = _input(seed=2)
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, pixel_mask=torch.ones(1, *pixels.shape[-2:], dtype=torch.long))
+    out = _our_outputs(ours, pixels)
+    ids = coco_contiguous_to_id()
+    torch.testing.assert_close(out["pred_logits"], ref.logits[..., ids], **TOL)
+    torch.testing.assert_close(out["pred_boxes"], ref.pred_boxes, **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# DETR
+# ---------------------------------------------------------------------------------------------
+def _hf_detr(num_labels):
+    config = transformers.DetrConfig(
+        backbone_config=transformers.ResNetConfig(out_features=["stage4"], **BACKBONE),
+        use_timm_backbone=False, d_model=D_MODEL, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
+        num_queries=QUERIES, num_labels=num_labels, dropout=0.0,
+    )
+    torch.manual_seed(0)
+    model = transformers.DetrForObjectDetection(config)
+    randomize(model)
+    return model.eval()
+
+
+def _our_detr(num_classes):
+    from projects.detr.modeling import DETR, DetrTransformer
+
+    backbone = d2_resnet_like_hf(transformers.ResNetConfig(**BACKBONE), ["res5"])
+    return DETR(
+        backbone=backbone,
+        position_embedding=PositionEmbeddingSine(num_pos_feats=D_MODEL // 2, normalize=True, offset=0.0),
+        transformer=DetrTransformer(
+            d_model=D_MODEL, nhead=HEADS, dim_feedforward=FFN, dropout=0.0, num_encoder_layers=1, num_decoder_layers=2
+        ),
+        num_classes=num_classes,
+        criterion=SetCriterion(
+            num_classes=num_classes, matcher=HungarianMatcher(cost_class_type="ce_cost"), loss_class_type="ce_loss"
+        ),
+        num_queries=QUERIES,
+    ).eval()
+
+
+@pytest.mark.parametrize("num_labels,num_classes", [(6, 6), (91, 80)])
+def test_detr_matches_hf(num_labels, num_classes):
+    hf = _hf_detr(num_labels)
+    ours = _our_detr(num_classes)
+    converted, meta = convert_state_dict(hf.state_dict())
+    assert meta == {"source": "hf", "architecture": "detr"}
+    load_model_state(ours, converted, strict=True)
+
+    pixels = _input(seed=3)
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, pixel_mask=torch.ones(1, *pixels.shape[-2:], dtype=torch.long))
+    out = _our_outputs(ours, pixels)
+    # COCO: 91 id logits + no-object -> 80 contiguous + no-object (still last)
+    rows = coco_contiguous_to_id() + [num_labels] if num_labels == 91 else list(range(num_labels + 1))
+    torch.testing.assert_close(out["pred_logits"], ref.logits[..., rows], **TOL)
+    torch.testing.assert_close(out["pred_boxes"], ref.pred_boxes, **TOL)
+
+    from_official, meta = convert_state_dict(hf_to_official_detr(hf.state_dict()))
+    assert meta["source"] == "official-detr"
+    assert all(torch.equal(from_official[k], converted[k]) for k in converted)

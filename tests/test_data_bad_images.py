@@ -1,0 +1,95 @@
+"""Unreadable images: clear errors by default, opt-in skipping, no hang in DataLoader workers."""
+import logging
+import signal
+import time
+
+import numpy as np
+import pytest
+from detectron2.data import build_detection_train_loader
+from detectron2.data.detection_utils import SizeMismatchError
+from detectron2.structures import BoxMode
+from PIL import Image
+
+from detrex_lite.data import DetrDatasetMapper, ImageReadError, detr_train_augmentation
+
+
+def _record(file_name, image_id=5, height=32, width=48):
+    return {"file_name": file_name, "height": height, "width": width, "image_id": image_id,
+            "annotations": [{"bbox": [1, 1, 10, 10], "bbox_mode": BoxMode.XYWH_ABS,
+                             "category_id": 0, "iscrowd": 0}]}
+
+
+@pytest.fixture
+def files(tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(good)
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"this is not an image at all" * 10)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    return {"good": str(good), "garbage": str(garbage), "truncated": str(truncated),
+            "missing": str(tmp_path / "missing.jpg")}
+
+
+def _mapper(is_train=True, skip_unreadable=False):
+    return DetrDatasetMapper(augmentation=detr_train_augmentation([32], max_size=64), is_train=is_train,
+                             skip_unreadable=skip_unreadable)
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated"])
+@pytest.mark.parametrize("is_train", [True, False])
+def test_unreadable_image_raises_naming_file_and_image_id(files, kind, is_train):
+    with pytest.raises(ImageReadError) as error:
+        _mapper(is_train)(_record(files[kind], image_id=1234))
+    assert files[kind] in str(error.value)
+    assert "image_id=1234" in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated"])
+def test_skip_unreadable_logs_by_name_and_returns_none(files, kind, caplog):
+    mapper = _mapper(skip_unreadable=True)
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.dataset_mapper"):
+        assert mapper(_record(files[kind])) is None
+    assert any(files[kind] in r.getMessage() for r in caplog.records)
+    assert mapper(_record(files["good"]))["image"].shape[0] == 3
+
+
+def test_skip_unreadable_does_not_apply_to_evaluation(files):
+    """Skipping in evaluation would silently change the metric: it still raises there."""
+    mapper = _mapper(is_train=False, skip_unreadable=True)
+    with pytest.raises(ImageReadError):
+        mapper(_record(files["missing"]))
+
+
+def test_size_mismatch_with_annotation_names_file(files):
+    with pytest.raises(SizeMismatchError, match="good.jpg"):
+        _mapper()(_record(files["good"], height=40, width=48))
+
+
+def test_train_loader_skips_unreadable_when_asked(files):
+    dataset = [_record(files["missing"], image_id=1)] + [_record(files["good"], image_id=i) for i in (2, 3)]
+    loader = build_detection_train_loader(dataset, mapper=_mapper(skip_unreadable=True),
+                                          total_batch_size=2, num_workers=0)
+    batches = [batch for _, batch in zip(range(5), loader)]
+    assert {d["image_id"] for batch in batches for d in batch} <= {2, 3}
+
+
+def _alarm(signum, frame):
+    raise TimeoutError("iterating the data loader hung")
+
+
+def test_worker_error_propagates_promptly(files):
+    """An exception inside a DataLoader worker process reaches the training loop (no hang)."""
+    dataset = [_record(files["good"], image_id=1), _record(files["garbage"], image_id=2)]
+    loader = build_detection_train_loader(dataset, mapper=_mapper(), total_batch_size=2, num_workers=2)
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(60)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ImageReadError, match="garbage.jpg"):
+            for _ in loader:
+                pass
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - start < 60

@@ -1,0 +1,154 @@
+"""COCO-format loading and one-call registration of a user dataset."""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.structures import BoxMode
+from PIL import Image
+
+from detrex_lite.config import num_classes_from_dataset
+from detrex_lite.data import load_coco_detection_json, register_coco_dataset
+
+
+def write_coco(folder, annotations=None, categories=None, images=None):
+    """A tiny COCO dataset in ``folder``: two 40 x 50 PNG images, json at folder/ann.json."""
+    os.makedirs(folder / "images", exist_ok=True)
+    images = images or [
+        {"id": 11, "file_name": "a.png", "height": 40, "width": 50},
+        {"id": 12, "file_name": "b.png", "height": 40, "width": 50},
+    ]
+    for image in images:
+        Image.fromarray(np.full((image["height"], image["width"], 3), 128, np.uint8)).save(
+            folder / "images" / image["file_name"])
+    # Category ids with gaps and out of order: they map to contiguous ids by sorted dataset id.
+    categories = categories or [{"id": 9, "name": "zebra"}, {"id": 3, "name": "cat"},
+                                {"id": 5, "name": "dog"}]
+    annotations = annotations if annotations is not None else [
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0, "area": 200},
+        {"id": 2, "image_id": 11, "category_id": 9, "bbox": [5, 5, 5, 5], "iscrowd": 1, "area": 25},
+        {"id": 3, "image_id": 12, "category_id": 5, "bbox": [0, 0, 50, 40], "iscrowd": 0, "area": 2000},
+    ]
+    path = folder / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return str(path), str(folder / "images")
+
+
+@pytest.fixture
+def registered(tmp_path):
+    names = []
+
+    def register(name, json_file, image_root):
+        names.append(name)
+        register_coco_dataset(name, json_file, image_root)
+
+    yield register
+    for name in names:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+
+
+def test_load_maps_categories_and_keeps_fields(tmp_path):
+    json_file, image_root = write_coco(tmp_path)
+    dicts = load_coco_detection_json(json_file, image_root)
+    assert [d["image_id"] for d in dicts] == [11, 12]
+    assert dicts[0]["file_name"] == os.path.join(image_root, "a.png")
+    assert (dicts[0]["height"], dicts[0]["width"]) == (40, 50)
+    assert dicts[0]["annotations"] == [
+        {"bbox": [1.0, 2.0, 10.0, 20.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0},
+        {"bbox": [5.0, 5.0, 5.0, 5.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 2, "iscrowd": 1},
+    ]
+    assert dicts[1]["annotations"][0]["category_id"] == 1
+
+
+def test_register_user_dataset_in_one_call(tmp_path, registered):
+    json_file, image_root = write_coco(tmp_path)
+    registered("my_shapes_train", json_file, image_root)
+    meta = MetadataCatalog.get("my_shapes_train")
+    # Available at registration, before any load: the class count flows into the model config.
+    assert meta.thing_classes == ["cat", "dog", "zebra"]
+    assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 5: 1, 9: 2}
+    assert (meta.json_file, meta.image_root, meta.evaluator_type) == (json_file, image_root, "coco")
+    assert num_classes_from_dataset("my_shapes_train") == 3
+    dicts = get_detection_dataset_dicts("my_shapes_train", filter_empty=False)
+    assert len(dicts) == 2 and sum(len(d["annotations"]) for d in dicts) == 3
+    assert MetadataCatalog.get("my_shapes_train").thing_classes == ["cat", "dog", "zebra"]
+
+
+def test_register_checks_paths_and_names(tmp_path, registered):
+    json_file, image_root = write_coco(tmp_path)
+    missing_json = str(tmp_path / "nope.json")
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        registered("bad_json_path", missing_json, image_root)
+    with pytest.raises(FileNotFoundError, match="no_images"):
+        registered("bad_image_root", json_file, str(tmp_path / "no_images"))
+    assert "bad_json_path" not in DatasetCatalog.list()
+    registered("twice", json_file, image_root)
+    with pytest.raises(ValueError, match="already registered"):
+        register_coco_dataset("twice", json_file, image_root)
+
+
+def test_empty_images_survive_filter_empty_false(tmp_path, registered):
+    json_file, image_root = write_coco(tmp_path, annotations=[
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+    ])
+    registered("with_empty", json_file, image_root)
+    assert [len(d["annotations"]) for d in get_detection_dataset_dicts("with_empty", filter_empty=False)] == [1, 0]
+    assert len(get_detection_dataset_dicts("with_empty", filter_empty=True)) == 1
+
+
+def test_degenerate_and_outside_boxes_are_clipped_or_dropped_with_a_count(tmp_path, caplog):
+    json_file, image_root = write_coco(tmp_path, annotations=[
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20]},      # fine
+        {"id": 2, "image_id": 11, "category_id": 3, "bbox": [4, 4, 0, 10]},       # zero width
+        {"id": 3, "image_id": 11, "category_id": 3, "bbox": [4, 4, 10, -3]},      # negative height
+        {"id": 4, "image_id": 11, "category_id": 3, "bbox": [60, 4, 10, 10]},     # right of the image
+        {"id": 5, "image_id": 11, "category_id": 3, "bbox": [-5, 30, 20, 20]},    # sticks out: clipped
+        {"id": 6, "image_id": 12, "category_id": 3, "bbox": [1, 1, float("nan"), 3]},  # not finite
+    ])
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.coco"):
+        dicts = load_coco_detection_json(json_file, image_root)
+    assert [a["bbox"] for a in dicts[0]["annotations"]] == [[1.0, 2.0, 10.0, 20.0], [0.0, 30.0, 15.0, 10.0]]
+    assert dicts[1]["annotations"] == []
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "clipped 1 boxes" in message and "dropped 4 boxes" in message
+    assert "[2, 3, 4, 6]" in message and json_file in message
+
+
+def test_unknown_category_names_file_annotation_and_category(tmp_path):
+    json_file, image_root = write_coco(tmp_path, annotations=[
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20]},
+        {"id": 77, "image_id": 12, "category_id": 4, "bbox": [1, 2, 10, 20]},
+    ])
+    with pytest.raises(ValueError) as error:
+        load_coco_detection_json(json_file, image_root)
+    message = str(error.value)
+    assert json_file in message and "annotation id 77" in message and "category_id 4" in message
+
+
+def test_json_that_does_not_parse_names_file_and_position(tmp_path, registered):
+    json_file, image_root = write_coco(tmp_path)
+    with open(json_file, "w") as f:
+        f.write('{"images": [],\n "annotations": [}')
+    for load in (lambda: load_coco_detection_json(json_file, image_root),
+                 lambda: registered("broken_json", json_file, image_root)):
+        with pytest.raises(ValueError) as error:
+            load()
+        assert json_file in str(error.value)
+        assert "line 2 column 18" in str(error.value)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("[1, 2]", "JSON object"),
+    ('{"images": [], "annotations": []}', "'categories'"),
+    ('{"images": [], "annotations": [], "categories": []}', "is empty"),
+])
+def test_json_without_coco_structure(tmp_path, content, match):
+    path = tmp_path / "x.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_coco_detection_json(str(path), str(tmp_path))

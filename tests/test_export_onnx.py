@@ -1,0 +1,176 @@
+"""ONNX export of tiny Deformable DETR (one-stage, box refinement, two-stage) and DETR, checked
+with onnxruntime against PyTorch, and the exported contract checked against the model itself."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+
+from detrex_lite.export.onnx_export import (
+    ExportableDETR,
+    check_onnx_parity,
+    export_onnx,
+    prepare_export_inputs,
+    pytorch_deform_attn,
+)
+from detrex_lite.layers import MultiScaleDeformableAttention
+from detrex_lite.layers.ms_deform_attn_function import extension_available
+from tools_tiny_models import load_tool, save_config, tiny_deformable_detr_config, tiny_detr_config
+
+CANVAS = (96, 96)
+
+
+def _build(variant):
+    cfg = tiny_detr_config() if variant == "detr" else tiny_deformable_detr_config(variant)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    # Spread the class scores (the focal prior makes them all ~0.01): distinct top-k scores.
+    heads = model.class_embed if isinstance(model.class_embed, torch.nn.ModuleList) else [model.class_embed]
+    for head in heads:
+        torch.nn.init.normal_(head.bias, std=2.0)
+    return cfg, model
+
+
+def _images(seed=0):
+    """A batch of two images smaller than the canvas, of different sizes (so padding differs)."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(0, 256, (3, 96, 72), dtype=torch.uint8, generator=g),
+        torch.randint(0, 256, (3, 64, 90), dtype=torch.uint8, generator=g),
+    ]
+
+
+@pytest.mark.parametrize("variant", ["one_stage", "box_refine", "two_stage", "detr"])
+def test_raw_outputs_match_onnxruntime_with_dynamic_batch(variant, tmp_path):
+    _, model = _build(variant)
+    path = str(tmp_path / f"{variant}.onnx")
+    wrapper = export_onnx(model, path, CANVAS, output="raw", sample_batch_size=1)
+    # Exported with batch 1, run with batch 2 of differently padded images.
+    images, sizes = prepare_export_inputs(model, _images(), CANVAS)
+    diffs = check_onnx_parity(path, wrapper, images, sizes, atol=1e-4)
+    assert diffs["ok"], diffs
+    assert set(diffs) == {"pred_logits", "pred_boxes", "ok"}
+
+
+@pytest.mark.parametrize("variant", ["two_stage", "detr"])
+def test_detections_match_onnxruntime_and_the_model(variant, tmp_path):
+    _, model = _build(variant)
+    path = str(tmp_path / f"{variant}_det.onnx")
+    wrapper = export_onnx(model, path, CANVAS, output="detections")
+    images, sizes = prepare_export_inputs(model, _images(1), CANVAS)
+    diffs = check_onnx_parity(path, wrapper, images, sizes, atol=1e-3)
+    assert diffs["ok"], diffs
+    assert diffs["scores"] < 1e-5 and diffs["boxes"] < 1e-5
+
+    # The contract: for an image filling the canvas, the graph's outputs are the model's own
+    # detections (boxes in the image's pixels, as the model gives them for height/width = the
+    # image size; the model computes them with the compiled op when it is built).
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    image = torch.randint(0, 256, (3, *CANVAS), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    x, s = prepare_export_inputs(model, [image], CANVAS)
+    scores, labels, boxes = session.run(None, {"images": x.numpy(), "image_sizes": s.numpy()})
+    with torch.no_grad():
+        ref = model([{"image": image, "height": CANVAS[0], "width": CANVAS[1]}])[0]["instances"]
+    assert scores.shape == labels.shape == (1, 10) and boxes.shape == (1, 10, 4)
+    assert len(ref) == 10
+    np.testing.assert_allclose(scores[0], ref.scores.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(labels[0], ref.pred_classes.numpy())
+    np.testing.assert_allclose(boxes[0], ref.pred_boxes.tensor.numpy(), atol=1e-2, rtol=0)
+
+
+def test_padding_does_not_change_the_exported_result(tmp_path):
+    # The canvas is padding the masks account for: the same image alone and padded into the
+    # canvas next to a larger one gives nearly the same detections (exactly the same apart from
+    # the backbone's border effects, which the padded batch has by design).
+    _, model = _build("one_stage")
+    wrapper = ExportableDETR(model, output="raw").eval()
+    image = _images(3)[1]
+    with torch.no_grad():
+        alone = wrapper(*prepare_export_inputs(model, [image]))
+        padded = wrapper(*prepare_export_inputs(model, [image], CANVAS))
+    assert alone[0].shape == padded[0].shape
+    # The decoder reads the same valid region: logits stay close (not equal: border convs).
+    assert (alone[0] - padded[0]).abs().max() < 0.5
+
+
+def test_reference_path_is_traced_during_export():
+    attn = MultiScaleDeformableAttention(embed_dim=16, num_heads=2, num_levels=2, num_points=2).eval()
+    shapes = torch.tensor([[4, 6], [2, 3]])
+    starts = torch.tensor([0, 24])
+    query = torch.randn(1, 5, 16)
+    value = torch.randn(1, 30, 16)
+    refs = torch.rand(1, 5, 2, 2)
+
+    class Call(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, q, v, r):
+            return self.attn(q, value=v, reference_points=r, spatial_shapes=shapes, level_start_index=starts)
+
+    def trace_kinds():
+        traced = torch.jit.trace(Call(), (query, value, refs), check_trace=False)
+        return {node.kind() for node in traced.inlined_graph.nodes()}
+
+    with pytorch_deform_attn():
+        kinds = trace_kinds()
+        expected = attn(query, value=value, reference_points=refs, spatial_shapes=shapes, level_start_index=starts)
+    assert "aten::grid_sampler" in kinds
+    assert not any(k.startswith("detrex_lite::") for k in kinds)
+    if extension_available("cpu"):
+        assert "detrex_lite::ms_deform_attn_forward" in trace_kinds()  # restored after the block
+    got = attn(query, value=value, reference_points=refs, spatial_shapes=shapes, level_start_index=starts)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_rejects_old_opset_and_oversized_images(tmp_path):
+    _, model = _build("one_stage")
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(model, str(tmp_path / "x.onnx"), CANVAS, opset=13)
+    with pytest.raises(ValueError, match="canvas"):
+        prepare_export_inputs(model, [torch.zeros(3, 100, 10, dtype=torch.uint8)], CANVAS)
+
+
+def test_export_tool_with_checkpoint_and_images(tmp_path):
+    cfg, model = _build("box_refine")
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_final")
+    cfg_path = save_config(cfg, str(tmp_path / "tiny.yaml"))
+    rng = np.random.default_rng(0)
+    image_paths = []
+    for name, (h, w) in {"a.png": (50, 120), "b.png": (90, 70)}.items():
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        image_paths.append(str(tmp_path / name))
+    tool = load_tool("export_onnx")
+    report = tool.main([
+        "--config-file", cfg_path, "--checkpoint", str(tmp_path / "model_final.pth"),
+        "--output", str(tmp_path / "out" / "model.onnx"), "--check-images", *image_paths,
+        "--json", str(tmp_path / "report.json"),
+    ])
+    # Canvas from the test resize (max_size 96); the images resized like the test loader:
+    # 50x120 -> 40x96, 90x70 -> short side 64 -> 82x64 (long side 82.3 <= 96).
+    assert report["canvas"] == [96, 96]
+    assert report["check_batch"] == [[40, 96], [82, 64]]
+    assert report["max_abs_diff"]["ok"]
+    assert json.load(open(tmp_path / "report.json"))["max_abs_diff"] == report["max_abs_diff"]
+    import onnx
+    import onnxruntime as ort
+
+    onnx_path = str(tmp_path / "out" / "model.onnx")
+    graph = onnx.load(onnx_path).graph
+    assert [i.name for i in graph.input] == ["images", "image_sizes"]
+    assert [o.name for o in graph.output] == ["scores", "labels", "boxes"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    # The exported weights are the checkpoint's: the graph reproduces the saved model.
+    images, sizes = prepare_export_inputs(model, _images(), CANVAS)
+    got = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(
+        None, {"images": images.numpy(), "image_sizes": sizes.numpy()}
+    )
+    with torch.no_grad():
+        ref = ExportableDETR(model)(images, sizes)
+    np.testing.assert_allclose(got[0], ref[0].numpy(), atol=1e-4, rtol=0)

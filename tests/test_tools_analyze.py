@@ -1,0 +1,98 @@
+"""tools/analyze_model.py and detrex_lite.export.flops: parameter and FLOP counts checked
+against counts worked out by hand from the layer shapes."""
+import json
+import math
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from detrex_lite.export.flops import (
+    model_flop_analysis,
+    module_breakdown,
+    ms_deform_attn_flops,
+    synthetic_image_inputs,
+)
+from tools_tiny_models import DEFORMABLE_DETR_MODEL, load_tool, save_config, tiny_deformable_detr_config
+
+analyze_model = load_tool("analyze_model")
+
+H, W = 64, 96
+D_MODEL, HEADS, LEVELS, POINTS, QUERIES, CLASSES = 32, 2, 4, 2, 12, 6
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = tiny_deformable_detr_config("one_stage")
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    analysis = model_flop_analysis(model, synthetic_image_inputs((H, W), torch.device("cpu")))
+    return cfg, model, analysis
+
+
+def _tokens():
+    # Levels at strides 8, 16, 32, 64; a stride-s map of an h x w image is ceil(h/s) x ceil(w/s).
+    return sum(math.ceil(H / s) * math.ceil(W / s) for s in (8, 16, 32, 64))
+
+
+def test_deformable_attention_flops(tiny):
+    _, _, analysis = tiny
+    head_dim = D_MODEL // HEADS
+    # 4-corner bilinear (4 MACs) + attention weighting (1 MAC) per channel, query, head, level, point;
+    # encoder queries are the S tokens, decoder queries the object queries.
+    per_query = HEADS * LEVELS * POINTS * head_dim * 5
+    expected = (_tokens() + QUERIES) * per_query
+    assert _tokens() == 96 + 24 + 6 + 2
+    assert analysis.by_operator()["PythonOp.MSDeformAttnFlopProbe"] == expected
+    assert ms_deform_attn_flops((1, 128, 2, 16), (1, 140, 2, 4, 2, 2)) == expected
+    with pytest.raises(ValueError, match="disagree"):
+        ms_deform_attn_flops((2, 128, 2, 16), (1, 140, 2, 4, 2, 2))
+
+
+def test_attention_and_head_flops(tiny):
+    _, _, analysis = tiny
+    # Decoder self-attention: Q K^T and the weighted sum, per head: Q * Q * (d_head + d_head).
+    assert analysis.by_operator()["scaled_dot_product_attention"] == HEADS * QUERIES * QUERIES * 2 * (D_MODEL // HEADS)
+    by_module = analysis.by_module()
+    # Class head Linear(32, 6) and box MLP 32 -> 32 -> 32 -> 4 on every query (one decoder layer).
+    assert by_module["model.class_embed.0"] == QUERIES * D_MODEL * CLASSES
+    assert by_module["model.bbox_embed.0"] == QUERIES * (D_MODEL * D_MODEL * 2 + D_MODEL * 4)
+
+
+def test_module_breakdown_params_and_flops_add_up(tiny):
+    _, model, analysis = tiny
+    rows = module_breakdown(model, analysis, max_depth=1)
+    total = sum(p.numel() for p in model.parameters())
+    assert rows[""]["params"] == total
+    assert rows[""]["flops"] == analysis.total()
+    children = [name for name in rows if name and "." not in name]
+    # Top-level modules hold every parameter (class/box heads are shared ModuleLists: count once).
+    assert sum(rows[c]["params"] for c in children) == total
+    assert sum(rows[c]["flops"] for c in children) == analysis.total()
+    assert rows["class_embed"]["params"] == D_MODEL * CLASSES + CLASSES
+
+
+def test_tool_writes_report(tiny, tmp_path):
+    cfg, _, analysis = tiny
+    cfg_path = save_config(cfg, str(tmp_path / "tiny.yaml"))
+    report = analyze_model.main([
+        "--config-file", cfg_path, "--image-size", str(H), str(W), "--json", str(tmp_path / "r.json"),
+    ])
+    assert report["flops"] == analysis.total()
+    assert json.load(open(tmp_path / "r.json"))["params"] == report["params"]
+    assert "PythonOp.MSDeformAttnFlopProbe" in report["flops_by_operator"]
+
+
+def test_deformable_detr_r50_has_the_papers_40m_parameters():
+    # Zhu et al. 2021, Table 1: Deformable DETR (R50) has 40M parameters.
+    cfg = LazyConfig.load(DEFORMABLE_DETR_MODEL)
+    model = instantiate(cfg.model)
+    report = analyze_model.analyze(model, ["parameter"], (800, 1333), max_depth=1)
+    assert 39.5e6 < report["params"] < 40.5e6
+    # The backbone's parameters are torchvision ResNet-50's convolutions (FrozenBN keeps its
+    # affine terms as buffers, and there is no fc).
+    import torchvision
+
+    resnet50 = torchvision.models.resnet50()
+    convs = sum(m.weight.numel() for m in resnet50.modules() if isinstance(m, torch.nn.Conv2d))
+    assert report["by_module"]["backbone"]["params"] == convs

@@ -1,0 +1,112 @@
+"""tools/demo.py on a tiny Deformable DETR: folders, globs, a video, an unreadable file, JSON."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+
+from detrex_lite.predictor import Predictor
+from tools_tiny_models import load_tool, save_config, tiny_deformable_detr_config
+
+demo = load_tool("demo")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    cfg = tiny_deformable_detr_config("one_stage")
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    for head in model.class_embed:  # spread scores: some above, some below the threshold
+        torch.nn.init.normal_(head.bias, std=3.0)
+    DetectionCheckpointer(model, save_dir=str(root)).save("model_final")
+    cfg.train.init_checkpoint = str(root / "model_final.pth")
+    cfg_path = save_config(cfg, str(root / "tiny.yaml"))
+
+    inputs = root / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    images = {"a.jpg": (70, 90), "b.png": (60, 80)}
+    for name, (h, w) in images.items():
+        cv2.imwrite(str(inputs / name), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    (inputs / "broken.jpg").write_bytes(b"not an image")
+    video = str(root / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for i in range(2):
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    return cfg_path, inputs, video, images
+
+
+def test_demo_folder_video_json_and_skips(setup, tmp_path, capsys):
+    cfg_path, inputs, video, images = setup
+    out = tmp_path / "out"
+    threshold = 0.3
+    code = demo.main([
+        "--config-file", cfg_path, "--input", str(inputs), video, "--output", str(out),
+        "--confidence-threshold", str(threshold), "--json", "--device", "cpu",
+    ])
+    assert code == 1  # one input was skipped ...
+    log = capsys.readouterr()
+    assert "Skipping " + str(inputs / "broken.jpg") in log.out + log.err  # ... and named
+    # ... and the rest were processed: one image per image input, at its size, with boxes drawn.
+    assert sorted(os.listdir(out)) == ["a.jpg", "b.png", "clip.mp4", "detections.json"]
+    for name, (h, w) in images.items():
+        drawn = cv2.imread(str(out / name))
+        assert drawn.shape == (h, w, 3)
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    assert (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (64, 48)
+    capture.release()
+
+    # The JSON holds exactly the Predictor's detections above the threshold, as COCO xywh.
+    results = json.load(open(out / "detections.json"))
+    predictor = Predictor(cfg_path, device="cpu")
+    # COCO results use the dataset's category ids (the demo json's), not the contiguous ones.
+    to_dataset_id = {v: k for k, v in predictor.metadata.thing_dataset_id_to_contiguous_id.items()}
+    assert sorted(to_dataset_id) == list(range(6))
+    expected = []
+    for image_id, name in enumerate(["a.jpg", "b.png"]):
+        inst = predictor(str(inputs / name))
+        inst = inst[inst.scores >= threshold]
+        for box, score, cls in zip(inst.pred_boxes.tensor.tolist(), inst.scores.tolist(), inst.pred_classes.tolist()):
+            expected.append((image_id, to_dataset_id[cls], score, [box[0], box[1], box[2] - box[0], box[3] - box[1]]))
+    got = [(r["image_id"], r["category_id"], r["score"], r["bbox"]) for r in results if "frame" not in r]
+    assert len(got) == len(expected) > 0
+    for (gi, gc, gs, gb), (ei, ec, es, eb) in zip(got, expected):
+        assert (gi, gc) == (ei, ec)
+        assert gs == pytest.approx(es, abs=1e-6)
+        assert gb == pytest.approx(eb, abs=1e-4)
+    assert min(r["score"] for r in results) >= threshold
+    frames = sorted({(r["image_id"], r["frame"]) for r in results if "frame" in r})
+    assert all(f in [(2, 0), (3, 1)] for f in frames)
+
+
+def test_drawing_changes_pixels_only_with_detections(setup, tmp_path):
+    cfg_path, inputs, _, _ = setup
+    for threshold, expect_change in ((0.0, True), (1.01, False)):
+        out = tmp_path / f"t{threshold}"
+        code = demo.main([
+            "--config-file", cfg_path, "--input", str(inputs / "*.png"), "--output", str(out),
+            "--confidence-threshold", str(threshold), "--device", "cpu",
+        ])
+        assert code == 0
+        original = cv2.imread(str(inputs / "b.png")).astype(int)
+        drawn = cv2.imread(str(out / "b.png")).astype(int)
+        changed = np.abs(drawn - original).max() > 0
+        assert changed == expect_change
+
+
+def test_expand_inputs(tmp_path):
+    for name in ("x.jpg", "y.PNG", "notes.txt", "v.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    folder = demo.expand_inputs([str(tmp_path)])
+    assert [os.path.basename(p) for p in folder] == ["v.mp4", "x.jpg", "y.PNG"]
+    assert [os.path.basename(p) for p in demo.expand_inputs([str(tmp_path / "*.jpg")])] == ["x.jpg"]
+    assert demo.expand_inputs(["missing.jpg"]) == ["missing.jpg"]
+    used = {}
+    assert [demo.output_name(p, used) for p in ("a/x.jpg", "b/x.jpg", "c/y.jpg")] == ["x.jpg", "x_1.jpg", "y.jpg"]

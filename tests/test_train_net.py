@@ -1,0 +1,153 @@
+"""tools/train_net.py as users run it (a subprocess) on the demo dataset with the toy detector of
+tests/configs/toy_detector_demo.py: config errors, train -> --eval-only -> --resume, a non-finite
+loss, and two CPU processes with gloo."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+TOY_CONFIG = os.path.join(REPO, "tests", "configs", "toy_detector_demo.py")
+
+
+def run_train_net(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, TRAIN_NET, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _train_net_module():
+    spec = importlib.util.spec_from_file_location("train_net_under_test", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------ config errors (exit code 2)
+def test_unknown_override_is_one_line_exit_2(tmp_path):
+    proc = run_train_net("--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_itr=10")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("train_net:")]
+    assert lines == [
+        "train_net: error: unknown config key 'train.max_itr' (did you mean 'train.max_iter'?); "
+        "write '+train.max_itr=10' to add a new key"
+    ]
+    assert "Traceback" not in proc.stderr
+    assert not os.listdir(tmp_path)  # nothing built, nothing written
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train.max_iter=abc"], "override train.max_iter=abc: expected int (current value 20), got str 'abc'"),
+        (["model.num_classes=80"], "model.num_classes=80 but dataset detrex_demo_train has 6 thing_classes"),
+        (["train.init_checkpoint=/nonexistent/w.pth"], "train.init_checkpoint: file not found: /nonexistent/w.pth"),
+        (["--eval-only"], "--eval-only needs weights"),
+    ],
+)
+def test_config_errors_in_process(argv, message, capsys, tmp_path):
+    train_net = _train_net_module()
+    options = [a for a in argv if a.startswith("--")]
+    overrides = [a for a in argv if not a.startswith("--")]
+    rc = train_net.cli(["--config-file", TOY_CONFIG, *options, f"train.output_dir={tmp_path}", *overrides])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("train_net: error: ") and message in err and err.count("\n") == 1, err
+    assert not os.listdir(tmp_path)
+
+
+def test_missing_config_file(capsys, tmp_path):
+    rc = _train_net_module().cli(["--config-file", str(tmp_path / "missing.py")])
+    assert rc == 2
+    assert capsys.readouterr().err == f"train_net: error: config file not found: {tmp_path / 'missing.py'}\n"
+
+
+# ------------------------------------------------------------------ train -> eval -> resume
+def test_train_eval_resume(tmp_path):
+    out = str(tmp_path / "run")
+    common = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.checkpointer.period=3"]
+    proc = run_train_net(*common, "train.max_iter=6", "train.model_ema.enabled=True", "train.model_ema.decay=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_metrics(out)
+    train_rows = [m for m in metrics if "total_loss" in m]
+    assert [m["iteration"] for m in train_rows] == list(range(6))
+    # metrics.json holds windowed medians; the first row is a single value, so it must add up.
+    assert train_rows[0]["total_loss"] == pytest.approx(train_rows[0]["loss_class"] + train_rows[0]["loss_bbox"], rel=1e-5)
+    assert any("bbox/AP" in m for m in metrics)  # evaluation after training
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_final.pth"
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000002.pth", "model_0000005.pth", "model_final.pth"]
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
+    assert ckpt["iteration"] == 5 and ckpt["trainer"]["iteration"] == 5
+    assert ckpt["model_ema"]["num_updates"] == 6
+    w = "class_head.weight"
+    assert not torch.equal(ckpt["model_ema"]["shadow"][w], ckpt["model"][w])  # a real average
+    adam_steps = {int(s["step"]) for s in ckpt["trainer"]["optimizer"]["state"].values()}
+    assert adam_steps == {6}
+    assert os.path.isfile(os.path.join(out, "config.yaml"))
+
+    # --eval-only from the saved checkpoint, with its EMA weights.
+    eval_out = str(tmp_path / "eval")
+    proc = run_train_net(
+        "--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={eval_out}",
+        f"train.init_checkpoint={out}/model_final.pth", "train.model_ema.enabled=True",
+        "train.model_ema.use_ema_weights_for_eval_only=True",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.load(open(os.path.join(eval_out, "eval_results.json")))
+    assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert 0.0 <= results["bbox"]["AP50"] <= 100.0
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
+    assert "Evaluating the EMA weights" in proc.stdout + proc.stderr
+
+    # --resume with a longer schedule continues at iteration 6 with the optimizer state.
+    proc = run_train_net("--resume", *common, "train.max_iter=8", "train.model_ema.enabled=True", "train.model_ema.decay=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming at iteration 6" in proc.stdout + proc.stderr
+    train_rows = [m for m in read_metrics(out) if "total_loss" in m]
+    assert [m["iteration"] for m in train_rows] == list(range(6)) + [6, 7]
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
+    assert ckpt["iteration"] == 7
+    assert {int(s["step"]) for s in ckpt["trainer"]["optimizer"]["state"].values()} == {8}
+    assert ckpt["model_ema"]["num_updates"] == 8
+
+
+def test_non_finite_loss_names_iteration_terms_and_checkpoint(tmp_path):
+    out = str(tmp_path)
+    proc = run_train_net(
+        "--config-file", TOY_CONFIG, f"train.output_dir={out}", "optimizer.lr=1e30",
+        "train.clip_grad.enabled=False", "train.checkpointer.period=1", "train.eval_period=0",
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("train_net: error:")]
+    assert "non-finite loss at iteration " in line and "loss_class=" in line and "loss_bbox=" in line
+    iteration = int(line.split("non-finite loss at iteration ")[1].split(":")[0])
+    assert iteration >= 1
+    assert f"last good checkpoint: {out}/model_{iteration - 1:07d}.pth" in line
+    # No metrics written for the bad iteration, and the checkpoint named is loadable.
+    assert max(m["iteration"] for m in read_metrics(out)) == iteration - 1
+    torch.load(os.path.join(out, f"model_{iteration - 1:07d}.pth"), weights_only=False)
+
+
+def test_two_cpu_processes_with_gloo(tmp_path):
+    out = str(tmp_path)
+    proc = run_train_net("--config-file", TOY_CONFIG, "--num-gpus", "2", f"train.output_dir={out}", "train.max_iter=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = open(os.path.join(out, "log.txt")).read()
+    assert "Rank of current process: 0. World size: 2" in log
+    rank1_log = open(os.path.join(out, "log.txt.rank1")).read()
+    assert "Rank of current process: 1. World size: 2" in rank1_log
+    # Rank 0 alone writes checkpoints and metrics (one row per iteration, not two).
+    assert [m["iteration"] for m in read_metrics(out) if "total_loss" in m] == [0, 1, 2, 3]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_final.pth"]
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr

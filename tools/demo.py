@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""Runs a trained detector on images, folders, globs or videos and draws its detections.
+
+    python tools/demo.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
+        --input "photos/*.jpg" clip.mp4 --output demo_out --confidence-threshold 0.5 \
+        --json --opts train.init_checkpoint=output/model_final.pth
+
+Weights come from ``train.init_checkpoint`` (override it with ``--opts``). One drawn image is
+written per input image (same file name) and one drawn .mp4 per input video; ``--json`` also
+writes ``detections.json`` in COCO results format (plus ``file_name`` and, for videos, ``frame``)
+holding the detections drawn, i.e. those scoring at least ``--confidence-threshold`` (use 0 to
+keep all, e.g. for evaluation). An input that cannot be read is reported by name and skipped;
+the exit status is 1 when any input was skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
+
+from detectron2.structures import Instances  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
+
+from detrex_lite.predictor import Predictor  # noqa: E402
+
+logger = logging.getLogger("detrex_lite.demo")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="LazyConfig .py file")
+    parser.add_argument(
+        "--input", nargs="+", required=True,
+        help="image files, folders (their images, sorted), glob patterns (quote them) or videos",
+    )
+    parser.add_argument("--output", required=True, help="folder for the drawn images/videos")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn")
+    parser.add_argument("--json", action="store_true", help="also write OUTPUT/detections.json")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value")
+    return parser
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[str]:
+    """Folders -> their image files (sorted), globs -> matches (sorted), anything else as given."""
+    paths: List[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(
+                os.path.join(pattern, name) for name in os.listdir(pattern)
+                if name.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            )
+        elif glob.has_magic(pattern):
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        else:
+            found = [pattern]  # a missing file is reported (and skipped) when it is read
+        if not found:
+            logger.warning("No input matches %r", pattern)
+        paths.extend(found)
+    return paths
+
+
+def is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def output_name(path: str, used: Dict[str, int]) -> str:
+    """A file name for ``path`` in the output folder, unique among the inputs of this run."""
+    base = os.path.basename(path)
+    count = used.get(base, 0)
+    used[base] = count + 1
+    if count == 0:
+        return base
+    stem, ext = os.path.splitext(base)
+    return f"{stem}_{count}{ext}"
+
+
+def draw(image_rgb: np.ndarray, instances: Instances, metadata) -> np.ndarray:
+    """Boxes with class names and scores; returns an RGB uint8 array of the image's size."""
+    visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
+    return visualizer.draw_instance_predictions(instances).get_image()
+
+
+def coco_results(
+    instances: Instances, image_id: int, file_name: str, metadata, frame: Optional[int] = None
+) -> List[dict]:
+    """COCO results entries (bbox as absolute xywh) for one image; category ids are the dataset's."""
+    contiguous_to_dataset = {
+        v: k for k, v in getattr(metadata, "thing_dataset_id_to_contiguous_id", {}).items()
+    }
+    boxes = instances.pred_boxes.tensor.tolist()
+    results = []
+    for (x0, y0, x1, y1), score, cls in zip(boxes, instances.scores.tolist(), instances.pred_classes.tolist()):
+        entry = {
+            "image_id": image_id,
+            "file_name": file_name,
+            "category_id": contiguous_to_dataset.get(cls, cls),
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "score": score,
+        }
+        if frame is not None:
+            entry["frame"] = frame
+        results.append(entry)
+    return results
+
+
+def read_frames(path: str) -> Tuple[Iterator[np.ndarray], float, int, Tuple[int, int]]:
+    """BGR frames of a video, its fps, frame count (0 if unknown) and (width, height)."""
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise OSError(f"cannot open video {path}")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def frames():
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                yield frame
+        finally:
+            capture.release()
+
+    return frames(), fps, count, size
+
+
+def run_video(
+    predictor: Predictor, path: str, out_path: str, threshold: float, first_id: int
+) -> Tuple[List[dict], int]:
+    """Draws every frame into ``out_path``; returns the COCO results and the frame count."""
+    frames, fps, count, (width, height) = read_frames(path)
+    writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"cannot write video {out_path}")
+    results: List[dict] = []
+    num_frames = 0
+    try:
+        bar = tqdm.tqdm(frames, total=count or None, desc=os.path.basename(path), unit="frame", leave=False)
+        for index, frame_bgr in enumerate(bar):
+            num_frames += 1
+            frame_rgb = frame_bgr[:, :, ::-1]
+            instances = predictor.predict_rgb([frame_rgb])[0]
+            instances = instances[instances.scores >= threshold]
+            drawn = draw(frame_rgb, instances, predictor.metadata)
+            writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
+            results.extend(coco_results(instances, first_id + index, path, predictor.metadata, frame=index))
+    finally:
+        writer.release()
+    if num_frames == 0:
+        os.remove(out_path)
+        raise OSError(f"no frame could be read from video {path}")
+    return results, num_frames
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="detrex_lite")
+    predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    os.makedirs(args.output, exist_ok=True)
+
+    paths = expand_inputs(args.input)
+    used_names: Dict[str, int] = {}
+    results: List[dict] = []
+    skipped: List[str] = []
+    next_id = 0
+    for path in tqdm.tqdm(paths, desc="demo", unit="input"):
+        name = output_name(path, used_names)
+        try:
+            if is_video(path):
+                out_path = os.path.join(args.output, os.path.splitext(name)[0] + ".mp4")
+                video_results, num_frames = run_video(predictor, path, out_path, args.confidence_threshold, next_id)
+                results.extend(video_results)
+                next_id += num_frames
+                continue
+            image_rgb = predictor.read(path)
+        except Exception as err:  # unreadable or corrupt input: report it by name, keep going
+            logger.error("Skipping %s: %s", path, err)
+            skipped.append(path)
+            continue
+        instances = predictor.predict_rgb([image_rgb])[0]
+        instances = instances[instances.scores >= args.confidence_threshold]
+        drawn = draw(image_rgb, instances, predictor.metadata)
+        cv2.imwrite(os.path.join(args.output, name), np.ascontiguousarray(drawn[:, :, ::-1]))
+        results.extend(coco_results(instances, next_id, path, predictor.metadata))
+        next_id += 1
+
+    if args.json:
+        with open(os.path.join(args.output, "detections.json"), "w") as f:
+            json.dump(results, f)
+    logger.info(
+        "Processed %d of %d inputs into %s%s", len(paths) - len(skipped), len(paths), args.output,
+        f"; skipped: {', '.join(skipped)}" if skipped else "",
+    )
+    return 1 if skipped else 0
+
+
+if __name__ == "__main__":
+    with torch.no_grad():
+        sys.exit(main())

@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Exports a trained DETR-family detector to ONNX and checks it against PyTorch with onnxruntime.
+
+    python tools/export_onnx.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
+        --checkpoint output/model_final.pth --output output/model.onnx --check-images a.jpg b.jpg
+
+The graph takes a normalised image batch zero-padded to a fixed canvas plus each image's
+unpadded size, and returns top-k ``scores``/``labels``/``boxes`` (``--format detections``) or the
+raw ``pred_logits``/``pred_boxes`` (``--format raw``); the batch axis is dynamic. See
+docs/tools.md for the exact contract. After export, the same inputs (``--check-images``, resized
+as the test loader does, or random images) are run through onnxruntime and PyTorch; the maximum
+differences are printed (and written with ``--json``), and the exit status is 1 when they
+exceed ``--atol``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from detrex_lite.export.onnx_export import check_onnx_parity, export_onnx, prepare_export_inputs  # noqa: E402
+from detrex_lite.predictor import load_config, preprocess_image, test_augmentations  # noqa: E402
+
+logger = logging.getLogger("detrex_lite.export_onnx")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--checkpoint", default=None, help="weights (default: train.init_checkpoint)")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--format", default="detections", choices=["detections", "raw"], help="graph outputs")
+    parser.add_argument(
+        "--canvas", type=int, nargs=2, default=None, metavar=("H", "W"),
+        help="padded input size (default: max_size x max_size of the test ResizeShortestEdge)",
+    )
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--dynamic-size", action="store_true", help="also mark H, W dynamic (see docs)")
+    parser.add_argument("--check-images", nargs="*", default=[], help="images for the parity check")
+    parser.add_argument("--check-batch-size", type=int, default=2, help="random images when none are given")
+    parser.add_argument("--atol", type=float, default=1e-3)
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    parser.add_argument("--json", default=None, help="write the parity report here")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value")
+    return parser
+
+
+def default_canvas(augmentations: Sequence[T.Augmentation]) -> Tuple[int, int]:
+    """A square canvas holding any test-resized image: (max_size, max_size) of the test
+    ResizeShortestEdge (both orientations fit)."""
+    for aug in augmentations:
+        if isinstance(aug, T.ResizeShortestEdge):
+            side = int(aug.max_size) if aug.max_size and aug.max_size < 1e6 else int(max(aug.short_edge_length))
+            return side, side
+    raise ValueError("Cannot infer the export canvas from the test augmentations; pass --canvas H W")
+
+
+def check_inputs(
+    model, image_paths: Sequence[str], augmentations, canvas: Tuple[int, int], batch_size: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The parity-check batch: the given images resized like the test loader, or random images
+    of decreasing size (one at full canvas) when none are given."""
+    images: List[torch.Tensor] = []
+    if image_paths:
+        augs = T.AugmentationList(list(augmentations))
+        images = [preprocess_image(read_image(p, format="RGB"), augs)["image"] for p in image_paths]
+    else:
+        generator = torch.Generator().manual_seed(0)
+        for i in range(batch_size):
+            h = max(canvas[0] * (batch_size - i) // batch_size, 1)
+            w = max(canvas[1] * (batch_size + 1 - i) // (batch_size + 1), 1)
+            images.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator))
+    return prepare_export_inputs(model, images, canvas)
+
+
+def check_other_size(path: str, wrapper, model, canvas: Tuple[int, int], atol: float) -> Dict:
+    """With --dynamic-size: parity at a canvas 3/4 of the exported one. Models that compute
+    shapes with Python numbers (``tolist()``, ``int(...)``) bake the export size into the graph;
+    onnxruntime then fails or disagrees, and this says so instead of shipping a broken graph."""
+    other = (max(canvas[0] * 3 // 4, 32), max(canvas[1] * 3 // 4, 32))
+    generator = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 256, (3, *other), dtype=torch.uint8, generator=generator)]
+    x, sizes = prepare_export_inputs(model, images, other)
+    try:
+        result = check_onnx_parity(path, wrapper, x, sizes, atol=atol)
+    except Exception as err:  # onnxruntime reports shape errors as generic failures
+        return {"canvas": list(other), "ok": False, "error": str(err).splitlines()[0][:300]}
+    return {"canvas": list(other), **result}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="detrex_lite")
+    cfg = load_config(args.config_file, args.opts)
+    model = instantiate(cfg.model).eval()
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint = cfg.train.get("init_checkpoint", "") if "train" in cfg else ""
+    if checkpoint:
+        DetectionCheckpointer(model).load(checkpoint)
+    else:
+        logger.warning("No checkpoint: exporting random weights.")
+    augmentations = test_augmentations(cfg)
+    canvas = tuple(args.canvas) if args.canvas else default_canvas(augmentations)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    wrapper = export_onnx(
+        model, args.output, canvas, output=args.format, opset=args.opset, dynamic_size=args.dynamic_size
+    )
+    report: Dict = {"onnx": args.output, "format": args.format, "canvas": list(canvas), "opset": args.opset}
+    if not args.no_check:
+        images, image_sizes = check_inputs(model, args.check_images, augmentations, canvas, args.check_batch_size)
+        report["check_batch"] = [list(s) for s in image_sizes.tolist()]
+        report["max_abs_diff"] = check_onnx_parity(args.output, wrapper, images, image_sizes, atol=args.atol)
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items() if k != "ok")
+        verdict = "OK" if report["max_abs_diff"]["ok"] else f"FAILED (atol {args.atol})"
+        print(f"onnxruntime vs PyTorch on {len(image_sizes)} images: max abs diff {diffs}: {verdict}")
+        if args.dynamic_size:
+            report["dynamic_size_check"] = check_other_size(args.output, wrapper, model, canvas, args.atol)
+            print(f"at another input size: {report['dynamic_size_check']}")
+            report["max_abs_diff"]["ok"] &= bool(report["dynamic_size_check"].get("ok"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    result = main()
+    sys.exit(0 if result.get("max_abs_diff", {"ok": True})["ok"] else 1)

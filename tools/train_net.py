@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Train or evaluate a detrex_lite LazyConfig model.
+
+    python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
+        --num-gpus 8 train.output_dir=./output/ddetr
+    python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
+    python tools/train_net.py --config-file ... --resume           # continue an interrupted run
+
+Every override must name an existing key (`+key=value` adds a new one); config mistakes are
+reported in one line (exit code 2) before any model is built. See docs/training.md.
+"""
+import json
+import logging
+import os
+import sys
+from datetime import timedelta
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `projects` imports
+
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import detrex_lite.data  # noqa: E402,F401  (registers the demo datasets)
+from detrex_lite.config import (  # noqa: E402
+    ConfigError,
+    apply_overrides_checked,
+    check_init_checkpoint,
+    check_num_classes,
+    check_structure,
+    load_config_file,
+)
+from detrex_lite.engine import (  # noqa: E402
+    atomic_write,
+    build_model,
+    create_ddp_model,
+    do_test,
+    NonFiniteLossError,
+    do_train,
+    launch,
+    launch_slurm,
+    load_for_eval,
+)
+
+logger = logging.getLogger("detrex_lite.train_net")
+
+
+def setup_config(args):
+    """Load the config, apply the overrides and run every check; raises ConfigError."""
+    cfg = load_config_file(args.config_file)
+    overrides = list(args.opts or [])
+    if overrides and overrides[0] == "--":
+        overrides = overrides[1:]
+    apply_overrides_checked(cfg, overrides)
+    check_structure(cfg)
+    check_num_classes(cfg, eval_only=args.eval_only)
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
+    if args.eval_only and not cfg.train.init_checkpoint:
+        raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth")
+    if not resuming:
+        check_init_checkpoint(cfg.train.init_checkpoint)
+    return cfg
+
+
+def main(args):
+    """Runs in every process."""
+    cfg = setup_config(args)
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detrex_lite")
+    if args.eval_only:
+        model = build_model(cfg)
+        load_for_eval(cfg, model)
+        model = create_ddp_model(model)
+        model.eval()
+        results = do_test(cfg, model)
+        if comm.is_main_process():
+            path = os.path.join(cfg.train.output_dir, "eval_results.json")
+            atomic_write(path, lambda f: f.write(json.dumps(results, indent=2).encode()))
+            logger.info(f"Evaluation results written to {path}")
+        return results
+    do_train(cfg, resume=args.resume)
+    return None
+
+
+def get_parser():
+    parser = default_argument_parser()
+    # A free local port unless given (machine 0's tcp://address:port is needed with several machines).
+    parser.set_defaults(dist_url="auto")
+    parser.add_argument(
+        "--slurm",
+        action="store_true",
+        help="run as one task of an srun job: rank, world size and master address come from "
+        "SLURM's variables (--num-gpus/--num-machines/--machine-rank/--dist-url are ignored)",
+    )
+    return parser
+
+
+def cli(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        # Checked once here, before any process is spawned or model built.
+        cfg = setup_config(args)
+    except ConfigError as e:
+        print(f"train_net: error: {e}", file=sys.stderr)
+        return 2
+    timeout = timedelta(seconds=float(cfg.train.get("dist_timeout", 1800)))
+    device = cfg.train.get("device", "auto")
+    use_cuda = None if device == "auto" else device.startswith("cuda")
+    try:
+        if args.slurm:
+            launch_slurm(main, args=(args,), timeout=timeout, use_cuda=use_cuda)
+        else:
+            launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+                timeout=timeout,
+                use_cuda=use_cuda,
+            )
+    except NonFiniteLossError as e:  # single process; with several, the launcher reports it
+        print(f"train_net: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
