@@ -42,7 +42,7 @@ def get_extensions():
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
     # No -std flag: torch.utils.cpp_extension adds the C++ standard its headers need (C++20).
     # at::parallel_for is inlined from torch's headers and uses OpenMP in torch's CPU builds.
-    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]}
     define_macros = []
     extension = CppExtension
     if _want_cuda() and cuda_sources:

@@ -60,8 +60,16 @@ def check(device, dtype, impl, quick):
     ref, ref_grads = _run("reference", *(t.double() for t in rounded[:1]), shapes, starts,
                           *(t.double() for t in rounded[1:]), grad)
     fwd_err = ((out.double() - ref).abs().max() / max(1.0, ref.abs().max().item())).item()
+    # d out / d location jumps where a pixel coordinate crosses an integer (the bilinear cell
+    # changes), so a coordinate within rounding distance of one may land in either cell:
+    # those entries are left out of the location-gradient comparison.
+    wh = shapes.flip(-1).to(torch.float64)  # (L, 2) as (W, H)
+    pixel = rounded[1].double() * wh[None, None, None, :, None, :] - 0.5
+    on_seam = (pixel - pixel.round()).abs() < 1e-3
+    keep = [torch.ones_like(ref_grads[0], dtype=torch.bool), ~on_seam, torch.ones_like(ref_grads[2], dtype=torch.bool)]
     bwd_err = max(
-        ((g.double() - r).abs().max() / max(1.0, r.abs().max().item())).item() for g, r in zip(grads, ref_grads)
+        (((g.double() - r).abs() * k).max() / max(1.0, r.abs().max().item())).item()
+        for g, r, k in zip(grads, ref_grads, keep)
     )
     fwd_tol, bwd_tol = TOLERANCES[dtype]
     return fwd_err, bwd_err, fwd_err <= fwd_tol and bwd_err <= bwd_tol

@@ -195,3 +195,21 @@ def test_unknown_hf_key_is_named():
     sd["model.decoder.layers.0.adapter.weight"] = torch.zeros(2)
     with pytest.raises(ConversionError, match=r"model\.decoder\.layers\.0\.adapter\.weight"):
         hf_to_official_detr(sd)
+
+
+def test_hub_timm_backbone_names():
+    """The hub checkpoints (SenseTime/deformable-detr*, facebook/detr-*) were saved with a timm
+    ResNet, whose names are torchvision's, under model.backbone.conv_encoder.model."""
+    from detrex_lite.checkpoint.resnet import hf_resnet_to_torchvision
+
+    model = _hf_deformable()
+    hf = model.state_dict()
+    prefix = "model.backbone.model."
+    backbone = {k[len(prefix):]: v for k, v in hf.items() if k.startswith(prefix)}
+    hub = {k: v for k, v in hf.items() if not k.startswith(prefix)}
+    hub.update({"model.backbone.conv_encoder.model." + k: v for k, v in hf_resnet_to_torchvision(backbone).items()})
+    assert "model.backbone.conv_encoder.model.layer1.0.downsample.1.running_mean" in hub
+    from_hub = hf_to_official_deformable_detr(hub)
+    reference = hf_to_official_deformable_detr(hf)
+    assert set(from_hub) == set(reference)
+    assert all(torch.equal(from_hub[k], reference[k]) for k in reference)

@@ -9,7 +9,7 @@ from detectron2.structures import Boxes, Instances
 from detrex_lite.layers import PositionEmbeddingSine
 from detrex_lite.modeling import ChannelMapper, HungarianMatcher, SetCriterion, build_resnet
 from projects.deformable_detr.modeling import DeformableDETR, DeformableTransformer
-from projects.deformable_detr.modeling.deformable_transformer import DeformableTransformerEncoder
+from projects.deformable_detr.modeling import DeformableTransformerEncoder
 
 NUM_CLASSES = 3
 D = 32

@@ -21,7 +21,7 @@ from projects.deformable_detr.modeling import DeformableDETR, DeformableTransfor
 COLORS = {0: (230, 40, 40), 1: (40, 200, 60)}  # class 0: red squares, class 1: green discs
 
 
-def draw_images(num_images=4, size=96, seed=0):
+def draw_images(num_images=4, size=64, seed=0):
     """Gray images with 1-3 non-overlapping objects; returns model inputs (train) and COCO gt."""
     rng = np.random.default_rng(seed)
     inputs, images, annotations = [], [], []
@@ -81,11 +81,12 @@ def coco_ap(gt_dict, predictions):
 
 def tiny_detector():
     torch.manual_seed(0)
-    d = 64
-    backbone = build_resnet(depth=18, stem_out_channels=16, freeze_at=0, norm="FrozenBN", out_features=["res3", "res4", "res5"])
-    neck = ChannelMapper(backbone.output_shape(), in_features=["res3", "res4", "res5"], out_channels=d, num_outs=3, num_groups=16)
+    d = 32
+    # Stem and res2 frozen as in the real configs (and it halves the backward time).
+    backbone = build_resnet(depth=18, stem_out_channels=8, freeze_at=2, norm="FrozenBN", out_features=["res3", "res4", "res5"])
+    neck = ChannelMapper(backbone.output_shape(), in_features=["res3", "res4", "res5"], out_channels=d, num_outs=3, num_groups=8)
     transformer = DeformableTransformer(
-        d_model=d, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=128, dropout=0.0,
+        d_model=d, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, dropout=0.0,
         num_feature_levels=3, enc_n_points=2, dec_n_points=2,
     )
     criterion = SetCriterion(2, HungarianMatcher(2.0, 5.0, 2.0))
@@ -99,10 +100,12 @@ def tiny_detector():
 def test_overfits_a_few_images():
     inputs, gt = draw_images()
     model = tiny_detector()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    # A high learning rate: memorising four images takes ~60 steps (AP50 = 1.0 from step 50 to
+    # 300 in a longer run); 120 steps leave a margin.
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=1e-4)
     model.train()
     start = time.time()
-    for _ in range(300):
+    for _ in range(120):
         losses = model(inputs)
         optimizer.zero_grad()
         sum(losses.values()).backward()

@@ -33,7 +33,9 @@ CASES = {
     "single_level_one_point": dict(levels=((7, 9),), points=1),
     "one_by_one_level": dict(levels=((1, 1), (4, 3), (2, 2)), points=3),
     "batch_not_multiple_of_step": dict(batch=5, queries=3),
-    "wide_channels": dict(channels=33, heads=3, batch=1),
+    "odd_channels": dict(channels=33, heads=3, batch=1),  # the kernels' generic channel loop
+    "vector_channels": dict(channels=32, heads=2, queries=9),  # the vectorised channel loop
+    "vector_channels_16": dict(channels=16, heads=3, levels=((5, 7), (2, 3), (1, 2))),
     "far_outside": dict(spread=(-2.0, 3.0)),
 }
 
@@ -107,7 +109,7 @@ def test_im2col_step_does_not_change_result_and_noncontiguous_inputs():
 
 @needs_ext
 def test_thread_count_does_not_change_result():
-    value, shapes, starts, loc, attn = make_inputs(batch=3, heads=4, queries=40, dtype=torch.float64)
+    value, shapes, starts, loc, attn = make_inputs(batch=3, heads=4, channels=8, queries=40, dtype=torch.float64)
     leaves = [t.requires_grad_() for t in (value, loc, attn)]
     results = []
     threads = torch.get_num_threads()

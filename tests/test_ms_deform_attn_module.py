@@ -167,3 +167,20 @@ def test_backward_reaches_all_parameters():
     for name, p in attn.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+def test_autocast_cpu_bfloat16_close_to_float32():
+    attn = _module()
+    x = _inputs()
+    expected = attn(**x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(**x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), expected, rtol=5e-2, atol=5e-2)
+
+
+def test_float64_module_matches_float32():
+    attn = _module()
+    x = _inputs()
+    out64 = attn.double()(**{k: (v.double() if v.is_floating_point() else v) for k, v in x.items()})
+    torch.testing.assert_close(out64.float(), _module()(**x), rtol=1e-5, atol=1e-5)

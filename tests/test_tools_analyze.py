@@ -13,6 +13,7 @@ from detrex_lite.export.flops import (
     ms_deform_attn_flops,
     synthetic_image_inputs,
 )
+from detrex_lite.layers.ms_deform_attn_function import extension_available
 from tools_tiny_models import DEFORMABLE_DETR_MODEL, load_tool, save_config, tiny_deformable_detr_config
 
 analyze_model = load_tool("analyze_model")
@@ -96,3 +97,27 @@ def test_deformable_detr_r50_has_the_papers_40m_parameters():
     resnet50 = torchvision.models.resnet50()
     convs = sum(m.weight.numel() for m in resnet50.modules() if isinstance(m, torch.nn.Conv2d))
     assert report["by_module"]["backbone"]["params"] == convs
+
+
+@pytest.mark.skipif(not extension_available("cpu"), reason="detrex_lite._C is not built")
+def test_handle_counts_the_compiled_op_directly():
+    from fvcore.nn import FlopCountAnalysis
+
+    from detrex_lite.export.flops import ms_deform_attn_flop_jit
+    from detrex_lite.layers import MultiScaleDeformableAttention
+
+    attn = MultiScaleDeformableAttention(embed_dim=16, num_heads=2, num_levels=2, num_points=3).eval()
+    shapes, starts = torch.tensor([[4, 6], [2, 3]]), torch.tensor([0, 24])
+
+    class Call(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, query, value, refs):
+            return self.attn(query, value=value, reference_points=refs, spatial_shapes=shapes, level_start_index=starts)
+
+    inputs = (torch.randn(1, 5, 16), torch.randn(1, 30, 16), torch.rand(1, 5, 2, 2))
+    analysis = FlopCountAnalysis(Call(), inputs).set_op_handle("detrex_lite::ms_deform_attn_forward", ms_deform_attn_flop_jit)
+    analysis.unsupported_ops_warnings(False)
+    assert analysis.by_operator()["ms_deform_attn_forward"] == 5 * 2 * 2 * 3 * 8 * 5  # Lq M L P D 5

@@ -82,8 +82,17 @@ def test_demo_folder_video_json_and_skips(setup, tmp_path, capsys):
         assert gs == pytest.approx(es, abs=1e-6)
         assert gb == pytest.approx(eb, abs=1e-4)
     assert min(r["score"] for r in results) >= threshold
-    frames = sorted({(r["image_id"], r["frame"]) for r in results if "frame" in r})
-    assert all(f in [(2, 0), (3, 1)] for f in frames)
+    # Video frames continue the image ids, one id per frame, with the frame index.
+    capture = cv2.VideoCapture(video)
+    expected_frames = []
+    for index in range(2):
+        ok, frame = capture.read()
+        assert ok
+        inst = predictor(frame)
+        expected_frames += [(2 + index, index)] * int((inst.scores >= threshold).sum())
+    capture.release()
+    got_frames = [(r["image_id"], r["frame"]) for r in results if "frame" in r]
+    assert got_frames == expected_frames and len(got_frames) > 0
 
 
 def test_drawing_changes_pixels_only_with_detections(setup, tmp_path):
@@ -110,3 +119,15 @@ def test_expand_inputs(tmp_path):
     assert demo.expand_inputs(["missing.jpg"]) == ["missing.jpg"]
     used = {}
     assert [demo.output_name(p, used) for p in ("a/x.jpg", "b/x.jpg", "c/y.jpg")] == ["x.jpg", "x_1.jpg", "y.jpg"]
+
+
+def test_command_line_exit_status(setup, tmp_path):
+    import subprocess
+    import sys
+
+    cfg_path, inputs, _, _ = setup
+    cmd = [sys.executable, demo.__file__, "--config-file", cfg_path, "--output", str(tmp_path / "o"), "--device", "cpu"]
+    done = subprocess.run(cmd + ["--input", str(inputs / "a.jpg"), str(tmp_path / "missing.jpg")], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Skipping " + str(tmp_path / "missing.jpg") in done.stdout + done.stderr
+    assert os.path.isfile(tmp_path / "o" / "a.jpg")

@@ -54,12 +54,13 @@ def test_unknown_override_is_one_line_exit_2(tmp_path):
         (["model.num_classes=80"], "model.num_classes=80 but dataset detrex_demo_train has 6 thing_classes"),
         (["train.init_checkpoint=/nonexistent/w.pth"], "train.init_checkpoint: file not found: /nonexistent/w.pth"),
         (["--eval-only"], "--eval-only needs weights"),
+        (["--num-machines", "2"], "--num-machines > 1 needs --dist-url"),
     ],
 )
 def test_config_errors_in_process(argv, message, capsys, tmp_path):
     train_net = _train_net_module()
-    options = [a for a in argv if a.startswith("--")]
-    overrides = [a for a in argv if not a.startswith("--")]
+    options = [a for a in argv if a.startswith("--") or a.isdigit()]
+    overrides = [a for a in argv if a not in options]
     rc = train_net.cli(["--config-file", TOY_CONFIG, *options, f"train.output_dir={tmp_path}", *overrides])
     err = capsys.readouterr().err
     assert rc == 2
@@ -94,7 +95,13 @@ def test_train_eval_resume(tmp_path):
     assert not torch.equal(ckpt["model_ema"]["shadow"][w], ckpt["model"][w])  # a real average
     adam_steps = {int(s["step"]) for s in ckpt["trainer"]["optimizer"]["state"].values()}
     assert adam_steps == {6}
-    assert os.path.isfile(os.path.join(out, "config.yaml"))
+    # The saved config reloads and builds the same model (no lambdas, no unpicklable objects).
+    from detectron2.config import LazyConfig, instantiate
+
+    saved = LazyConfig.load(os.path.join(out, "config.yaml"))
+    assert saved.train.max_iter == 6 and saved.train.model_ema.enabled is True
+    rebuilt = instantiate(saved.model)
+    assert rebuilt.load_state_dict(ckpt["model"]) is not None and rebuilt.num_classes == 6
 
     # --eval-only from the saved checkpoint, with its EMA weights.
     eval_out = str(tmp_path / "eval")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Parameter count, FLOPs at a given input size and a per-module breakdown of any config's model.
+r"""Parameter count, FLOPs at a given input size and a per-module breakdown of any config's model.
 
     python tools/analyze_model.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
         --tasks parameter flop --image-size 800 1333 --max-depth 2
@@ -16,11 +16,14 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Dict, Optional, Sequence
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
+# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Whole-model speed and memory: inference images/s (batch 1 and 4, as in the Deformable DETR
+r"""Whole-model speed and memory: inference images/s (batch 1 and 4, as in the Deformable DETR
 paper) and training iterations/s, in fp32 and AMP, on CPU or GPU.
 
     python tools/benchmark.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
@@ -22,12 +22,15 @@ import os
 import platform
 import resource
 import sys
+import warnings
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
+# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402

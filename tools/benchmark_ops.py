@@ -137,6 +137,17 @@ def bench_one(impl, inputs, device, warmup, repeats):
     return time_fn(forward, device, warmup, repeats), time_fn(forward_backward, device, warmup, repeats)
 
 
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -158,7 +169,7 @@ def main(argv=None):
     if args.device == "cuda":
         device_name = torch.cuda.get_device_name()
     else:
-        device_name = platform.processor() or platform.machine()
+        device_name = _cpu_name()
     rows = []
     header = f"{'shape':<5} {'dtype':<9} {'impl':<10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd x':>7} {'fwd+bwd x':>10}"
     print(f"device: {device_name}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
@@ -187,6 +198,9 @@ def main(argv=None):
             torch=torch.__version__,
             cuda=torch.version.cuda,
             threads=torch.get_num_threads(),
+            cpu_count=os.cpu_count(),
+            # Other processes on the machine slow both implementations; recorded for context.
+            load_average_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             repeats=repeats,
             warmup=warmup,
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

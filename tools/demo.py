@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Runs a trained detector on images, folders, globs or videos and draws its detections.
+r"""Runs a trained detector on images, folders, globs or videos and draws its detections.
 
     python tools/demo.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
         --input "photos/*.jpg" clip.mp4 --output demo_out --confidence-threshold 0.5 \
@@ -20,14 +20,16 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import torch
 import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
+# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 
 from detectron2.structures import Instances  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
@@ -197,7 +199,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         instances = predictor.predict_rgb([image_rgb])[0]
         instances = instances[instances.scores >= args.confidence_threshold]
         drawn = draw(image_rgb, instances, predictor.metadata)
-        cv2.imwrite(os.path.join(args.output, name), np.ascontiguousarray(drawn[:, :, ::-1]))
+        out_path = os.path.join(args.output, name)
+        if not cv2.imwrite(out_path, np.ascontiguousarray(drawn[:, :, ::-1])):
+            logger.error("Could not write %s (unsupported extension?)", out_path)
+            skipped.append(path)
+            continue
         results.extend(coco_results(instances, next_id, path, predictor.metadata))
         next_id += 1
 
@@ -212,5 +218,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    with torch.no_grad():
-        sys.exit(main())
+    sys.exit(main())

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Exports a trained DETR-family detector to ONNX and checks it against PyTorch with onnxruntime.
+r"""Exports a trained DETR-family detector to ONNX and checks it against PyTorch with onnxruntime.
 
     python tools/export_onnx.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
         --checkpoint output/model_final.pth --output output/model.onnx --check-images a.jpg b.jpg
@@ -19,11 +19,14 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
+# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
@@ -125,7 +128,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         images, image_sizes = check_inputs(model, args.check_images, augmentations, canvas, args.check_batch_size)
         report["check_batch"] = [list(s) for s in image_sizes.tolist()]
         report["max_abs_diff"] = check_onnx_parity(args.output, wrapper, images, image_sizes, atol=args.atol)
-        diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items() if k != "ok")
+        diffs = ", ".join(
+            f"{k} {v}" if isinstance(v, int) else f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items() if k != "ok"
+        )
         verdict = "OK" if report["max_abs_diff"]["ok"] else f"FAILED (atol {args.atol})"
         print(f"onnxruntime vs PyTorch on {len(image_sizes)} images: max abs diff {diffs}: {verdict}")
         if args.dynamic_size:

@@ -33,7 +33,6 @@ from detrex_lite.config import (  # noqa: E402
 from detrex_lite.engine import (  # noqa: E402
     atomic_write,
     build_model,
-    create_ddp_model,
     do_test,
     NonFiniteLossError,
     do_train,
@@ -70,8 +69,7 @@ def main(args):
     if args.eval_only:
         model = build_model(cfg)
         load_for_eval(cfg, model)
-        model = create_ddp_model(model)
-        model.eval()
+        model.eval()  # no DDP wrapper: each process evaluates its share of the test set
         results = do_test(cfg, model)
         if comm.is_main_process():
             path = os.path.join(cfg.train.output_dir, "eval_results.json")
@@ -99,6 +97,8 @@ def cli(argv=None) -> int:
     args = get_parser().parse_args(argv)
     try:
         # Checked once here, before any process is spawned or model built.
+        if args.num_machines > 1 and args.dist_url == "auto" and not args.slurm:
+            raise ConfigError("--num-machines > 1 needs --dist-url tcp://<machine 0 address>:<port>")
         cfg = setup_config(args)
     except ConfigError as e:
         print(f"train_net: error: {e}", file=sys.stderr)

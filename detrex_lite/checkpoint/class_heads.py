@@ -15,7 +15,7 @@ our model scores proposals with ``enc_outputs_class[..., 0]`` as the official co
 """
 import logging
 import re
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 

@@ -8,7 +8,7 @@ detectron2 ResNet), ``input_proj`` (now inside the neck) and the heads' class ro
 """
 import logging
 import re
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 import torch
 

@@ -18,7 +18,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from torch import nn
 
 from .io import _torch_load
-from .rename import strip_prefix
+from .rename import format_key_list, strip_prefix
 
 __all__ = ["CheckpointMismatchError", "LoadReport", "load_model_state", "load_checkpoint", "DetrexCheckpointer"]
 
@@ -37,14 +37,6 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)  # in the model, not in the checkpoint
     unexpected: List[str] = field(default_factory=list)  # in the checkpoint, not in the model
     skipped_class_heads: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
-
-
-def _listing(items, limit=30) -> str:
-    items = list(items)
-    lines = [f"  {x}" for x in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"  ... and {len(items) - limit} more")
-    return "\n".join(lines)
 
 
 def _foreign_format_hint(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -98,16 +90,16 @@ def load_model_state(
 
     problems = []
     if wrong_shapes:
-        problems.append(f"{len(wrong_shapes)} shape mismatch(es):\n{_listing(wrong_shapes)}")
+        problems.append(f"{len(wrong_shapes)} shape mismatch(es):\n{format_key_list(wrong_shapes)}")
     if report.unexpected:
         problems.append(
             f"{len(report.unexpected)} key(s) in the checkpoint that the model does not have:\n"
-            f"{_listing(report.unexpected)}"
+            f"{format_key_list(report.unexpected)}"
         )
     missing_outside = [k for k in report.missing if not (partial_prefix and not k.startswith(partial_prefix))]
     if strict and missing_outside:
         problems.append(
-            f"{len(missing_outside)} model key(s) missing from the checkpoint:\n{_listing(missing_outside)}"
+            f"{len(missing_outside)} model key(s) missing from the checkpoint:\n{format_key_list(missing_outside)}"
         )
     if problems:
         hint = _foreign_format_hint(state_dict) if report.unexpected else ""
@@ -128,7 +120,7 @@ def load_model_state(
             level,
             f"{len(report.missing)} model key(s) not in the checkpoint keep their initialisation"
             + (f" (it only covers '{partial_prefix}*')" if partial_prefix else "")
-            + f":\n{_listing(report.missing, 10)}",
+            + f":\n{format_key_list(report.missing, 10)}",
         )
     return report
 

@@ -20,6 +20,7 @@ __all__ = [
     "add_prefix",
     "split_by_prefix",
     "strip_prefix",
+    "format_key_list",
 ]
 
 Replacement = Union[str, Callable[["re.Match"], str], None]
@@ -64,7 +65,9 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
 
 
-def _listing(keys: Sequence[str], limit: int = 20) -> str:
+def format_key_list(keys: Sequence[str], limit: int = 20) -> str:
+    """One indented line per key, at most ``limit`` of them (error messages)."""
+    keys = list(keys)
     lines = [f"  {k}" for k in keys[:limit]]
     if len(keys) > limit:
         lines.append(f"  ... and {len(keys) - limit} more")
@@ -114,7 +117,7 @@ def rename_keys(
     if unmatched:
         raise ConversionError(
             f"{what}: {len(unmatched)} key(s) match no conversion rule (is this the right "
-            f"--from format?):\n{_listing(unmatched)}"
+            f"--from format?):\n{format_key_list(unmatched)}"
         )
     return out
 

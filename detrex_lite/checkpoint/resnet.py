@@ -19,7 +19,7 @@ from typing import Dict, Mapping
 
 import torch
 
-from .rename import ConversionError, Rule, rename_keys
+from .rename import Rule, rename_keys
 
 __all__ = [
     "convert_torchvision_resnet",
@@ -127,10 +127,3 @@ def is_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
     keys = set(state_dict)
     return "conv1.weight" in keys and any(k.startswith("layer1.0.") for k in keys)
 
-
-def check_resnet_keys(state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Raise if a converted backbone has no stem (catches an empty or wrongly prefixed input)."""
-    if "stem.conv1.weight" not in state_dict:
-        raise ConversionError(
-            "converted ResNet has no 'stem.conv1.weight'; the input was not a ResNet state dict"
-        )

@@ -1,25 +1,38 @@
 """Training: the trainer (AMP, gradient clipping, EMA, non-finite guard), atomic checkpoints,
-process launch (multi-process, multi-machine, SLURM) and the train/test entry points."""
-from .checkpoint import AtomicCheckpointer, atomic_write
-from .defaults import build_model, create_ddp_model, do_test, do_train, load_for_eval
-from .ema import ModelEMA
-from .launch import expand_hostlist, launch, launch_slurm, resolve_device, slurm_dist_from_env
-from .trainer import DetrTrainer, NonFiniteLossError
+process launch (multi-process, multi-machine, SLURM) and the train/test entry points.
 
-__all__ = [
-    "AtomicCheckpointer",
-    "DetrTrainer",
-    "ModelEMA",
-    "NonFiniteLossError",
-    "atomic_write",
-    "build_model",
-    "create_ddp_model",
-    "do_test",
-    "do_train",
-    "expand_hostlist",
-    "launch",
-    "launch_slurm",
-    "load_for_eval",
-    "resolve_device",
-    "slurm_dist_from_env",
-]
+Names are imported on first use, so that a spawned worker that only needs `launch` does not pay
+for importing detectron2's engine and evaluation packages.
+"""
+import importlib
+
+# Eager: light (torch.distributed only), and the function `launch` must shadow the submodule of
+# the same name as a package attribute.
+from .launch import expand_hostlist, launch, launch_slurm, resolve_device, slurm_dist_from_env
+
+_EXPORTS = {
+    "AtomicCheckpointer": "checkpoint",
+    "atomic_write": "checkpoint",
+    "build_model": "defaults",
+    "create_ddp_model": "defaults",
+    "do_test": "defaults",
+    "do_train": "defaults",
+    "load_for_eval": "defaults",
+    "ModelEMA": "ema",
+    "DetrTrainer": "trainer",
+    "NonFiniteLossError": "trainer",
+}
+
+__all__ = sorted(_EXPORTS) + ["expand_hostlist", "launch", "launch_slurm", "resolve_device", "slurm_dist_from_env"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -60,9 +60,21 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
+        self._remove_stale_temporaries()
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of earlier, killed runs (only the main process saves, so any
+        temporary of another process id is left over)."""
+        suffix = f".tmp.{os.getpid()}"
+        for name in os.listdir(self.save_dir):
+            if name.startswith(".") and ".tmp." in name and not name.endswith(suffix):
+                try:
+                    os.remove(os.path.join(self.save_dir, name))
+                except OSError:
+                    pass
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")

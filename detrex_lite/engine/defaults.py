@@ -3,7 +3,6 @@
 tools/train_net.py is a thin command line around `do_train` and `do_test`.
 """
 import logging
-import os
 from typing import Optional
 
 import torch

@@ -32,14 +32,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# How the traced graph names the deformable attention op: the compiled op registered with the
-# dispatcher, and autograd.Function wrappers (fvcore names those "prim::PythonOp.<class name>").
+# How a trace names the deformable attention sampling: the compiled op as registered with the
+# dispatcher (csrc/vision.cpp), and the probe below (fvcore names autograd.Functions
+# "prim::PythonOp.<class name>").
 MS_DEFORM_ATTN_OP_NAMES = (
     "detrex_lite::ms_deform_attn_forward",
-    "detrex_lite::ms_deform_attn",
-    "prim::PythonOp.MSDeformAttnFunction",
-    "prim::PythonOp.MultiScaleDeformableAttnFunction",
-    "prim::PythonOp._MSDeformAttnFunction",
     "prim::PythonOp.MSDeformAttnFlopProbe",
 )
 

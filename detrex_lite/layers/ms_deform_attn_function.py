@@ -158,6 +158,11 @@ def ms_deform_attn_pytorch(
 # ---------------------------------------------------------------------------------------------
 # Public entry.
 # ---------------------------------------------------------------------------------------------
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``'s type (only CPU and CUDA have a rule)."""
+    return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
+
+
 def _fail(argument: str, message: str) -> None:
     raise ValueError(f"ms_deform_attn: {argument} {message}")
 
@@ -292,7 +297,7 @@ def ms_deform_attn(
     Raises:
         ValueError: naming the argument at fault, before any kernel runs.
     """
-    autocast = torch.is_autocast_enabled(value.device.type) if value.device.type in ("cpu", "cuda") else False
+    autocast = autocast_enabled(value.device)
     _validate(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step,
         check_dtypes=not autocast,

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .ms_deform_attn_function import ms_deform_attn
+from .ms_deform_attn_function import autocast_enabled, ms_deform_attn
 
 __all__ = ["MultiScaleDeformableAttention"]
 
@@ -155,9 +155,10 @@ class MultiScaleDeformableAttention(nn.Module):
                 f"reference_points must end in 2 (points) or 4 (boxes), got shape {tuple(reference_points.shape)}"
             )
 
-        if sampling_locations.dtype != value.dtype and not torch.is_autocast_enabled(value.device.type):
+        if not autocast_enabled(value.device):
+            # e.g. float64 modules with float32 reference points: compute in value's dtype.
             sampling_locations = sampling_locations.to(value.dtype)
-        weights = weights.to(sampling_locations.dtype)
+            weights = weights.to(value.dtype)
         out = ms_deform_attn(
             value, spatial_shapes, level_start_index, sampling_locations, weights, self.im2col_step
         )

@@ -1,5 +1,4 @@
 """One set-prediction criterion for every DETR-like model: final, auxiliary and encoder stages."""
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -9,8 +8,6 @@ from torch.nn import functional as F
 from .losses import giou_box_loss, l1_box_loss, sigmoid_focal_loss
 
 __all__ = ["SetCriterion", "get_num_boxes"]
-
-logger = logging.getLogger(__name__)
 
 _LOSS_CLASS_TYPES = ("focal_loss", "ce_loss")
 _BASE_LOSSES = ("loss_class", "loss_bbox", "loss_giou")

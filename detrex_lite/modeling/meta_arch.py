@@ -129,9 +129,10 @@ class DETRBase(nn.Module):
             features: per level (N, C, H_l, W_l), finest first.
             masks: per level (N, H_l, W_l) bool, True at padding.
         """
-        if self.training or not self.batch_invariant_inference or len(images) == 1:
+        if self.training or not self.batch_invariant_inference:
             features = self._backbone_neck(images.tensor)
         else:
+            # images[i] is the unpadded image (also without size_divisibility padding).
             per_image = [self._backbone_neck(images[i][None]) for i in range(len(images))]
             features = []
             for level in range(len(per_image[0])):

@@ -4,7 +4,7 @@ from detectron2.config import LazyCall as L
 
 from detrex_lite.config import get_config, num_classes_from_dataset
 from detrex_lite.solver import default_detr_schedule
-from tests.engine_toy_detector import ToyDetector
+from tests.engine_toy_detector import ToyDetector, first_dataset_dicts
 
 dataloader = get_config("common/data/demo_detr.py").dataloader
 optimizer = get_config("common/optim.py").AdamW
@@ -33,3 +33,6 @@ train.eval_period = 0
 train.checkpointer = dict(period=5, max_to_keep=100)
 train.dist_timeout = 120
 train.output_dir = "./output/test_toy_detector"
+
+# Evaluate on the first 16 validation images only (the test runs several evaluations).
+dataloader.test.dataset = L(first_dataset_dicts)(names="detrex_demo_val", num_images=16)

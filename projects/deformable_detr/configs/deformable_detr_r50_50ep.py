@@ -1,5 +1,4 @@
-# Deformable DETR, ResNet-50, multi-scale, 50 epochs (paper Table 1, "Deformable DETR": 43.8 AP
-# official; 44.5 with the released code).
+# Deformable DETR, ResNet-50, multi-scale, 50 epochs (paper Table 1: 43.8 AP; official repo: 44.5).
 from detectron2.config import LazyCall as L
 
 from detrex_lite.config import get_config, num_classes_from_dataset

@@ -1,4 +1,4 @@
-# Deformable DETR, ResNet-50, single scale (C5 only), 50 epochs (paper Table 1: 39.4 AP).
+# Deformable DETR, ResNet-50, single scale (C5 only), 50 epochs (official repo: 39.4 AP).
 from .deformable_detr_r50_50ep import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.out_features = ["res5"]

@@ -1,4 +1,4 @@
-# Deformable DETR, ResNet-50 DC5, single scale, 50 epochs (paper Table 1: 41.5 AP).
+# Deformable DETR, ResNet-50 DC5, single scale, 50 epochs (official repo: 41.5 AP).
 from .deformable_detr_r50_single_scale_50ep import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.res5_dilation = 2

@@ -1,9 +1,9 @@
 from .deformable_detr import DeformableDETR
-from .deformable_transformer import (
-    DeformableTransformer,
+from .deformable_layers import (
     DeformableTransformerDecoder,
     DeformableTransformerDecoderLayer,
     DeformableTransformerEncoder,
     DeformableTransformerEncoderLayer,
-    TransformerOutput,
+    inverse_sigmoid,
 )
+from .deformable_transformer import DeformableTransformer, TransformerOutput

@@ -9,7 +9,8 @@ from torch import nn
 from detrex_lite.layers import MLP
 from detrex_lite.modeling.meta_arch import DETRBase
 
-from .deformable_transformer import DeformableTransformer, inverse_sigmoid
+from .deformable_layers import inverse_sigmoid
+from .deformable_transformer import DeformableTransformer
 
 __all__ = ["DeformableDETR"]
 
