@@ -112,9 +112,9 @@ def test_adamw_config_builds_groups_on_a_model():
 
 
 def test_epochs_to_iters():
-    assert COCO_TRAIN2017_NUM_IMAGES == 118287 - 1021
-    assert iters_per_epoch(32) == 3665  # 117266 / 32 = 3664.56 -> the partial batch counts
-    assert epochs_to_iters(50, 32) == 50 * 3665
+    assert COCO_TRAIN2017_NUM_IMAGES == 118287
+    assert iters_per_epoch(32) == 3697  # 118287 / 32 = 3696.47 -> the partial batch counts
+    assert epochs_to_iters(50, 32) == 50 * 3697
     assert epochs_to_iters(2, 4, num_images=10) == 6
     with pytest.raises(ValueError):
         iters_per_epoch(0)
@@ -123,9 +123,9 @@ def test_epochs_to_iters():
 def test_coco_schedule_50ep_drops_at_epoch_40():
     sched_cfg = get_config("common/coco_schedule.py")
     max_iter = sched_cfg.max_iter.ep50
-    assert max_iter == 183250
+    assert max_iter == 184850
     sched = instantiate(sched_cfg.lr_multiplier_50ep)
-    drop = 40 * math.ceil(117266 / 32)  # 146600
+    drop = 40 * math.ceil(118287 / 32)  # 147880
     assert sched((drop - 1) / max_iter) == 1.0
     assert sched(drop / max_iter) == pytest.approx(0.1)
     assert sched((max_iter - 1) / max_iter) == pytest.approx(0.1)
@@ -134,9 +134,9 @@ def test_coco_schedule_50ep_drops_at_epoch_40():
 def test_coco_schedule_500ep_detr():
     sched_cfg = get_config("common/coco_schedule.py")
     max_iter = sched_cfg.max_iter.ep500
-    assert max_iter == 500 * math.ceil(117266 / 64)
+    assert max_iter == 500 * math.ceil(118287 / 64)
     sched = instantiate(sched_cfg.lr_multiplier_500ep)
-    drop = 400 * math.ceil(117266 / 64)
+    drop = 400 * math.ceil(118287 / 64)
     assert sched((drop - 1) / max_iter) == 1.0 and sched(drop / max_iter) == pytest.approx(0.1)
 
 

@@ -75,6 +75,7 @@ def test_missing_config_file(capsys, tmp_path):
 
 
 # ------------------------------------------------------------------ train -> eval -> resume
+@pytest.mark.slow
 def test_train_eval_resume(tmp_path):
     out = str(tmp_path / "run")
     common = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.checkpointer.period=3"]
@@ -146,6 +147,7 @@ def test_non_finite_loss_names_iteration_terms_and_checkpoint(tmp_path):
     torch.load(os.path.join(out, f"model_{iteration - 1:07d}.pth"), weights_only=False)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_with_gloo(tmp_path):
     out = str(tmp_path)
     proc = run_train_net("--config-file", TOY_CONFIG, "--num-gpus", "2", f"train.output_dir={out}", "train.max_iter=4")

@@ -3,6 +3,7 @@ network, tests/configs/deformable_detr_tiny_demo.py) on the demo dataset: train 
 import json
 import os
 
+import pytest
 import torch
 
 from test_train_net import read_metrics, run_train_net
@@ -11,6 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "configs", "deformable_detr_tiny_demo.py")
 
 
+@pytest.mark.slow
 def test_deformable_detr_train_then_eval_only(tmp_path):
     out = str(tmp_path / "train")
     proc = run_train_net("--config-file", CONFIG, f"train.output_dir={out}", timeout=600)

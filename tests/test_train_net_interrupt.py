@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +65,7 @@ def _adam_steps(ckpt):
     return {int(s["step"]) for s in ckpt["trainer"]["optimizer"]["state"].values()}
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_and_at_random_then_resume(tmp_path):
     out = str(tmp_path / "run")
     rng = random.Random(os.getpid())

@@ -95,29 +95,37 @@ def reference(value, spatial_shapes, level_start_index, locations, weights):
     return ms_deform_attn_pytorch(value, spatial_shapes, locations, weights)
 
 
-def time_fn(fn, device, warmup, repeats):
-    """Median milliseconds of fn() over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
+def _timed(fn, device):
+    """Milliseconds of one fn() call."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    times = []
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(fns, device, warmup, repeats):
+    """Median milliseconds of each fn over `repeats` rounds after `warmup` rounds. The functions
+    take turns within each round, so that a machine shared with other jobs slows them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
     if device == "cuda":
         torch.cuda.synchronize()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            t.append(_timed(fn, device))
+    return [statistics.median(t) for t in times]
 
 
-def bench_one(impl, inputs, device, warmup, repeats):
+def make_closures(impl, inputs):
+    """(forward without autograd, forward + backward) for one implementation."""
     value, spatial_shapes, level_start_index, locations, weights = inputs
 
     def forward():
@@ -125,16 +133,15 @@ def bench_one(impl, inputs, device, warmup, repeats):
             impl(value, spatial_shapes, level_start_index, locations, weights)
 
     leaves = [t.detach().requires_grad_() for t in (value, locations, weights)]
-    grad = None
+    grad = []
 
     def forward_backward():
-        nonlocal grad
         out = impl(leaves[0], spatial_shapes, level_start_index, leaves[1], leaves[2])
-        if grad is None:
-            grad = torch.randn_like(out)
-        torch.autograd.grad(out, leaves, grad)
+        if not grad:
+            grad.append(torch.randn_like(out))
+        torch.autograd.grad(out, leaves, grad[0])
 
-    return time_fn(forward, device, warmup, repeats), time_fn(forward_backward, device, warmup, repeats)
+    return forward, forward_backward
 
 
 def _cpu_name():
@@ -156,6 +163,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (default: 5 on CPU, 100 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 1 CPU, 10 CUDA)")
+    # Reference and native runs alternate within each repeat (fair under a shared machine).
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -179,8 +187,10 @@ def main(argv=None):
     for name in args.shapes.split(","):
         for dtype_name in args.dtypes.split(","):
             inputs = make_inputs(name, args.device, DTYPES[dtype_name])
-            ref_fwd, ref_fb = bench_one(reference, inputs, args.device, warmup, repeats)
-            nat_fwd, nat_fb = bench_one(native, inputs, args.device, warmup, repeats)
+            ref_f, ref_b = make_closures(reference, inputs)
+            nat_f, nat_b = make_closures(native, inputs)
+            ref_fwd, nat_fwd = time_interleaved([ref_f, nat_f], args.device, warmup, repeats)
+            ref_fb, nat_fb = time_interleaved([ref_b, nat_b], args.device, warmup, repeats)
             for impl, fwd, fb in (("reference", ref_fwd, ref_fb), ("native", nat_fwd, nat_fb)):
                 row = dict(
                     shape=name, dtype=dtype_name, impl=impl, forward_ms=round(fwd, 3),

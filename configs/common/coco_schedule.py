@@ -1,5 +1,6 @@
-# Learning-rate schedules for COCO train2017, computed from epochs (detrex_lite.solver: 117,266
-# images after detectron2 drops those without annotations) and the total batch size.
+# Learning-rate schedules for COCO train2017, computed from epochs (detrex_lite.solver: all
+# 118,287 images, as the official recipes and configs/common/data/coco_detr.py use) and the
+# total batch size.
 #
 #   lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_50ep
 #   train.max_iter = get_config("common/coco_schedule.py").max_iter.ep50

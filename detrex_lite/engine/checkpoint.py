@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
+from detrex_lite.checkpoint import DetrexCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ def atomic_write(path: str, write_fn) -> None:
     _fsync_dir(directory)
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer with atomic saves and a resume that skips unreadable files."""
+class AtomicCheckpointer(DetrexCheckpointer):
+    """The strict DetrexCheckpointer (mismatches named, class heads skipped when the class count
+    differs) with atomic saves and a resume that skips unreadable files."""
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -98,7 +99,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             try:
                 return self.load(candidate)
             except Exception as e:  # a file written by another tool, or damaged on disk
-                self._parsed_url_during_load = None  # DetectionCheckpointer.load left it set
+                self._parsed_url_during_load = None  # detectron2's DetectionCheckpointer.load left it set
                 errors.append(f"{candidate}: {type(e).__name__}: {e}")
                 logger.warning(f"Cannot resume from {candidate} ({type(e).__name__}: {e}); trying an older one")
         raise RuntimeError("no loadable checkpoint in {}: {}".format(self.save_dir, "; ".join(errors)))

@@ -6,9 +6,10 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 
-# COCO train2017 has 118,287 images; detectron2's loader drops the 1,021 without annotations
-# (DATASETS.FILTER_EMPTY_ANNOTATIONS, which the DETR mappers also need), leaving 117,266.
-COCO_TRAIN2017_NUM_IMAGES = 117266
+# COCO train2017 has 118,287 images. The DETR-family recipes train on all of them, the 1,021
+# images without annotations included (the official code iterates over every image id, and
+# configs/common/data/coco_detr.py sets filter_empty=False to match), so an epoch is 118,287 images.
+COCO_TRAIN2017_NUM_IMAGES = 118287
 
 
 def iters_per_epoch(total_batch_size: int, num_images: int = COCO_TRAIN2017_NUM_IMAGES) -> int:
