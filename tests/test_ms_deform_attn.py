@@ -1,6 +1,4 @@
 """The compiled multi-scale deformable attention operator against the grid_sample reference."""
-import warnings
-
 import pytest
 import torch
 

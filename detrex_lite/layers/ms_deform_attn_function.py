@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -297,6 +295,8 @@ def ms_deform_attn(
     Raises:
         ValueError: naming the argument at fault, before any kernel runs.
     """
+    if not isinstance(value, torch.Tensor):  # value.device is read before _validate runs
+        _fail("value", f"must be a torch.Tensor, got {type(value).__name__}")
     autocast = autocast_enabled(value.device)
     _validate(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step,
@@ -330,31 +330,3 @@ def ms_deform_attn(
     else:
         _warn_fallback(f"detrex_lite._C was built without a kernel for {device_type} tensors")
     return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
-
-
-def fallback_warned() -> bool:
-    """Whether the fallback warning has been given (it is given once per process)."""
-    return _fallback_warned
-
-
-def _reset_fallback_warning(value: bool = False) -> None:
-    """For tests: re-arm (or silence) the one-time fallback warning."""
-    global _fallback_warned
-    _fallback_warned = value
-
-
-def ms_deform_attn_reference_float64(
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-    device: Optional[torch.device] = None,
-) -> torch.Tensor:
-    """The reference in float64 on ``device`` (default: value's), for accuracy checks."""
-    device = device or value.device
-    return ms_deform_attn_pytorch(
-        value.to(device, torch.float64),
-        spatial_shapes.to(device),
-        sampling_locations.to(device, torch.float64),
-        attention_weights.to(device, torch.float64),
-    )
