@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+
 import torch
 import torch.nn.functional as F
 

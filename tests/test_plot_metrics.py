@@ -1,0 +1,141 @@
+"""tools/plot_metrics.py: the series it plots are the values in metrics.json, PNGs are written,
+partial files and runs without evaluations are tolerated, a folder without metrics.json fails
+clearly."""
+import json
+import math
+import os
+
+import pytest
+
+from tests.tools_tiny_models import load_tool
+
+plot_metrics = load_tool("plot_metrics")
+
+
+def write_run(folder, records, partial_tail=None):
+    """Writes records as detectron2's JSONWriter does (one object per line)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        for record in records:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if partial_tail is not None:
+            f.write(partial_tail)
+    return str(folder)
+
+
+def training_records(num_iters=100, log_period=20, eval_period=50, with_total=True):
+    """Loss lines every log_period iterations and AP lines every eval_period iterations; the
+    expected series are built independently of the tool from the same numbers."""
+    records, loss, ap = [], {}, {m: {} for m in plot_metrics.AP_METRICS}
+    for it in range(log_period - 1, num_iters, log_period):
+        parts = {"loss_class": 1.0 / (it + 1), "loss_bbox": 0.5 + it * 1e-3, "loss_giou": 0.25}
+        record = {"iteration": it, "lr": 1e-3, "data_time": 0.01, "time": 0.3, **parts}
+        if with_total:
+            record["total_loss"] = 10.0 + it  # deliberately not the sum: total_loss must win
+            loss[it] = 10.0 + it
+        else:
+            loss[it] = sum(parts.values())
+        records.append(record)
+    for it in range(eval_period - 1, num_iters, eval_period):
+        record = {"iteration": it}
+        for k, metric in enumerate(plot_metrics.AP_METRICS):
+            value = 3.0 * (it + 1) / num_iters + k
+            record[f"bbox/{metric}"] = value
+            ap[metric][it] = value
+        records.append(record)
+    return records, loss, ap
+
+
+def as_series(points):
+    its = sorted(points)
+    return its, [points[i] for i in its]
+
+
+@pytest.mark.parametrize("with_total", [True, False])
+def test_extracted_series_equal_the_written_values(tmp_path, with_total):
+    records, loss, ap = training_records(with_total=with_total)
+    folder = write_run(tmp_path / "run", records)
+    series = plot_metrics.load_run(folder)
+    assert set(series) == {"loss", *plot_metrics.AP_METRICS}
+    its, values = series["loss"]
+    exp_its, exp_values = as_series(loss)
+    assert its == exp_its
+    assert values == pytest.approx(exp_values, rel=1e-12)
+    for metric in plot_metrics.AP_METRICS:
+        assert series[metric] == as_series(ap[metric])
+
+
+def test_partial_last_line_and_no_eval_yet(tmp_path):
+    records, loss, _ = training_records(num_iters=60, eval_period=1000)  # no evaluation yet
+    folder = write_run(tmp_path / "running", records, partial_tail='{"iteration": 79, "total_lo')
+    series = plot_metrics.load_run(folder)
+    assert set(series) == {"loss"}
+    assert series["loss"] == as_series(loss)
+    out = tmp_path / "plots"
+    assert plot_metrics.main([folder, "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["loss.png"]
+
+
+def test_nan_ap_is_dropped_and_last_duplicate_wins(tmp_path):
+    records = [
+        {"iteration": 9, "bbox/AP": float("nan")},
+        {"iteration": 19, "bbox/AP": 1.0},
+        {"iteration": 19, "bbox/AP": 2.0},
+    ]
+    series = plot_metrics.extract_series(records)
+    assert series == {"AP": ([19], [2.0])}
+    assert not any(math.isnan(v) for v in series["AP"][1])
+
+
+def test_two_runs_write_one_png_per_metric(tmp_path):
+    a = write_run(tmp_path / "deformable", training_records()[0])
+    b = write_run(tmp_path / "detr", training_records(num_iters=80)[0])
+    out = tmp_path / "figs"
+    assert plot_metrics.main([a, b, "--labels", "Deformable DETR", "DETR", "--out", str(out)]) == 0
+    expected = sorted(f"{m}.png" for m in plot_metrics.METRICS)
+    assert sorted(os.listdir(out)) == expected
+    for name in expected:
+        with open(out / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_legend_labels_default_to_folder_names(tmp_path, monkeypatch):
+    a = write_run(tmp_path / "run_a", training_records()[0])
+    b = write_run(tmp_path / "run_b", training_records()[0])
+    seen = {}
+    monkeypatch.setattr(plot_metrics, "plot_runs", lambda runs, out: seen.update(runs) or [])
+    assert plot_metrics.main([a, b + "/", "--out", str(tmp_path)]) == 0
+    assert list(seen) == ["run_a", "run_b"]
+
+
+def test_folder_without_metrics_is_a_clear_error(tmp_path, capsys):
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="not_a_run"):
+        plot_metrics.load_run(str(empty))
+    assert plot_metrics.main([str(empty), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json" in err and "not_a_run" in err
+
+
+def test_label_count_must_match(tmp_path, capsys):
+    a = write_run(tmp_path / "a", training_records()[0])
+    assert plot_metrics.main([a, "--labels", "x", "y"]) == 2
+    assert "2 labels for 1 runs" in capsys.readouterr().err
+
+
+def test_summary_reports_the_last_evaluation(tmp_path):
+    records, _, ap = training_records(num_iters=200, eval_period=50)
+    folder = write_run(tmp_path / "run", records)
+    out = tmp_path / "out"
+    assert plot_metrics.main([folder, "--out", str(out), "--summary"]) == 0
+    with open(out / "summary.json") as f:
+        summary = json.load(f)["run"]
+    last = max(ap["AP"])
+    assert summary["final"]["eval_iteration"] == last == 199
+    assert summary["iteration"] == 199
+    for metric in plot_metrics.AP_METRICS:
+        assert summary["final"][metric] == ap[metric][last]
+    assert summary["AP_curve"] == [[it, ap["AP"][it]] for it in sorted(ap["AP"])]
+    table = (out / "summary.md").read_text().splitlines()
+    assert table[2] == "| run | 199 | " + " | ".join(f"{ap[m][199]:.1f}" for m in plot_metrics.AP_METRICS) + " |"
