@@ -189,7 +189,24 @@ def test_missing_init_checkpoint_names_path(tmp_path):
     with pytest.raises(ConfigError, match="file not found: " + path):
         check_init_checkpoint(path)
     check_init_checkpoint("")
-    check_init_checkpoint("detectron2://ImageNetPretrained/torchvision/R-50.pkl")
+
+
+def test_unreadable_init_checkpoint_url_is_one_line_error(tmp_path, monkeypatch):
+    from detectron2.utils.file_io import PathManager
+
+    url = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
+
+    def offline(path, **kwargs):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(PathManager, "get_local_path", offline)
+    with pytest.raises(ConfigError, match="cannot read " + url + r" \(OSError: .*convert_checkpoint.py --from torchvision-resnet"):
+        check_init_checkpoint(url)
+    # A URL that resolves (a cached download) passes.
+    cached = tmp_path / "R-50.pkl"
+    cached.write_bytes(b"x")
+    monkeypatch.setattr(PathManager, "get_local_path", lambda path, **kwargs: str(cached))
+    check_init_checkpoint(url)
 
 
 def test_check_structure():

@@ -202,8 +202,24 @@ def check_num_classes(cfg, eval_only: bool = False) -> None:
 
 
 def check_init_checkpoint(path: str) -> None:
-    """`train.init_checkpoint` must be empty, a URL / detectron2:// path, or an existing file."""
-    if not path or "://" in path:
+    """`train.init_checkpoint` must be empty, an existing file, or a URL / detectron2:// path
+    that can be fetched (it is downloaded into detectron2's cache here, before any model is
+    built, so an offline machine fails in one line instead of deep in the checkpointer)."""
+    if not path:
+        return
+    if "://" in path:
+        from detectron2.utils.file_io import PathManager
+
+        try:
+            local = PathManager.get_local_path(path)
+        except Exception as err:  # urllib/iopath raise many types; the message is what matters
+            raise ConfigError(
+                f"train.init_checkpoint: cannot read {path} ({type(err).__name__}: {err}). "
+                "Offline, pass a local file instead; for ImageNet backbones convert a torchvision "
+                "ResNet state dict with tools/convert_checkpoint.py --from torchvision-resnet"
+            ) from None
+        if not os.path.isfile(local):
+            raise ConfigError(f"train.init_checkpoint: {path} resolved to {local}, which is not a file")
         return
     if not os.path.isfile(path):
         raise ConfigError(f"train.init_checkpoint: file not found: {path}")
