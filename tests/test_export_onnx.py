@@ -1,5 +1,6 @@
 """ONNX export of tiny Deformable DETR (one-stage, box refinement, two-stage) and DETR, checked
-with onnxruntime against PyTorch, and the exported contract checked against the model itself."""
+with onnxruntime against PyTorch at several input sizes (batch, height and width are dynamic),
+and the exported contract checked against the model itself."""
 import json
 
 import cv2
@@ -43,17 +44,46 @@ def _images(seed=0):
     ]
 
 
+def _random_images(sizes, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
+
+
 @pytest.mark.parametrize("variant", ["one_stage", "box_refine", "two_stage", "detr"])
-def test_raw_outputs_match_onnxruntime_with_dynamic_batch(variant, tmp_path):
+def test_raw_outputs_match_onnxruntime_with_dynamic_batch_and_size(variant, tmp_path):
     _, model = _build(variant)
     path = str(tmp_path / f"{variant}.onnx")
     wrapper = export_onnx(model, path, CANVAS, output="raw", sample_batch_size=1)
-    # Exported with batch 1, run with batch 2 of differently padded images.
-    images, sizes = prepare_export_inputs(model, _images(), CANVAS)
-    diffs = check_onnx_parity(path, wrapper, images, sizes, atol=1e-4)
-    assert diffs["ok"], diffs
-    assert set(diffs) == {"pred_logits", "pred_boxes", "queries_reordered", "ok"}
-    assert diffs["queries_reordered"] == 0
+    # Exported with one 96x96 image; run with batches of 2 differently padded images at the
+    # export size and at other sizes and aspect ratios, smaller and larger (odd-sized maps at the
+    # coarse levels: 64x80 -> 1x2 at stride 64, 136x104 -> 3x2).
+    batches = [
+        (CANVAS, _images()),
+        ((64, 80), _random_images([(64, 80), (41, 57)], seed=3)),
+        ((136, 104), _random_images([(120, 104), (136, 70)], seed=4)),
+    ]
+    for canvas, batch in batches:
+        images, sizes = prepare_export_inputs(model, batch, canvas)
+        assert tuple(images.shape[-2:]) == canvas
+        diffs = check_onnx_parity(path, wrapper, images, sizes, atol=1e-4)
+        assert diffs["ok"], (canvas, diffs)
+        assert set(diffs) == {"pred_logits", "pred_boxes", "queries_reordered", "ok"}
+        assert diffs["queries_reordered"] == 0
+
+
+def test_level_shapes_are_ints_in_eager_mode_and_traced_values_when_tracing():
+    from detrex_lite.layers.ms_deform_attn_function import level_shapes
+
+    shapes = torch.tensor([[12, 10], [6, 5]])
+    assert level_shapes(shapes) == [(12, 10), (6, 5)]
+    assert all(type(v) is int for hw in level_shapes(shapes) for v in hw)
+
+    def areas(x):
+        return torch.stack([h * w for h, w in level_shapes(x)])
+
+    traced = torch.jit.trace(areas, (shapes,), check_trace=False)
+    # A graph that recorded the sizes as constants would return 120, 30 again.
+    assert traced(torch.tensor([[3, 4], [1, 7]])).tolist() == [12, 7]
 
 
 @pytest.mark.parametrize("variant", ["two_stage", "detr"])
@@ -61,27 +91,30 @@ def test_detections_match_onnxruntime_and_the_model(variant, tmp_path):
     _, model = _build(variant)
     path = str(tmp_path / f"{variant}_det.onnx")
     wrapper = export_onnx(model, path, CANVAS, output="detections")
-    images, sizes = prepare_export_inputs(model, _images(1), CANVAS)
-    diffs = check_onnx_parity(path, wrapper, images, sizes, atol=1e-3)
-    assert diffs["ok"], diffs
-    assert diffs["scores"] < 1e-5 and diffs["boxes"] < 1e-5
+    for canvas, batch in [(CANVAS, _images(1)), ((80, 112), _random_images([(80, 112), (60, 90)], seed=6))]:
+        images, sizes = prepare_export_inputs(model, batch, canvas)
+        diffs = check_onnx_parity(path, wrapper, images, sizes, atol=1e-3)
+        assert diffs["ok"], (canvas, diffs)
+        assert diffs["scores"] < 1e-5 and diffs["boxes"] < 1e-5
 
-    # The contract: for an image filling the canvas, the graph's outputs are the model's own
-    # detections (boxes in the image's pixels, as the model gives them for height/width = the
-    # image size; the model computes them with the compiled op when it is built).
+    # The contract: for a single (unpadded) image of any size, the graph's outputs are the
+    # model's own detections (boxes in the image's pixels, as the model gives them for
+    # height/width = the image size; the model computes them with the compiled op when it is
+    # built).
     import onnxruntime as ort
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    image = torch.randint(0, 256, (3, *CANVAS), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    x, s = prepare_export_inputs(model, [image], CANVAS)
-    scores, labels, boxes = session.run(None, {"images": x.numpy(), "image_sizes": s.numpy()})
-    with torch.no_grad():
-        ref = model([{"image": image, "height": CANVAS[0], "width": CANVAS[1]}])[0]["instances"]
-    assert scores.shape == labels.shape == (1, 10) and boxes.shape == (1, 10, 4)
-    assert len(ref) == 10
-    np.testing.assert_allclose(scores[0], ref.scores.numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(labels[0], ref.pred_classes.numpy())
-    np.testing.assert_allclose(boxes[0], ref.pred_boxes.tensor.numpy(), atol=1e-2, rtol=0)
+    for size, seed in [(CANVAS, 2), ((72, 110), 7)]:
+        image = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        x, s = prepare_export_inputs(model, [image])
+        scores, labels, boxes = session.run(None, {"images": x.numpy(), "image_sizes": s.numpy()})
+        with torch.no_grad():
+            ref = model([{"image": image, "height": size[0], "width": size[1]}])[0]["instances"]
+        assert scores.shape == labels.shape == (1, 10) and boxes.shape == (1, 10, 4)
+        assert len(ref) == 10
+        np.testing.assert_allclose(scores[0], ref.scores.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(labels[0], ref.pred_classes.numpy())
+        np.testing.assert_allclose(boxes[0], ref.pred_boxes.tensor.numpy(), atol=1e-2, rtol=0)
 
 
 def test_graph_masks_equal_the_models_masks():
@@ -139,6 +172,10 @@ def test_rejects_old_opset_and_oversized_images(tmp_path):
         export_onnx(model, str(tmp_path / "x.onnx"), CANVAS, opset=13)
     with pytest.raises(ValueError, match="canvas"):
         prepare_export_inputs(model, [torch.zeros(3, 100, 10, dtype=torch.uint8)], CANVAS)
+    # Two-stage selects num_queries (12) of the encoder tokens: a 16x16 sample has 2*2 + 1 + 1 + 1.
+    _, two_stage = _build("two_stage")
+    with pytest.raises(ValueError, match="7 encoder tokens, fewer than the 12 queries"):
+        export_onnx(two_stage, str(tmp_path / "y.onnx"), (16, 16))
 
 
 def test_export_tool_with_checkpoint_and_images(tmp_path):
@@ -161,6 +198,10 @@ def test_export_tool_with_checkpoint_and_images(tmp_path):
     assert report["canvas"] == [96, 96]
     assert report["check_batch"] == [[40, 96], [82, 64]]
     assert report["max_abs_diff"]["ok"]
+    # Dynamic height and width by default, checked at a second size (3/4 x 5/8 of the canvas).
+    assert report["dynamic_size"] is True
+    assert report["dynamic_size_check"]["canvas"] == [72, 60]
+    assert report["dynamic_size_check"]["ok"] and report["dynamic_size_check"]["scores"] < 1e-4
     assert json.load(open(tmp_path / "report.json"))["max_abs_diff"] == report["max_abs_diff"]
     import onnx
     import onnxruntime as ort
@@ -169,7 +210,8 @@ def test_export_tool_with_checkpoint_and_images(tmp_path):
     graph = onnx.load(onnx_path).graph
     assert [i.name for i in graph.input] == ["images", "image_sizes"]
     assert [o.name for o in graph.output] == ["scores", "labels", "boxes"]
-    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
     # The exported weights are the checkpoint's: the graph reproduces the saved model.
     images, sizes = prepare_export_inputs(model, _images(), CANVAS)
     got = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(

@@ -4,13 +4,14 @@ r"""Exports a trained DETR-family detector to ONNX and checks it against PyTorch
     python tools/export_onnx.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
         --checkpoint output/model_final.pth --output output/model.onnx --check-images a.jpg b.jpg
 
-The graph takes a normalised image batch zero-padded to a fixed canvas plus each image's
-unpadded size, and returns top-k ``scores``/``labels``/``boxes`` (``--format detections``) or the
-raw ``pred_logits``/``pred_boxes`` (``--format raw``); the batch axis is dynamic. See
-docs/tools.md for the exact contract. After export, the same inputs (``--check-images``, resized
-as the test loader does, or random images) are run through onnxruntime and PyTorch; the maximum
-differences are printed (and written with ``--json``), and the exit status is 1 when they
-exceed ``--atol``.
+The graph takes a normalised, zero-padded image batch plus each image's unpadded size, and
+returns top-k ``scores``/``labels``/``boxes`` (``--format detections``) or the raw
+``pred_logits``/``pred_boxes`` (``--format raw``); batch, height and width are dynamic
+(``--fixed-size``: height and width fixed to ``--canvas``). See docs/tools.md for the exact
+contract. After export, the same inputs (``--check-images``, resized as the test loader does, or
+random images, padded to the canvas; with dynamic sizes also a second batch of another size) are
+run through onnxruntime and PyTorch; the maximum differences are printed (and written with
+``--json``), and the exit status is 1 when they exceed ``--atol``.
 """
 from __future__ import annotations
 
@@ -34,7 +35,12 @@ from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from detrex_lite.export.onnx_export import check_onnx_parity, export_onnx, prepare_export_inputs  # noqa: E402
+from detrex_lite.export.onnx_export import (  # noqa: E402
+    check_onnx_parity,
+    encoder_tokens,
+    export_onnx,
+    prepare_export_inputs,
+)
 from detrex_lite.predictor import load_config, preprocess_image, test_augmentations  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.export_onnx")
@@ -48,10 +54,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="detections", choices=["detections", "raw"], help="graph outputs")
     parser.add_argument(
         "--canvas", type=int, nargs=2, default=None, metavar=("H", "W"),
-        help="padded input size (default: max_size x max_size of the test ResizeShortestEdge)",
+        help="input size traced and checked; the fixed input size with --fixed-size "
+        "(default: max_size x max_size of the test ResizeShortestEdge)",
     )
     parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--dynamic-size", action="store_true", help="also mark H, W dynamic (see docs)")
+    parser.add_argument(
+        "--fixed-size", action="store_true", help="fix the input height and width to --canvas (only the batch is dynamic)"
+    )
     parser.add_argument("--check-images", nargs="*", default=[], help="images for the parity check")
     parser.add_argument("--check-batch-size", type=int, default=2, help="random images when none are given")
     parser.add_argument("--atol", type=float, default=1e-3)
@@ -90,18 +99,33 @@ def check_inputs(
 
 
 def check_other_size(path: str, wrapper, model, canvas: Tuple[int, int], atol: float) -> Dict:
-    """With --dynamic-size: parity at a canvas 3/4 of the exported one. Models that compute
-    shapes with Python numbers (``tolist()``, ``int(...)``) bake the export size into the graph;
-    onnxruntime then fails or disagrees, and this says so instead of shipping a broken graph."""
-    other = (max(canvas[0] * 3 // 4, 32), max(canvas[1] * 3 // 4, 32))
+    """For a dynamic-size graph: parity on a batch of another size and aspect ratio (3/4 x 5/8
+    of the canvas, or 5/4 x 9/8 when that is too small for a two-stage model's query count; two
+    random images, the second smaller so it is padded). A shape that the trace recorded as a
+    constant of the export size would make onnxruntime fail or disagree here, and this says so
+    instead of shipping a broken graph."""
+    other = (max(canvas[0] * 3 // 4, 32), max(canvas[1] * 5 // 8, 32))
+    if getattr(model, "as_two_stage", False) and encoder_tokens(model, *other) < model.num_queries:
+        other = (canvas[0] * 5 // 4, canvas[1] * 9 // 8)
     generator = torch.Generator().manual_seed(1)
-    images = [torch.randint(0, 256, (3, *other), dtype=torch.uint8, generator=generator)]
+    images = [
+        torch.randint(0, 256, (3, *other), dtype=torch.uint8, generator=generator),
+        torch.randint(0, 256, (3, other[0] * 2 // 3, other[1] * 4 // 5), dtype=torch.uint8, generator=generator),
+    ]
     x, sizes = prepare_export_inputs(model, images, other)
+    report = {"canvas": list(other), "check_batch": sizes.tolist()}
     try:
         result = check_onnx_parity(path, wrapper, x, sizes, atol=atol)
     except Exception as err:  # onnxruntime reports shape errors as generic failures
-        return {"canvas": list(other), "ok": False, "error": str(err).splitlines()[0][:300]}
-    return {"canvas": list(other), **result}
+        return {**report, "ok": False, "error": str(err).splitlines()[0][:300]}
+    return {**report, **result}
+
+
+def _format_diffs(diffs: Dict) -> str:
+    return ", ".join(
+        f"{k} {v}" if isinstance(v, int) else f"{k} {v:.2e}"
+        for k, v in diffs.items() if k not in ("ok", "canvas", "check_batch")
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -121,22 +145,29 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     wrapper = export_onnx(
-        model, args.output, canvas, output=args.format, opset=args.opset, dynamic_size=args.dynamic_size
+        model, args.output, canvas, output=args.format, opset=args.opset, dynamic_size=not args.fixed_size
     )
-    report: Dict = {"onnx": args.output, "format": args.format, "canvas": list(canvas), "opset": args.opset}
+    report: Dict = {
+        "onnx": args.output, "format": args.format, "canvas": list(canvas), "opset": args.opset,
+        "dynamic_size": not args.fixed_size,
+    }
     if not args.no_check:
         images, image_sizes = check_inputs(model, args.check_images, augmentations, canvas, args.check_batch_size)
         report["check_batch"] = [list(s) for s in image_sizes.tolist()]
         report["max_abs_diff"] = check_onnx_parity(args.output, wrapper, images, image_sizes, atol=args.atol)
-        diffs = ", ".join(
-            f"{k} {v}" if isinstance(v, int) else f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items() if k != "ok"
-        )
         verdict = "OK" if report["max_abs_diff"]["ok"] else f"FAILED (atol {args.atol})"
-        print(f"onnxruntime vs PyTorch on {len(image_sizes)} images: max abs diff {diffs}: {verdict}")
-        if args.dynamic_size:
-            report["dynamic_size_check"] = check_other_size(args.output, wrapper, model, canvas, args.atol)
-            print(f"at another input size: {report['dynamic_size_check']}")
-            report["max_abs_diff"]["ok"] &= bool(report["dynamic_size_check"].get("ok"))
+        print(
+            f"onnxruntime vs PyTorch on {len(image_sizes)} images at {canvas[0]}x{canvas[1]}: "
+            f"max abs diff {_format_diffs(report['max_abs_diff'])}: {verdict}"
+        )
+        if not args.fixed_size:
+            other = report["dynamic_size_check"] = check_other_size(args.output, wrapper, model, canvas, args.atol)
+            if "error" in other:
+                result = f"FAILED: {other['error']}"
+            else:
+                result = f"max abs diff {_format_diffs(other)}: {'OK' if other['ok'] else f'FAILED (atol {args.atol})'}"
+            print(f"at another input size {other['canvas'][0]}x{other['canvas'][1]}: {result}")
+            report["max_abs_diff"]["ok"] &= bool(other["ok"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -4,9 +4,10 @@ and the onnxruntime parity check.
 The exported graph's contract (see docs/tools.md):
 
 Inputs
-    ``images``: (B, 3, H, W) float32, normalised ((rgb - pixel_mean) / pixel_std) and zero-padded
-    at the bottom/right to the export canvas (H, W). B is dynamic.
-    ``image_sizes``: (B, 2) int64, the unpadded (height, width) of each image in the canvas.
+    ``images``: (B, 3, H, W) float32, normalised ((rgb - pixel_mean) / pixel_std); images of a
+    batch are zero-padded at the bottom/right to a common H x W. B, H and W are dynamic (unless
+    exported with ``dynamic_size=False``: then H x W is fixed to the export canvas).
+    ``image_sizes``: (B, 2) int64, the unpadded (height, width) of each image in the batch.
 
 Outputs (``output="detections"``, the default)
     ``scores`` (B, k) float32 descending, ``labels`` (B, k) int64 contiguous class ids,
@@ -18,7 +19,10 @@ Outputs (``output="raw"``)
     ``pred_logits`` (B, Q, K or K+1) and ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h).
 
 The deformable attention runs through its pure-PyTorch path (``grid_sample``, opset >= 16)
-during export, see :func:`pytorch_deform_attn`.
+during export, see :func:`pytorch_deform_attn`. Every size inside the graph (feature-map sizes,
+``spatial_shapes``, reference points, two-stage proposals, padding masks) is computed from the
+input's shape; the models keep Python numbers in eager mode and switch to traced values only
+while tracing (``torch.jit.is_tracing()``, see ``level_shapes``).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy
 __all__ = [
     "ExportableDETR",
     "check_onnx_parity",
+    "encoder_tokens",
     "export_onnx",
     "prepare_export_inputs",
     "pytorch_deform_attn",
@@ -95,6 +100,18 @@ def level_masks(
         mask = (rows[None, :, None] >= valid[:, 0, None, None]) | (cols[None, None, :] >= valid[:, 1, None, None])
         masks.append(mask)
     return masks
+
+
+def encoder_tokens(model: nn.Module, height: int, width: int) -> int:
+    """Number of transformer tokens (sum over levels of H_l * W_l) for an (height, width) input,
+    with the model's feature strides (a stride-s map of an h-pixel side has ceil(h / s) rows)."""
+    return sum(math.ceil(height / s) * math.ceil(width / s) for s in model.feature_strides)
+
+
+def _min_tokens(model: nn.Module) -> int:
+    # Two-stage queries are the top-k of the encoder proposals: the traced k is a constant, valid
+    # only while there are at least num_queries tokens.
+    return int(model.num_queries) if getattr(model, "as_two_stage", False) else 1
 
 
 def _topk_detections(
@@ -207,22 +224,29 @@ def export_onnx(
     output: str = "detections",
     opset: int = 17,
     dynamic_batch: bool = True,
-    dynamic_size: bool = False,
+    dynamic_size: bool = True,
     sample_batch_size: int = 1,
 ) -> ExportableDETR:
     """Exports ``model`` (put in eval mode, on CPU) to ``path``; returns the exported wrapper.
 
     Args:
-        canvas: (H, W) of the padded input the graph takes (images of any size up to it are
-            given with their ``image_sizes``).
+        canvas: (H, W) of the sample input traced; with ``dynamic_size=False`` the fixed size
+            of the padded input the graph takes (smaller images are given with their
+            ``image_sizes``).
         dynamic_batch: mark the batch axis dynamic.
-        dynamic_size: also mark H and W dynamic. Only valid if the model computes every shape
-            from tensors; :func:`check_onnx_parity` at another size tells (see docs/tools.md).
+        dynamic_size: mark H and W dynamic. Two-stage models need at least ``num_queries``
+            encoder tokens (sum of the levels' H_l * W_l) at run time: the proposal top-k has a
+            fixed k in the graph.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}: GridSample (deformable attention) needs opset >= {MIN_OPSET}")
     model = model.eval().cpu()
     wrapper = ExportableDETR(model, output=output).eval()
+    if encoder_tokens(model, *canvas) < _min_tokens(model):
+        raise ValueError(
+            f"export canvas {tuple(canvas)} gives {encoder_tokens(model, *canvas)} encoder tokens, fewer than the "
+            f"{_min_tokens(model)} queries that two-stage selects from them: use a larger canvas"
+        )
     # A sample with one image smaller than the canvas, so padding masks are exercised.
     generator = torch.Generator().manual_seed(0)
     h, w = canvas
@@ -245,7 +269,9 @@ def export_onnx(
             for name in wrapper.output_names:
                 dynamic_axes[name] = {0: "batch"}
     with pytorch_deform_attn(), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python numbers: see docs/tools.md
+        # The remaining tracer warnings are about sizes that are fixed by the model (last dims of
+        # reference points, the query count), not by the image size.
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
             (images, image_sizes),
@@ -260,7 +286,10 @@ def export_onnx(
     import onnx
 
     onnx.checker.check_model(onnx.load(path))
-    logger.info("Exported %s to %s (opset %d, canvas %dx%d)", type(model).__name__, path, opset, h, w)
+    logger.info(
+        "Exported %s to %s (opset %d, %s)", type(model).__name__, path, opset,
+        "dynamic height and width" if dynamic_size else f"fixed canvas {h}x{w}",
+    )
     return wrapper
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "ms_deform_attn_pytorch",
     "extension_available",
     "extension_info",
+    "level_shapes",
 ]
 
 BUILD_HINT = (
@@ -116,6 +117,19 @@ if _C is not None:
 # ---------------------------------------------------------------------------------------------
 # Reference implementation.
 # ---------------------------------------------------------------------------------------------
+def level_shapes(spatial_shapes: torch.Tensor) -> list:
+    """(H_l, W_l) of each level of ``spatial_shapes`` (L, 2), for Python loops over the levels.
+
+    Python ints in eager mode. While tracing (``torch.jit.trace`` and the TorchScript-based ONNX
+    exporter) 0-dim tensors sliced from ``spatial_shapes`` instead: ``tolist()`` would record the
+    trace-time sizes as constants, and a graph exported with a dynamic image size would then fail
+    at any other size. Ops that take sizes (``arange``, ``reshape``, ``split``) accept both.
+    """
+    if torch.jit.is_tracing():
+        return [(hw[0], hw[1]) for hw in spatial_shapes.unbind(0)]
+    return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+
+
 def ms_deform_attn_pytorch(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -136,7 +150,7 @@ def ms_deform_attn_pytorch(
     """
     n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = level_shapes(spatial_shapes)
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
     # grid_sample wants [-1, 1]; with align_corners=False, -1 and 1 are the outer pixel edges.
     grids = 2 * sampling_locations - 1

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from detrex_lite.layers import MultiScaleDeformableAttention
+from detrex_lite.layers.ms_deform_attn_function import level_shapes
 
 __all__ = [
     "DeformableTransformerEncoderLayer",
@@ -95,7 +96,7 @@ class DeformableTransformerEncoder(nn.Module):
         """
         refs = []
         device = valid_sizes.device
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_shapes(spatial_shapes)):
             ref_y, ref_x = torch.meshgrid(
                 torch.arange(h, dtype=torch.float32, device=device) + 0.5,
                 torch.arange(w, dtype=torch.float32, device=device) + 0.5,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from detrex_lite.layers import MultiScaleDeformableAttention
+from detrex_lite.layers.ms_deform_attn_function import level_shapes
 
 from .deformable_layers import DeformableTransformerDecoder, DeformableTransformerEncoder, inverse_sigmoid
 
@@ -34,6 +35,17 @@ class TransformerOutput(NamedTuple):
     inter_references: torch.Tensor
     enc_outputs_class: Optional[torch.Tensor] = None
     enc_outputs_coord_unact: Optional[torch.Tensor] = None
+
+
+def _spatial_shapes(srcs: List[torch.Tensor]) -> torch.Tensor:
+    """(L, 2) int64 (H_l, W_l) of the maps ``srcs`` (N, C, H_l, W_l), on their device.
+
+    While tracing, the sizes are traced values (``torch.as_tensor`` of them would be recorded as
+    constants of the export size), so that an ONNX graph with a dynamic image size stays valid.
+    """
+    if torch.jit.is_tracing():
+        return torch.stack([torch.stack(list(src.shape[-2:])) for src in srcs]).to(srcs[0].device)
+    return torch.as_tensor([src.shape[-2:] for src in srcs], dtype=torch.long, device=srcs[0].device)
 
 
 class DeformableTransformer(nn.Module):
@@ -116,7 +128,7 @@ class DeformableTransformer(nn.Module):
         """
         n = memory.shape[0]
         proposals = []
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_shapes(spatial_shapes)):
             grid_y, grid_x = torch.meshgrid(
                 torch.arange(h, dtype=torch.float32, device=memory.device),
                 torch.arange(w, dtype=torch.float32, device=memory.device),
@@ -154,16 +166,15 @@ class DeformableTransformer(nn.Module):
         """
         if len(srcs) != self.num_feature_levels:
             raise ValueError(f"DeformableTransformer: got {len(srcs)} feature levels, expected num_feature_levels={self.num_feature_levels}")
-        src_flatten, mask_flatten, pos_flatten, shapes = [], [], [], []
+        src_flatten, mask_flatten, pos_flatten = [], [], []
         for lvl, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
-            shapes.append(src.shape[-2:])
             src_flatten.append(src.flatten(2).transpose(1, 2))
             mask_flatten.append(mask.flatten(1))
             pos_flatten.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
         src_flatten = torch.cat(src_flatten, 1)
         mask_flatten = torch.cat(mask_flatten, 1)
         pos_flatten = torch.cat(pos_flatten, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        spatial_shapes = _spatial_shapes(srcs)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         # Valid (w, h) of every level from the exact masks, and their ratio to the padded size.
         valid_sizes = torch.stack(
