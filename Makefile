@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-gpu selftest benchmark-ops clean
+.PHONY: setup test selftest benchmark-ops gpu-benchmarks clean
 
 setup:
 	VENV=$(VENV) bash tools/setup.sh
@@ -16,6 +16,10 @@ selftest:
 
 benchmark-ops:
 	$(PY) tools/benchmark_ops.py
+
+# On a GPU machine: build for sm_90, CUDA op tests, operator and whole-model benchmarks (JSON in benchmarks/)
+gpu-benchmarks:
+	bash tools/run_gpu_benchmarks.sh benchmarks
 
 clean:
 	rm -rf build detrex_lite/_C*.so *.egg-info

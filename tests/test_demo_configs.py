@@ -128,8 +128,10 @@ def test_demo_configs_are_matched():
     assert as_plain(dd.lr_multiplier) == as_plain(detr.lr_multiplier)
     schedule = instantiate(dd.lr_multiplier)
     assert schedule(0.5) == 1.0 and schedule(0.9) == pytest.approx(0.1)
-    for key in ("lr", "betas", "weight_decay"):
+    for key in ("betas", "weight_decay"):
         assert as_plain(dd.optimizer[key]) == as_plain(detr.optimizer[key]), key
+    # DETR's base lr is deliberately lower (it diverges at Deformable DETR's, docs/demo.md).
+    assert detr.optimizer.lr <= dd.optimizer.lr
     # The only lr groups are Deformable DETR's own parameters (no backbone multiplier: no
     # pretrained weights to protect in either model).
     assert "backbone" not in dd.optimizer.params.lr_multipliers

@@ -54,3 +54,68 @@ def test_train_step_updates_weights_and_inputs_fit_the_model():
     assert result["iters_per_s"] > 0
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
     assert "class_embed.0.weight" in changed and any(n.startswith("backbone.") for n in changed)
+
+
+def _tiny_for_hf(variant):
+    cfg = tiny_deformable_detr_config(variant)
+    # transformers refuses one decoder layer (its weight tying of bbox_embed.0 finds nothing to tie).
+    cfg.model.transformer.num_decoder_layers = 2
+    return cfg
+
+
+def _count(module, prefix=""):
+    return sum(p.numel() for n, p in module.named_parameters() if n.startswith(prefix))
+
+
+@pytest.mark.parametrize("variant", ["one_stage", "two_stage"])
+def test_hf_model_has_our_architecture(variant):
+    cfg = _tiny_for_hf(variant)
+    torch.manual_seed(0)
+    ours = instantiate(cfg.model)
+    hf = benchmark.build_hf_model(cfg, ours.num_classes, torch.device("cpu")).hf
+    c, t = hf.config, cfg.model.transformer
+    assert (c.d_model, c.encoder_layers, c.decoder_layers, c.encoder_attention_heads, c.decoder_attention_heads) == (
+        32, 1, 2, 2, 2) == (t.d_model, t.num_encoder_layers, t.num_decoder_layers, t.nhead, t.nhead)
+    assert (c.encoder_ffn_dim, c.decoder_ffn_dim, c.num_feature_levels, c.encoder_n_points, c.decoder_n_points) == (
+        t.dim_feedforward, t.dim_feedforward, t.num_feature_levels, t.enc_n_points, t.dec_n_points)
+    assert (c.num_queries, c.two_stage, c.with_box_refine, c.auxiliary_loss, c.num_labels) == (
+        12, variant == "two_stage", variant == "two_stage", True, ours.num_classes)
+    assert not c.use_pretrained_backbone and c.backbone_config.model_type == "resnet"
+    assert c.backbone_config.depths == [2, 2, 2, 2] and c.backbone_config.layer_type == "basic"
+    # Parameter counts, part by part and in total.
+    assert _count(hf, "model.encoder.") == _count(ours, "transformer.encoder.") > 0
+    assert _count(hf, "model.decoder.layers.") == _count(ours, "transformer.decoder.") > 0
+    assert _count(hf, "model.input_proj.") == _count(ours, "neck.")
+    assert _count(hf, "model.backbone.") == _count(ours, "backbone.")
+    assert _count(hf) == _count(ours)
+
+
+def test_compare_hf_rows_and_ratios(tmp_path, capsys):
+    cfg_path = save_config(_tiny_for_hf("one_stage"), str(tmp_path / "tiny.yaml"))
+    out = tmp_path / "bench.json"
+    report = benchmark.main([
+        "--config-file", cfg_path, "--device", "cpu", "--image-size", "96", "96", "--batch-sizes", "1", "2",
+        "--iters", "1", "--warmup", "1", "--num-threads", "1", "--precisions", "fp32", "--compare-hf",
+        "--json", str(out),
+    ])
+    assert json.load(open(out)) == json.loads(json.dumps(report))
+    rows = [(r["model"], r["mode"], r["batch_size"]) for r in report["results"]]
+    assert rows == [
+        ("detrex_lite", "inference", 1), ("hf_transformers", "inference", 1),
+        ("detrex_lite", "inference", 2), ("hf_transformers", "inference", 2),
+        ("detrex_lite", "train", 2), ("hf_transformers", "train", 2),
+    ]
+    for r in report["results"]:
+        assert "error" not in r, r
+    speeds = {(r["model"], r["mode"], r["batch_size"]): r.get("images_per_s", r.get("iters_per_s"))
+              for r in report["results"]}
+    assert [(c["mode"], c["batch_size"]) for c in report["comparison"]] == [("inference", 1), ("inference", 2), ("train", 2)]
+    for c in report["comparison"]:
+        ours, hf = speeds[("detrex_lite", c["mode"], c["batch_size"])], speeds[("hf_transformers", c["mode"], c["batch_size"])]
+        assert (c["detrex_lite"], c["hf_transformers"]) == (ours, hf)
+        assert c["speed_ratio"] == pytest.approx(ours / hf)
+    hf = report["hf_transformers"]
+    assert hf["version"] and hf["attention"] and hf["parameters"] == hf["detrex_lite_parameters"]
+    assert hf["config"]["d_model"] == 32
+    table = capsys.readouterr().out
+    assert "hf_transformers" in table and "ours / HF" in table

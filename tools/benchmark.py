@@ -11,6 +11,11 @@ iterations and synchronise CUDA before reading the clock. Peak memory is
 ``torch.cuda.max_memory_allocated`` for each measurement on GPU; on CPU it is the process's peak
 resident set size so far (it never goes down, so read it as an upper bound).
 Weights are not loaded (speed does not depend on them); pass ``--opts`` to change the model.
+
+``--compare-hf`` also builds Hugging Face transformers' ``DeformableDetrForObjectDetection`` with
+the config's architecture (random weights, torchvision-style ResNet from ``ResNetConfig``) and
+times it in the same process on the same inputs, batch sizes, precisions and iterations, one
+measurement of ours then the same one of HF; the table and JSON get both rows and the ratio.
 """
 from __future__ import annotations
 
@@ -60,6 +65,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compare-hf", action="store_true",
+        help="also time transformers' DeformableDetrForObjectDetection with the same architecture",
+    )
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value")
     return parser
 
@@ -125,10 +134,11 @@ def _timed(step, iters: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def bench_inference(model, device, batch_size, image_size, dtype, iters, warmup, generator) -> Dict:
+def bench_inference(model, device, batch_size, image_size, dtype, iters, warmup, generator, inputs=None) -> Dict:
     """Eval-mode forward passes on ``batch_size`` images; ``dtype`` None is fp32, else autocast."""
     model.eval()
-    inputs = synthetic_inputs(batch_size, image_size, 1, False, generator)
+    if inputs is None:
+        inputs = synthetic_inputs(batch_size, image_size, 1, False, generator)
 
     def step():
         with torch.no_grad(), _autocast(device, dtype):
@@ -139,10 +149,13 @@ def bench_inference(model, device, batch_size, image_size, dtype, iters, warmup,
     return {"images_per_s": batch_size / seconds, "ms_per_iter": 1000 * seconds, "peak_mem_mb": _peak_mb(device)}
 
 
-def bench_train(model, optimizer, device, batch_size, image_size, num_classes, dtype, iters, warmup, generator) -> Dict:
+def bench_train(
+    model, optimizer, device, batch_size, image_size, num_classes, dtype, iters, warmup, generator, inputs=None
+) -> Dict:
     """Training iterations (forward, backward, optimizer step) as the trainer runs them."""
     model.train()
-    inputs = synthetic_inputs(batch_size, image_size, num_classes, True, generator)
+    if inputs is None:
+        inputs = synthetic_inputs(batch_size, image_size, num_classes, True, generator)
     # float16 gradients need loss scaling; bfloat16 does not.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -158,6 +171,138 @@ def bench_train(model, optimizer, device, batch_size, image_size, num_classes, d
     _reset_peak(device)
     seconds = _timed(step, iters, warmup, device)
     return {"iters_per_s": 1 / seconds, "ms_per_iter": 1000 * seconds, "peak_mem_mb": _peak_mb(device)}
+
+
+# --- Hugging Face transformers' Deformable DETR (--compare-hf) ---------------------------------
+def hf_config_from(cfg, num_classes: int):
+    """A ``transformers.DeformableDetrConfig`` with the architecture of ``cfg.model``.
+
+    Same d_model, layers, heads, FFN width, dropout, activation, levels, points, queries,
+    two-stage / box-refinement / auxiliary-loss flags, matcher costs and loss weights; the backbone
+    is HF's own ResNet (``ResNetConfig``: same depth, widths and stem, stride in the 3x3 conv like
+    ``stride_in_1x1=False``) with ``use_timm_backbone=False`` and ``use_pretrained_backbone=False``.
+    """
+    import transformers
+
+    from detrex_lite.modeling.backbone import _BLOCKS_PER_STAGE
+
+    m = cfg.model
+    backbone, t = m.backbone, m.transformer
+    if backbone.get("res5_dilation", 1) != 1 or backbone.get("stride_in_1x1", False):
+        raise ValueError("--compare-hf: HF's ResNet backbone has no DC5 / stride_in_1x1=True variant")
+    depth, stem = backbone.depth, backbone.get("stem_out_channels", 64)
+    bottleneck = depth >= 50
+    out_features = [f"stage{int(name[3:]) - 1}" for name in backbone.out_features]  # res3 -> stage2
+    backbone_config = transformers.ResNetConfig(
+        embedding_size=stem,
+        hidden_sizes=[stem * (4 if bottleneck else 1) * 2**i for i in range(4)],
+        depths=list(_BLOCKS_PER_STAGE[depth]),
+        layer_type="bottleneck" if bottleneck else "basic",
+        downsample_in_bottleneck=False,
+        out_features=out_features,
+    )
+    criterion = m.get("criterion", {})
+    matcher = criterion.get("matcher", {})
+    weights = criterion.get("weight_dict", {})
+    return transformers.DeformableDetrConfig(
+        backbone_config=backbone_config,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        d_model=t.d_model,
+        encoder_layers=t.num_encoder_layers,
+        decoder_layers=t.num_decoder_layers,
+        encoder_attention_heads=t.nhead,
+        decoder_attention_heads=t.nhead,
+        encoder_ffn_dim=t.dim_feedforward,
+        decoder_ffn_dim=t.dim_feedforward,
+        dropout=t.dropout,
+        activation_function=t.get("activation", "relu"),
+        num_feature_levels=t.num_feature_levels,
+        encoder_n_points=t.enc_n_points,
+        decoder_n_points=t.dec_n_points,
+        num_queries=m.num_queries,
+        two_stage=bool(m.as_two_stage),
+        two_stage_num_proposals=m.num_queries,
+        with_box_refine=bool(m.with_box_refine),
+        auxiliary_loss=bool(m.aux_loss),
+        num_labels=num_classes,
+        # HF types these as int (its strict config refuses 2.0); they do not change the speed.
+        class_cost=_int_if_whole(matcher.get("cost_class", 2)),
+        bbox_cost=_int_if_whole(matcher.get("cost_bbox", 5)),
+        giou_cost=_int_if_whole(matcher.get("cost_giou", 2)),
+        bbox_loss_coefficient=_int_if_whole(weights.get("loss_bbox", 5)),
+        giou_loss_coefficient=_int_if_whole(weights.get("loss_giou", 2)),
+        focal_alpha=float(criterion.get("alpha", 0.25)),
+    )
+
+
+def _int_if_whole(x):
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def hf_attention_path() -> str:
+    """Which multi-scale deformable attention HF runs: the hub kernel needs the `kernels` package
+    (and a download); without it transformers uses its grid_sample implementation."""
+    import importlib.util
+
+    if importlib.util.find_spec("kernels") is not None and os.environ.get("USE_HUB_KERNELS", "YES").upper() in (
+        "1", "ON", "YES", "TRUE"
+    ):
+        return "kernels hub (if it could be fetched)"
+    return "PyTorch grid_sample (the `kernels` package is not installed)"
+
+
+class HFDetector(torch.nn.Module):
+    """``DeformableDetrForObjectDetection`` behind our model's input convention, so that both
+    models take the same detectron2-style batches: uint8 RGB images moved to the device and
+    normalised inside the timed call (as our model does), targets as normalised cxcywh.
+    Training returns HF's own loss; inference returns HF's raw outputs (no post-processing,
+    which our timing includes)."""
+
+    def __init__(self, hf_model, pixel_mean, pixel_std):
+        super().__init__()
+        self.hf = hf_model
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    def forward(self, batched_inputs):
+        device = self.pixel_mean.device
+        images = torch.stack([x["image"] for x in batched_inputs]).to(device, non_blocking=True)
+        pixel_values = (images.float() - self.pixel_mean) / self.pixel_std
+        pixel_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long, device=device)
+        if not self.training:
+            return self.hf(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        labels = []
+        for x in batched_inputs:
+            h, w = x["image"].shape[-2:]
+            boxes = x["instances"].gt_boxes.tensor / torch.tensor([w, h, w, h], dtype=torch.float32)
+            cxcywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], dim=1)
+            labels.append({"class_labels": x["instances"].gt_classes.to(device), "boxes": cxcywh.to(device)})
+        return {"loss": self.hf(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels).loss}
+
+
+def build_hf_model(cfg, num_classes: int, device: torch.device) -> HFDetector:
+    import transformers
+
+    hf_model = transformers.DeformableDetrForObjectDetection(hf_config_from(cfg, num_classes))
+    return HFDetector(hf_model, list(cfg.model.pixel_mean), list(cfg.model.pixel_std)).to(device)
+
+
+def compare(rows: List[Dict]) -> List[Dict]:
+    """Ours vs HF for each (mode, precision, batch): speed ratio (> 1: ours faster), memory ratio."""
+    by_key = {(r["model"], r["mode"], r["precision"], r["batch_size"]): r for r in rows}
+    out = []
+    for r in rows:
+        hf = by_key.get(("hf_transformers", r["mode"], r["precision"], r["batch_size"]))
+        if r["model"] != "detrex_lite" or hf is None or "error" in r or "error" in hf:
+            continue
+        speed = "images_per_s" if r["mode"] == "inference" else "iters_per_s"
+        out.append({
+            "mode": r["mode"], "precision": r["precision"], "batch_size": r["batch_size"],
+            "detrex_lite": r[speed], "hf_transformers": hf[speed], "unit": speed,
+            "speed_ratio": r[speed] / hf[speed], "peak_mem_ratio": r["peak_mem_mb"] / hf["peak_mem_mb"],
+        })
+    return out
 
 
 def build_optimizer(cfg, model):
@@ -195,15 +340,17 @@ def run(args) -> Dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = load_config(args.config_file, args.opts)
     torch.manual_seed(args.seed)
-    model = instantiate(cfg.model).to(device)
-    num_classes = int(getattr(model, "num_classes", 1))
+    models = {"detrex_lite": instantiate(cfg.model).to(device)}
+    num_classes = int(getattr(models["detrex_lite"], "num_classes", 1))
+    if args.compare_hf:
+        models["hf_transformers"] = build_hf_model(cfg, num_classes, device)
     generator = torch.Generator().manual_seed(args.seed)
     rows = []
 
-    def measure(row: Dict, fn, *fn_args) -> None:
+    def measure(row: Dict, fn, *fn_args, **fn_kwargs) -> None:
         # One failing measurement (e.g. out of memory at batch 4) is reported, not fatal.
         try:
-            row.update(fn(*fn_args))
+            row.update(fn(*fn_args, **fn_kwargs))
         except (RuntimeError, ValueError) as err:
             logger.error("%s failed: %s", row, err)
             row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
@@ -217,18 +364,24 @@ def run(args) -> Dict:
         label = precision if dtype is None else f"amp-{str(dtype).replace('torch.', '')}"
         if "inference" in args.modes:
             for bs in args.batch_sizes:
-                measure(
-                    {"mode": "inference", "precision": label, "batch_size": bs},
-                    bench_inference, model, device, bs, args.image_size, dtype, args.iters, args.warmup, generator,
-                )
+                inputs = synthetic_inputs(bs, args.image_size, 1, False, generator)  # the same for every model
+                for name, model in models.items():
+                    measure(
+                        {"model": name, "mode": "inference", "precision": label, "batch_size": bs},
+                        bench_inference, model, device, bs, args.image_size, dtype, args.iters, args.warmup,
+                        generator, inputs=inputs,
+                    )
         if "train" in args.modes:
-            optimizer = build_optimizer(cfg, model)
-            measure(
-                {"mode": "train", "precision": label, "batch_size": args.train_batch_size},
-                bench_train, model, optimizer, device, args.train_batch_size, args.image_size, num_classes,
-                dtype, args.iters, args.warmup, generator,
-            )
-    return {
+            inputs = synthetic_inputs(args.train_batch_size, args.image_size, num_classes, True, generator)
+            for name, model in models.items():
+                optimizer = build_optimizer(cfg, model)  # the config's optimizer and lr groups, for both
+                measure(
+                    {"model": name, "mode": "train", "precision": label, "batch_size": args.train_batch_size},
+                    bench_train, model, optimizer, device, args.train_batch_size, args.image_size, num_classes,
+                    dtype, args.iters, args.warmup, generator, inputs=inputs,
+                )
+                del optimizer  # its state would count in the next measurement's peak memory
+    report = {
         "config_file": args.config_file,
         "opts": list(args.opts),
         "image_size": list(args.image_size),
@@ -237,24 +390,45 @@ def run(args) -> Dict:
         "environment": environment(device),
         "results": rows,
     }
+    if args.compare_hf:
+        import transformers
+
+        report["hf_transformers"] = {
+            "version": transformers.__version__,
+            "config": {k: v for k, v in models["hf_transformers"].hf.config.to_diff_dict().items()
+                       if k not in ("id2label", "label2id")},
+            "attention": hf_attention_path(),
+            "parameters": sum(p.numel() for p in models["hf_transformers"].parameters()),
+            "detrex_lite_parameters": sum(p.numel() for p in models["detrex_lite"].parameters()),
+        }
+        report["comparison"] = compare(rows)
+    return report
 
 
 def format_table(report: Dict) -> str:
+    ratios = {(c["mode"], c["precision"], c["batch_size"]): c["speed_ratio"] for c in report.get("comparison", [])}
     table = []
     for r in report["results"]:
+        model = r.get("model", "detrex_lite")
+        ratio = ratios.get((r["mode"], r["precision"], r["batch_size"])) if model == "detrex_lite" else None
+        ratio = f"{ratio:.2f}x" if ratio is not None else ""
         if "error" in r:
-            table.append([r["mode"], r["precision"], r["batch_size"], r["error"][:60], "-", "-"])
+            table.append([model, r["mode"], r["precision"], r["batch_size"], r["error"][:60], "-", "-", ratio])
             continue
         speed = f"{r['images_per_s']:.2f} img/s" if r["mode"] == "inference" else f"{r['iters_per_s']:.2f} it/s"
-        table.append([r["mode"], r["precision"], r["batch_size"], speed, f"{r['ms_per_iter']:.1f}", f"{r['peak_mem_mb']:.0f}"])
+        table.append([model, r["mode"], r["precision"], r["batch_size"], speed, f"{r['ms_per_iter']:.1f}",
+                      f"{r['peak_mem_mb']:.0f}", ratio])
     env = report["environment"]
     header = (
         f"{env['device_name']} ({env['device']}), torch {env['torch']}, CUDA {env['cuda']}, "
         f"image {report['image_size'][0]}x{report['image_size'][1]}, {report['iters']} iters"
     )
+    if "hf_transformers" in report:
+        hf = report["hf_transformers"]
+        header += f"\ntransformers {hf['version']}, HF attention: {hf['attention']}"
     peak = "peak MB" if env["device"].startswith("cuda") else "peak RSS MB"
     return header + "\n" + tabulate(
-        table, headers=["mode", "precision", "batch", "speed", "ms/iter", peak], tablefmt="pipe"
+        table, headers=["model", "mode", "precision", "batch", "speed", "ms/iter", peak, "ours / HF"], tablefmt="pipe"
     )
 
 

@@ -1,21 +1,38 @@
 #!/usr/bin/env python
-"""Times multi-scale deformable attention: the compiled operator vs the PyTorch reference.
+"""Times multi-scale deformable attention: the compiled operator vs the PyTorch reference, and
+compares both with a floor computed from the bytes that must move.
 
-Shapes are those of Deformable DETR (M=8 heads, D=32 channels, L=4 levels, P=4 points):
-  E1  encoder, N=2, levels (100,167) (50,84) (25,42) (13,21), Lq = S
-  D1  decoder, E1's value, Lq = 300
-  E2  encoder, N=1, levels (100,150) (50,75) (25,38) (13,19), Lq = S
-  E3  encoder, N=8, levels (128,128) (64,64) (32,32) (16,16), Lq = S
-  D2  decoder, E1's value, Lq = 900
-Sampling locations are realistic: reference points (pixel centres for the encoder, uniform
-points for the decoder) + the module's initial offset ring + ~0.5 px noise; weights are a
-softmax over L*P.
+Shapes (M heads, D channels per head, L = 4 levels, P points; M=8, D=32, P=4 unless stated):
+  E1        encoder training, N=2, levels (100,167) (50,84) (25,42) (13,21), Lq = S
+  E2        encoder inference, N=1, levels (100,150) (50,75) (25,38) (13,19), Lq = S
+  E3        encoder, N=8, levels (128,128) (64,64) (32,32) (16,16), Lq = S
+  D1, D2    decoder, E1's value, Lq = 300 / 900
+  R_uniform E1 with sampling locations uniform in [0, 1] (no locality)
+  R_oob10   E1 with 10% of all samples moved outside every map (they read zeros), on top of
+            the ~8.7% of E1's realistic samples that already fall outside near the borders
+  R_D64     E1 with D = 64
+  R_P8      E1 with P = 8
+  R_D48     E1 with D = 48 (not a power of two)
+  tiny      N=1, levels (8,12) (4,6) (2,3) (1,2), Lq = S (smoke tests)
+Realistic locations: reference points (pixel centres for the encoder, uniform points for the
+decoder) + the module's initial offset pattern (head h at angle 2*pi*h/M, point k at k+1 pixels)
++ 0.5 px Gaussian noise; attention weights are a softmax over L*P.
+
+Each dtype is run by both implementations in that dtype. On CPU the compiled operator computes
+float16/bfloat16 in float32 and casts the result back (the `compute_dtype` column says so).
+
+Floor: the time to move the bytes that any implementation must move at the peak memory
+bandwidth (`--peak-bandwidth`, else a table of known GPUs, else a measured device-to-device
+copy); `fraction_of_floor` = floor / measured (1.0 = at the bandwidth limit). The formula is
+printed and stored in the JSON (`floor_formula`).
 
 Examples:
-  python tools/benchmark_ops.py --device cpu --threads 2 --out benchmarks/ops_cpu.json
-  python tools/benchmark_ops.py --device cuda --dtypes float32,float16 --shapes E1,D1,E3,D2
+  python tools/benchmark_ops.py --device cpu --threads 2 --shapes E1,D1,E2 --out benchmarks/ops_cpu.json
+  python tools/benchmark_ops.py --device cuda --dtypes float32,float16,bfloat16 \
+      --shapes E1,E2,E3,D1,D2,R_uniform,R_oob10,R_D64,R_P8,R_D48 --out benchmarks/ops_cuda.json
 """
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -24,6 +41,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Optional, Tuple
 
 import torch
 
@@ -36,55 +54,173 @@ from detrex_lite.layers.ms_deform_attn_function import (  # noqa: E402
     ms_deform_attn_pytorch,
 )
 
-NUM_HEADS, HEAD_DIM, NUM_POINTS = 8, 32, 4
 E1_LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
+
+
+@dataclasses.dataclass(frozen=True)
+class OpShape:
+    batch: int
+    levels: Tuple[Tuple[int, int], ...]
+    num_queries: Optional[int] = None  # None: encoder, one query per value position (Lq = S)
+    num_heads: int = 8
+    head_dim: int = 32
+    num_points: int = 4
+    locations: str = "realistic"  # or "uniform"
+    extra_out_of_bounds: Optional[float] = None  # this fraction of all samples moved outside the maps
+
+
 SHAPES = {
-    # name: (batch, levels, number of queries or None for Lq = S)
-    "E1": (2, E1_LEVELS, None),
-    "D1": (2, E1_LEVELS, 300),
-    "E2": (1, ((100, 150), (50, 75), (25, 38), (13, 19)), None),
-    "E3": (8, ((128, 128), (64, 64), (32, 32), (16, 16)), None),
-    "D2": (2, E1_LEVELS, 900),
+    "E1": OpShape(2, E1_LEVELS),
+    "E2": OpShape(1, ((100, 150), (50, 75), (25, 38), (13, 19))),
+    "E3": OpShape(8, ((128, 128), (64, 64), (32, 32), (16, 16))),
+    "D1": OpShape(2, E1_LEVELS, num_queries=300),
+    "D2": OpShape(2, E1_LEVELS, num_queries=900),
+    "R_uniform": OpShape(2, E1_LEVELS, locations="uniform"),
+    "R_oob10": OpShape(2, E1_LEVELS, extra_out_of_bounds=0.1),
+    "R_D64": OpShape(2, E1_LEVELS, head_dim=64),
+    "R_P8": OpShape(2, E1_LEVELS, num_points=8),
+    "R_D48": OpShape(2, E1_LEVELS, head_dim=48),
+    "tiny": OpShape(1, ((8, 12), (4, 6), (2, 3), (1, 2))),
 }
+ALL_GPU_SHAPES = "E1,E2,E3,D1,D2,R_uniform,R_oob10,R_D64,R_P8,R_D48"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Peak DRAM bandwidth (GB/s, 1e9 bytes) from the vendors' data sheets, matched by substring of
+# torch.cuda.get_device_name(); the first match wins, so the more specific names come first.
+KNOWN_BANDWIDTH_GBPS = (
+    ("H200", 4800.0),
+    ("H100 NVL", 3900.0),
+    ("H100 PCIe", 2000.0),
+    ("H100", 3350.0),  # SXM5, "NVIDIA H100 80GB HBM3"
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIe", 1935.0),
+    ("A100", 1555.0),  # 40 GB, SXM4 and PCIe
+    ("L40S", 864.0),
+    ("A10G", 600.0),
+    ("V100", 900.0),
+)
+
+FLOOR_FORMULA = {
+    "forward_bytes": "e * (N*Lq*M*L*P*3 + N*Lq*M*D + R*D)",
+    "backward_bytes": "e * (N*Lq*M*D + N*Lq*M*L*P*3 + R*D + N*Lq*M*L*P*3 + N*S*M*D)",
+    "forward_backward_bytes": "forward_bytes + backward_bytes",
+    "floor_ms": "bytes / (peak_bandwidth_GBps * 1e9) * 1e3",
+    "fraction_of_floor": "floor_ms / measured_ms",
+    "symbols": (
+        "e = bytes per element of the dtype; N batch, Lq queries, M heads, L levels, P points, "
+        "D channels per head, S = sum(H_l*W_l); 3 = two location coordinates + one weight; "
+        "R = distinct (n, m, value position) rows that a bilinear corner inside the map lands on "
+        "(R <= N*S*M; each read once). Forward: read locations, weights and the R value rows, "
+        "write the output. Backward: read grad_output, locations, weights and the R value rows, "
+        "write grad_locations and grad_weights, and write all of grad_value (N*S*M*D: rows no "
+        "sample touches are zeros that must still be written)."
+    ),
+}
+
+
+def _level_offsets(levels):
+    areas = torch.tensor([h * w for h, w in levels], dtype=torch.int64)
+    return torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]]), int(areas.sum())
+
+
+def out_of_bounds_mask(locations, levels):
+    """(N, Lq, M, L, P) bool: True where all four bilinear corners of a sample lie outside its map,
+    i.e. grid_sample (zeros padding, align_corners=False) returns 0 for it."""
+    masks = []
+    for lvl, (h, w) in enumerate(levels):
+        x = locations[:, :, :, lvl, :, 0].double() * w - 0.5
+        y = locations[:, :, :, lvl, :, 1].double() * h - 0.5
+        masks.append((x <= -1) | (x >= w) | (y <= -1) | (y >= h))
+    return torch.stack(masks, dim=3)
 
 
 def make_inputs(name, device, dtype, seed=0):
-    """value, spatial_shapes, level_start_index, sampling_locations, attention_weights."""
-    batch, levels, num_queries = SHAPES[name]
+    """value (N,S,M,D), spatial_shapes (L,2), level_start_index (L,), sampling_locations
+    (N,Lq,M,L,P,2) normalised (x, y), attention_weights (N,Lq,M,L,P)."""
+    shape = SHAPES[name]
+    levels, heads, points = shape.levels, shape.num_heads, shape.num_points
     g = torch.Generator().manual_seed(seed)
     spatial_shapes = torch.tensor(levels, dtype=torch.int64)
-    areas = spatial_shapes.prod(1)
-    level_start_index = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
-    num_value = int(areas.sum())
+    level_start_index, num_value = _level_offsets(levels)
     num_levels = len(levels)
-    if num_queries is None:  # encoder: one query per pixel, at the pixel centre
+    if shape.num_queries is None:  # encoder: one query per pixel, at the pixel centre
         refs = []
         for h, w in levels:
-            ys, xs = torch.meshgrid(
-                (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij"
-            )
+            ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
             refs.append(torch.stack([xs, ys], -1).reshape(-1, 2))
-        ref = torch.cat(refs).expand(batch, -1, -1)
+        ref = torch.cat(refs).expand(shape.batch, -1, -1)
     else:  # decoder: learned reference points, spread over the image
-        ref = torch.rand(batch, num_queries, 2, generator=g)
+        ref = torch.rand(shape.batch, shape.num_queries, 2, generator=g)
     num_queries = ref.shape[1]
-    # The module's initial offsets: a ring of directions, point k at distance k + 1 pixels.
-    angles = torch.arange(NUM_HEADS) * (2 * math.pi / NUM_HEADS)
-    ring = torch.stack([angles.cos(), angles.sin()], -1)
-    ring = ring / ring.abs().max(-1, keepdim=True).values
-    offsets = ring[:, None, None, :] * torch.arange(1, NUM_POINTS + 1).view(1, 1, -1, 1)  # (M, 1, P, 2)
-    offsets = offsets + 0.5 * torch.randn(batch, num_queries, NUM_HEADS, num_levels, NUM_POINTS, 2, generator=g)
-    normalizer = torch.tensor([[w, h] for h, w in levels], dtype=torch.float32)  # (L, 2) as (x, y)
-    locations = ref[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
-    weights = torch.randn(batch, num_queries, NUM_HEADS, num_levels * NUM_POINTS, generator=g).softmax(-1)
-    weights = weights.view(batch, num_queries, NUM_HEADS, num_levels, NUM_POINTS)
-    value = torch.randn(batch, num_value, NUM_HEADS, HEAD_DIM, generator=g)
+    sample_shape = (shape.batch, num_queries, heads, num_levels, points, 2)
+    if shape.locations == "uniform":
+        locations = torch.rand(sample_shape, generator=g)
+    else:
+        # The module's initial offsets: a ring of directions, point k at distance k + 1 pixels.
+        angles = torch.arange(heads) * (2 * math.pi / heads)
+        ring = torch.stack([angles.cos(), angles.sin()], -1)
+        ring = ring / ring.abs().max(-1, keepdim=True).values
+        offsets = ring[:, None, None, :] * torch.arange(1, points + 1).view(1, 1, -1, 1)  # (M, 1, P, 2)
+        offsets = offsets + 0.5 * torch.randn(sample_shape, generator=g)
+        normalizer = torch.tensor([[w, h] for h, w in levels], dtype=torch.float32)  # (L, 2) as (x, y)
+        locations = ref[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
+    if shape.extra_out_of_bounds is not None:
+        locations = _push_out_of_bounds(locations, levels, shape.extra_out_of_bounds, g)
+    weights = torch.randn(shape.batch, num_queries, heads, num_levels * points, generator=g).softmax(-1)
+    weights = weights.view(shape.batch, num_queries, heads, num_levels, points)
+    value = torch.randn(shape.batch, num_value, heads, shape.head_dim, generator=g)
     to = dict(device=device, dtype=dtype)
     return (
         value.to(**to), spatial_shapes.to(device), level_start_index.to(device),
         locations.to(**to), weights.to(**to),
     )
+
+
+def _push_out_of_bounds(locations, levels, fraction, generator):
+    """Moves `fraction` of all samples, chosen at random among those inside the maps, outside
+    every map (x in [-1.5, -1] or [2, 2.5]: no bilinear corner is inside for any map size)."""
+    outside = out_of_bounds_mask(locations, levels).flatten()
+    wanted = round(fraction * outside.numel())
+    inside = (~outside).nonzero().squeeze(1)
+    chosen = inside[torch.randperm(inside.numel(), generator=generator)[:wanted]]
+    u = torch.rand(wanted, generator=generator)
+    x = torch.where(torch.rand(wanted, generator=generator) < 0.5, -1.0 - 0.5 * u, 2.0 + 0.5 * u)
+    flat = locations.reshape(-1, 2).clone()
+    flat[chosen, 0] = x
+    return flat.view_as(locations)
+
+
+def touched_value_rows(value, spatial_shapes, level_start_index, locations):
+    """R: the number of distinct (n, m, s) value rows that some in-map bilinear corner reads."""
+    n, s, m, _ = value.shape
+    touched = torch.zeros(n * s * m, dtype=torch.bool, device=value.device)
+    batch_idx = torch.arange(n, device=value.device).view(n, 1, 1, 1)
+    head_idx = torch.arange(m, device=value.device).view(1, 1, m, 1)
+    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        start = int(level_start_index[lvl])
+        x = locations[:, :, :, lvl, :, 0].double() * w - 0.5  # (N, Lq, M, P)
+        y = locations[:, :, :, lvl, :, 1].double() * h - 0.5
+        x0, y0 = x.floor().long(), y.floor().long()
+        for dx in (0, 1):
+            for dy in (0, 1):
+                xc, yc = x0 + dx, y0 + dy
+                ok = (xc >= 0) & (xc < w) & (yc >= 0) & (yc < h)
+                pos = start + yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)
+                row = (batch_idx * s + pos) * m + head_idx
+                touched[row[ok]] = True
+    return int(touched.sum())
+
+
+def bytes_moved(value, locations, touched_rows):
+    """Minimum bytes for forward and backward (FLOOR_FORMULA), in the inputs' dtype."""
+    e = value.element_size()
+    n, s, m, d = value.shape
+    _, lq, _, l, p, _ = locations.shape
+    samples = n * lq * m * l * p
+    out = n * lq * m * d
+    forward = e * (3 * samples + out + touched_rows * d)
+    backward = e * (out + 3 * samples + touched_rows * d + 3 * samples + n * s * m * d)
+    return {"forward": forward, "backward": backward, "forward_backward": forward + backward}
 
 
 def native(value, spatial_shapes, level_start_index, locations, weights):
@@ -96,7 +232,7 @@ def reference(value, spatial_shapes, level_start_index, locations, weights):
 
 
 def _timed(fn, device):
-    """Milliseconds of one fn() call."""
+    """Milliseconds of one fn() call (CUDA events on GPU)."""
     if device == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -144,6 +280,36 @@ def make_closures(impl, inputs):
     return forward, forward_backward
 
 
+def known_bandwidth(device_name):
+    """(GB/s, matched key) from KNOWN_BANDWIDTH_GBPS, or None for a device not in the table."""
+    for key, gbps in KNOWN_BANDWIDTH_GBPS:
+        if key in device_name:
+            return gbps, key
+    return None
+
+
+def peak_bandwidth(device, override=None):
+    """(GB/s, source, measured copy GB/s): `override`, else the table for a known GPU, else a
+    measured copy (bytes read + bytes written per second of a large tensor copy)."""
+    measured = measure_copy_bandwidth(device)
+    if override:
+        return float(override), "argument", measured
+    known = known_bandwidth(torch.cuda.get_device_name()) if device == "cuda" else None
+    if known:
+        return known[0], f"table ({known[1]})", measured
+    return measured, "measured copy", measured
+
+
+def measure_copy_bandwidth(device, mbytes=None, repeats=None):
+    mbytes = mbytes or (1024 if device == "cuda" else 64)
+    repeats = repeats or (20 if device == "cuda" else 5)
+    src = torch.empty(mbytes * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    ms = time_interleaved([lambda: dst.copy_(src)], device, 3, repeats)[0]
+    del src, dst
+    return round(2 * mbytes * 2**20 / (ms * 1e-3) / 1e9, 1)
+
+
 def _cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -155,73 +321,139 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+def _shape_info(name, inputs, touched_rows):
+    shape = SHAPES[name]
+    value, _, _, locations, _ = inputs
+    oob = out_of_bounds_mask(locations, shape.levels)
+    return dict(
+        batch=shape.batch, levels=[list(x) for x in shape.levels], num_queries=shape.num_queries or "S",
+        num_value=value.shape[1], lq=locations.shape[1], num_heads=shape.num_heads, head_dim=shape.head_dim,
+        num_points=shape.num_points, locations=shape.locations,
+        out_of_bounds_fraction=round(float(oob.float().mean()), 4),
+        touched_value_rows=touched_rows, value_rows=value.shape[0] * value.shape[1] * value.shape[2],
+    )
+
+
+def _result(args, device_name, repeats, warmup, bandwidth, bandwidth_source, copy_gbps, shapes_info, rows):
+    return dict(
+        device=args.device,
+        device_name=device_name,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        # Other processes on the machine slow both implementations; recorded for context.
+        load_average_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        repeats=repeats,
+        warmup=warmup,
+        statistic="median",
+        timer="cuda events" if args.device == "cuda" else "time.perf_counter",
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        extension=extension_info(),
+        peak_bandwidth_GBps=bandwidth,
+        bandwidth_source=bandwidth_source,
+        measured_copy_GBps=copy_gbps,
+        floor_formula=FLOOR_FORMULA,
+        shapes=shapes_info,
+        results=rows,
+    )
+
+
+def _write_json(path, result):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtypes", default="float32", help="comma-separated: float32,float64,float16,bfloat16")
-    parser.add_argument("--shapes", default="E1,D1", help=f"comma-separated from {','.join(SHAPES)}")
+    parser.add_argument("--shapes", default="E1,D1", help=f"comma-separated from {','.join(SHAPES)}; 'all' = {ALL_GPU_SHAPES}")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (default: 5 on CPU, 100 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 1 CPU, 10 CUDA)")
-    # Reference and native runs alternate within each repeat (fair under a shared machine).
+    parser.add_argument("--peak-bandwidth", type=float, default=None, metavar="GBps",
+                        help="peak memory bandwidth for the floor (default: known GPU table, else a measured copy)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
+    names = ALL_GPU_SHAPES.split(",") if args.shapes == "all" else args.shapes.split(",")
+    for name in names:
+        if name not in SHAPES:
+            parser.error(f"--shapes: unknown shape {name!r}; expected names from {', '.join(SHAPES)}")
+    dtype_names = args.dtypes.split(",")
+    for dtype_name in dtype_names:
+        if dtype_name not in DTYPES:
+            parser.error(f"--dtypes: unknown dtype {dtype_name!r}; expected {', '.join(DTYPES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (100 if args.device == "cuda" else 5)
     warmup = args.warmup if args.warmup is not None else (10 if args.device == "cuda" else 1)
+    if args.device == "cuda" and repeats < 100:
+        print(f"note: {repeats} repeats; the issue's protocol asks for >= 100 on GPU", file=sys.stderr)
     if not extension_available(args.device):
         print(f"warning: no compiled operator for {args.device}; 'native' below is the fallback", file=sys.stderr)
 
-    if args.device == "cuda":
-        device_name = torch.cuda.get_device_name()
-    else:
-        device_name = _cpu_name()
-    rows = []
-    header = f"{'shape':<5} {'dtype':<9} {'impl':<10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd x':>7} {'fwd+bwd x':>10}"
-    print(f"device: {device_name}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-          f"repeats {repeats}")
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
+    bandwidth, bandwidth_source, copy_gbps = peak_bandwidth(args.device, args.peak_bandwidth)
+    print(f"device: {device_name}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
+          f"threads {torch.get_num_threads()}; repeats {repeats} (median) after {warmup} warm-up")
+    print(f"peak bandwidth {bandwidth:.0f} GB/s ({bandwidth_source}; measured copy {copy_gbps:.0f} GB/s)")
+    print("floor: " + "; ".join(f"{k} = {v}" for k, v in FLOOR_FORMULA.items() if k != "symbols"))
+    print(f"       {FLOOR_FORMULA['symbols']}")
+    header = (f"{'shape':<9} {'dtype':<9} {'impl':<10} {'compute':<8} {'fwd ms':>9} {'fwd+bwd ms':>10} "
+              f"{'fwd x':>6} {'f+b x':>6} {'floor fwd':>9} {'floor f+b':>9} {'fwd %fl':>7} {'f+b %fl':>7}")
     print(header)
     print("-" * len(header))
-    for name in args.shapes.split(","):
-        for dtype_name in args.dtypes.split(","):
-            inputs = make_inputs(name, args.device, DTYPES[dtype_name])
+    rows, shapes_info = [], {}
+    for name in names:
+        for dtype_name in dtype_names:
+            dtype = DTYPES[dtype_name]
+            inputs = make_inputs(name, args.device, dtype)
+            touched = touched_value_rows(inputs[0], inputs[1], inputs[2], inputs[3])
+            shapes_info.setdefault(name, _shape_info(name, inputs, touched))
+            nbytes = bytes_moved(inputs[0], inputs[3], touched)
+            floor_fwd = nbytes["forward"] / (bandwidth * 1e9) * 1e3
+            floor_fb = nbytes["forward_backward"] / (bandwidth * 1e9) * 1e3
+            with torch.no_grad():
+                max_diff = (native(*inputs).float() - reference(*inputs).float()).abs().max().item()
             ref_f, ref_b = make_closures(reference, inputs)
             nat_f, nat_b = make_closures(native, inputs)
             ref_fwd, nat_fwd = time_interleaved([ref_f, nat_f], args.device, warmup, repeats)
             ref_fb, nat_fb = time_interleaved([ref_b, nat_b], args.device, warmup, repeats)
+            half_on_cpu = args.device == "cpu" and dtype in (torch.float16, torch.bfloat16)
             for impl, fwd, fb in (("reference", ref_fwd, ref_fb), ("native", nat_fwd, nat_fb)):
                 row = dict(
-                    shape=name, dtype=dtype_name, impl=impl, forward_ms=round(fwd, 3),
-                    forward_backward_ms=round(fb, 3), forward_speedup=round(ref_fwd / fwd, 2),
-                    forward_backward_speedup=round(ref_fb / fb, 2),
+                    shape=name, dtype=dtype_name, impl=impl,
+                    compute_dtype="float32" if impl == "native" and half_on_cpu else dtype_name,
+                    forward_ms=round(fwd, 4), forward_backward_ms=round(fb, 4),
+                    forward_speedup=round(ref_fwd / fwd, 2), forward_backward_speedup=round(ref_fb / fb, 2),
+                    forward_bytes=nbytes["forward"], forward_backward_bytes=nbytes["forward_backward"],
+                    forward_floor_ms=round(floor_fwd, 4), forward_backward_floor_ms=round(floor_fb, 4),
+                    forward_fraction_of_floor=round(floor_fwd / fwd, 4),
+                    forward_backward_fraction_of_floor=round(floor_fb / fb, 4),
                 )
+                if impl == "native":
+                    row["max_abs_diff_vs_reference"] = max_diff
                 rows.append(row)
-                print(f"{name:<5} {dtype_name:<9} {impl:<10} {fwd:>10.2f} {fb:>11.2f} "
-                      f"{row['forward_speedup']:>7.2f} {row['forward_backward_speedup']:>10.2f}")
-            del inputs
+                print(f"{name:<9} {dtype_name:<9} {impl:<10} {row['compute_dtype']:<8} {fwd:>9.3f} {fb:>10.3f} "
+                      f"{row['forward_speedup']:>6.2f} {row['forward_backward_speedup']:>6.2f} "
+                      f"{floor_fwd:>9.4f} {floor_fb:>9.4f} {100 * floor_fwd / fwd:>6.1f}% {100 * floor_fb / fb:>6.1f}%")
+            del inputs, ref_f, ref_b, nat_f, nat_b
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+            # Written after every shape and dtype, so that a run stopped by a time limit keeps
+            # what it measured.
+            result = _result(args, device_name, repeats, warmup, bandwidth, bandwidth_source, copy_gbps,
+                             shapes_info, rows)
+            if args.out:
+                _write_json(args.out, result)
     if args.out:
-        result = dict(
-            device=args.device,
-            device_name=device_name,
-            torch=torch.__version__,
-            cuda=torch.version.cuda,
-            threads=torch.get_num_threads(),
-            cpu_count=os.cpu_count(),
-            # Other processes on the machine slow both implementations; recorded for context.
-            load_average_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-            repeats=repeats,
-            warmup=warmup,
-            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            extension=extension_info(),
-            shapes={k: dict(batch=v[0], levels=v[1], num_queries=v[2] or "S") for k, v in SHAPES.items()},
-            results=rows,
-        )
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
         print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def plot_runs(runs: Dict[str, Dict[str, Series]], out_dir: str) -> List[str]:
         if metric == LOSS:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
         fig.tight_layout()
         path = os.path.join(out_dir, f"{metric}.png")
         fig.savefig(path)

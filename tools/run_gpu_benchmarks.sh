@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The speed issue's GPU numbers in one go, on a machine with an NVIDIA GPU (docs/tools.md,
+# "Running the GPU benchmarks"):
+#   1. install the wheels carried in .whl/ (tools/fetch_gpu_wheels.sh) into /tmp/site, when present
+#   2. build detrex_lite._C with CUDA kernels for $TORCH_CUDA_ARCH_LIST (default 9.0 = H100/H200),
+#      unless a build with CUDA kernels for this GPU is already there
+#   3. the CUDA operator tests and the self-test
+#   4. tools/benchmark_ops.py: every shape, fp32/fp16/bf16, 100 timed runs   -> ops_cuda.json
+#   5. tools/benchmark.py --compare-hf: Deformable DETR R50 at 800x1333 vs transformers, fp32 and
+#      bf16 AMP, inference batch 1 and 4, training batch 2                     -> model_cuda.json
+# Results go to $1 (default benchmarks/) and, when $OUT is set, are copied there with the log.
+# STAGES="build test ops model" selects stages (e.g. STAGES="ops model" on a warm machine).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+RESULTS=${1:-benchmarks}
+PY=${PYTHON:-python3}
+STAGES=${STAGES:-"build test ops model"}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+mkdir -p "$RESULTS"
+LOG=${OUT:-$RESULTS}/gpu_benchmarks.log
+exec > >(tee -a "$LOG") 2>&1
+status=0
+step() { printf '\n==> [%s s] %s\n' "$SECONDS" "$*"; }
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+save() { [ -n "${OUT:-}" ] && [ -f "$1" ] && cp "$1" "$OUT/"; return 0; }
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  step "wheels from .whl/ -> /tmp/site"
+  # sal-detectron2 is tagged cp310 but is pure Python here (its _C is not used): unpack it.
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    $(ls .whl/*.whl | grep -v sal_detectron2) || exit 1
+  for w in .whl/sal_detectron2-*.whl; do [ -f "$w" ] && "$PY" -m zipfile -e "$w" /tmp/site; done
+  rm -rf /tmp/site/tools  # detectron2's tools/, not ours
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$PY" -c "import torch, transformers, detectron2; print('torch', torch.__version__, 'CUDA', torch.version.cuda, \
+'|', torch.cuda.get_device_name(), '| transformers', transformers.__version__)" || exit 1
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv || true
+
+if has_stage build; then
+  want="sm_$(echo "${TORCH_CUDA_ARCH_LIST%%;*}" | tr -d '.')"
+  if "$PY" -c "from detrex_lite.layers.ms_deform_attn_function import extension_info as i; import sys; \
+sys.exit(0 if '$want' in i()['cuda_archs'] else 1)" 2>/dev/null; then
+    step "detrex_lite._C already has $want kernels: not rebuilt"
+  else
+    step "build detrex_lite._C for sm_${TORCH_CUDA_ARCH_LIST//./} (FORCE_CUDA=1)"
+    if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
+      top=$(cd /tmp && nvcc -dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
+      CUDA_HOME=$( [ -n "$top" ] && cd "$top" && pwd -P || dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+      export CUDA_HOME
+    fi
+    echo "CUDA_HOME=${CUDA_HOME:-unset}"
+    FORCE_CUDA=1 "$PY" setup.py -q build_ext --inplace || exit 1
+  fi
+  "$PY" -c "from detrex_lite.layers.ms_deform_attn_function import extension_info; print(extension_info())"
+fi
+
+if has_stage test; then
+  step "CUDA operator tests and self-test"
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_ms_deform_attn_cuda.py -x || status=1
+  "$PY" -m detrex_lite.selftest --quick || status=1
+fi
+
+if has_stage ops; then
+  step "operator benchmark (benchmark_ops.py)"
+  "$PY" tools/benchmark_ops.py --device cuda --dtypes float32,float16,bfloat16 --shapes all \
+    --repeats 100 --warmup 10 --out "$RESULTS/ops_cuda.json" || status=1
+  save "$RESULTS/ops_cuda.json"
+fi
+
+if has_stage model; then
+  step "whole model vs transformers (benchmark.py --compare-hf)"
+  "$PY" tools/benchmark.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
+    --device cuda --image-size 800 1333 --batch-sizes 1 4 --train-batch-size 2 --precisions fp32 amp \
+    --amp-dtype bfloat16 --iters 20 --warmup 5 --compare-hf --json "$RESULTS/model_cuda.json" || status=1
+  save "$RESULTS/model_cuda.json"
+fi
+step "done (status $status)"
+exit $status
