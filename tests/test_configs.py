@@ -8,6 +8,8 @@ from detectron2.config import LazyConfig, instantiate
 
 from projects.deformable_detr.modeling import DeformableDETR
 
+from config_roundtrip import save_and_reload
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "projects", "deformable_detr", "configs")
 # The COCO recipes; the *_demo.py configs (synthetic demo data) are tested in test_demo_configs.py.
@@ -56,12 +58,7 @@ def test_config_instantiates_runs_and_round_trips(path, tmp_path):
 
     _shrink(cfg)
     # Saving must keep everything (no lambdas, interpolations intact) and reload equal.
-    saved = str(tmp_path / "config.yaml")
-    LazyConfig.save(cfg, saved)
-    reloaded = LazyConfig.load(saved)
-    LazyConfig.save(reloaded, str(tmp_path / "again.yaml"))
-    with open(saved) as a, open(tmp_path / "again.yaml") as b:
-        assert a.read() == b.read()
+    reloaded = save_and_reload(cfg, tmp_path)
 
     for c in (cfg, reloaded):
         torch.manual_seed(0)

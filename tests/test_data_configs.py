@@ -4,12 +4,14 @@ import os
 import detectron2.data.transforms as T
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
 from detrex_lite.config import get_config
 from detrex_lite.data import DetrDatasetMapper, build_coco_evaluator, demo_dataset
+
+from config_roundtrip import save_and_reload
 
 DATA_CONFIGS = ["common/data/coco_detr.py", "common/data/demo_detr.py"]
 
@@ -17,10 +19,7 @@ DATA_CONFIGS = ["common/data/coco_detr.py", "common/data/demo_detr.py"]
 @pytest.mark.parametrize("path", DATA_CONFIGS)
 def test_config_saves_and_reloads(path, tmp_path):
     cfg = get_config(path)
-    LazyConfig.save(cfg, str(tmp_path / "config.yaml"))
-    reloaded = LazyConfig.load(str(tmp_path / "config.yaml"))
-    LazyConfig.save(reloaded, str(tmp_path / "again.yaml"))
-    assert (tmp_path / "config.yaml").read_text() == (tmp_path / "again.yaml").read_text()
+    reloaded = save_and_reload(cfg, tmp_path)
     assert reloaded.dataloader.evaluator.dataset_name == cfg.dataloader.test.dataset.names
     for split in ("train", "test"):
         mapper = instantiate(reloaded.dataloader[split].mapper)

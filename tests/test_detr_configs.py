@@ -10,6 +10,8 @@ from detectron2.config import LazyConfig, instantiate
 from detrex_lite.solver import epochs_to_iters
 from projects.detr.modeling import DETR
 
+from config_roundtrip import save_and_reload
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "projects", "detr", "configs")
 # The COCO recipes; the *_demo.py configs (synthetic demo data) are tested in test_demo_configs.py.
@@ -59,12 +61,7 @@ def test_config_recipe_instantiates_runs_and_round_trips(path, tmp_path):
     assert scheduler(drop + 1e-4) == pytest.approx(0.1) and scheduler(0.999) == pytest.approx(0.1)
 
     _shrink(cfg)
-    saved = str(tmp_path / "config.yaml")
-    LazyConfig.save(cfg, saved)
-    reloaded = LazyConfig.load(saved)
-    LazyConfig.save(reloaded, str(tmp_path / "again.yaml"))
-    with open(saved) as a, open(tmp_path / "again.yaml") as b:
-        assert a.read() == b.read()
+    reloaded = save_and_reload(cfg, tmp_path)
 
     for c in (cfg, reloaded):
         torch.manual_seed(0)
