@@ -193,7 +193,7 @@ def test_box_refinement_moves_references_and_one_stage_does_not():
         model = tiny_model(with_box_refine=refine)
         _perturb_heads(model)
         model.eval()
-        images, _ = model.preprocess_image(make_inputs(1))
+        images = model.preprocess_image(make_inputs(1))
         features, masks = model.extract_features(images)
         pos = [model.position_embedding(m) for m in masks]
         out = model.transformer(features, masks, pos, model.query_embed.weight, bbox_embed=model.bbox_embed if refine else None)
@@ -206,7 +206,7 @@ def test_box_refinement_moves_references_and_one_stage_does_not():
 
 def test_feature_masks_are_exact():
     model = tiny_model()
-    images, _ = model.preprocess_image(make_inputs(3))
+    images = model.preprocess_image(make_inputs(3))
     features, masks = model.extract_features(images)
     for feat, mask, stride in zip(features, masks, model.feature_strides):
         assert mask.shape == (3,) + feat.shape[-2:]

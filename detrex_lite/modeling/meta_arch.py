@@ -73,20 +73,15 @@ class DETRBase(nn.Module):
         return self.pixel_mean.device
 
     # ---- inputs --------------------------------------------------------------------------
-    def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, torch.Tensor]:
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad the images.
 
         Returns:
-            images: ImageList (N, 3, H, W) float, ``image_sizes`` = the unpadded (h, w).
-            mask: (N, H, W) bool, True at padded pixels.
+            ImageList (N, 3, H, W) float, ``image_sizes`` = the unpadded (h, w). Padding masks
+            are derived per feature level from ``image_sizes`` (:meth:`feature_masks`).
         """
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        images = ImageList.from_tensors(images, self.size_divisibility)
-        n, _, h, w = images.tensor.shape
-        mask = torch.ones((n, h, w), dtype=torch.bool, device=self.device)
-        for i, (img_h, img_w) in enumerate(images.image_sizes):
-            mask[i, :img_h, :img_w] = False
-        return images, mask
+        return ImageList.from_tensors(images, self.size_divisibility)
 
     def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         """Instances (abs xyxy in the resized image) -> [{"labels": (n,), "boxes": (n, 4)

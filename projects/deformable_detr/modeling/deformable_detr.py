@@ -151,7 +151,7 @@ class DeformableDETR(DETRBase):
             training: dict of weighted losses; eval: [{"instances": Instances}] per image at
             its original size.
         """
-        images, _ = self.preprocess_image(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
         features, masks = self.extract_features(images)
         outputs = self._predict(features, masks)
         if self.training:

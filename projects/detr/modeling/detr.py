@@ -131,7 +131,7 @@ class DETR(DETRBase):
             training: dict of weighted losses; eval: [{"instances": Instances}] per image at its
             original size, ``select_box_nums_for_evaluation`` boxes by descending score.
         """
-        images, _ = self.preprocess_image(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
         features, masks = self.extract_features(images)
         outputs = self._predict(features[0], masks[0])
         if self.training:
