@@ -10,13 +10,22 @@
 //   attn_weight         (N, Lq, M, L, P)
 //   output              (N, Lq, M * D)
 // Bilinear sampling uses align_corners=False and zero padding: pixel x = loc_x * W_l - 0.5.
+//
+// dtypes: value is float64, float32, float16 or bfloat16; sampling_loc and attn_weight each have
+// value's dtype, or float32 when value is float16/bfloat16. The output and grad_value have
+// value's dtype (so must grad_output), grad_sampling_loc / grad_attn_weight their input's dtype.
+// Arithmetic and accumulation are in double for float64, float32 otherwise.
 #pragma once
 
 #include <torch/types.h>
 
+#include <string>
 #include <tuple>
 
 namespace detrex_lite {
+
+// torch's spelling of a dtype ("float32", not "Float"), so that messages match the Python side.
+std::string dtype_name(at::ScalarType t);
 
 // Checks shared by every backend; raises c10::Error naming the argument at fault.
 void check_ms_deform_attn_inputs(

@@ -20,6 +20,10 @@
 
 namespace detrex_lite {
 
+std::string dtype_name(at::ScalarType t) {
+  return std::string(c10::getDtypeNames(t).first);
+}
+
 void check_ms_deform_attn_inputs(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
@@ -50,10 +54,21 @@ void check_ms_deform_attn_inputs(
           attn_weight.size(2) == M && attn_weight.size(3) == L && attn_weight.size(4) == sampling_loc.size(4),
       "attn_weight must be (N, Lq, M, L, P) matching sampling_loc ", sampling_loc.sizes(), ", got shape ",
       attn_weight.sizes());
+  // The dtype contract (docs/ops.md): locations and weights have value's dtype, or float32 when
+  // value is half/bfloat16 (16-bit locations are off by up to a third of a pixel on large maps).
+  const at::ScalarType value_type = value.scalar_type();
+  const bool half_value = value_type == at::kHalf || value_type == at::kBFloat16;
   TORCH_CHECK(
-      value.scalar_type() == sampling_loc.scalar_type() && value.scalar_type() == attn_weight.scalar_type(),
-      "value, sampling_loc and attn_weight must have one dtype, got ", value.scalar_type(), ", ",
-      sampling_loc.scalar_type(), ", ", attn_weight.scalar_type());
+      half_value || value_type == at::kFloat || value_type == at::kDouble,
+      "value must be float64, float32, float16 or bfloat16, got ", dtype_name(value_type));
+  const auto allowed = [&](at::ScalarType t) { return t == value_type || (half_value && t == at::kFloat); };
+  const std::string expected = dtype_name(value_type) + (half_value ? " or float32" : "");
+  TORCH_CHECK(
+      allowed(sampling_loc.scalar_type()), "sampling_loc must be ", expected, " for value of dtype ",
+      dtype_name(value_type), ", got ", dtype_name(sampling_loc.scalar_type()));
+  TORCH_CHECK(
+      allowed(attn_weight.scalar_type()), "attn_weight must be ", expected, " for value of dtype ",
+      dtype_name(value_type), ", got ", dtype_name(attn_weight.scalar_type()));
   TORCH_CHECK(
       value.device() == sampling_loc.device() && value.device() == attn_weight.device(),
       "value, sampling_loc and attn_weight must be on one device");

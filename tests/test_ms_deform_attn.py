@@ -122,13 +122,66 @@ def test_thread_count_does_not_change_result():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def assert_matches_float64_reference(fn, inputs64, value_dtype, sample_dtype, tol):
+    """Rounds value to `value_dtype` and locations and weights to `sample_dtype`, runs fn
+    forward and backward, and compares with the float64 reference on the same rounded inputs:
+    forward to rtol `tol` and atol `tol` * max|reference|, gradients to 10x that. Output and
+    gradients must come back in the dtypes of the contract (value's for the output and
+    grad_value, the input's own for the location and weight gradients)."""
+    value, shapes, starts, loc, attn = inputs64
+    grad_out = torch.randn(
+        value.shape[0], loc.shape[1], value.shape[2] * value.shape[3],
+        generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+    ).to(value.device)
+    rounded = (value.to(value_dtype), shapes, starts, loc.to(sample_dtype), attn.to(sample_dtype))
+    out, grads = _grads(fn, rounded, grad_out.to(value_dtype))
+    ref_out, ref_grads = _grads(
+        _reference, [t.double() if t.is_floating_point() else t for t in rounded], grad_out
+    )
+    assert out.dtype == value_dtype
+    scale = max(1.0, ref_out.abs().max().item())
+    torch.testing.assert_close(out.double(), ref_out, rtol=tol, atol=tol * scale)
+    names = ("value", "sampling_locations", "attention_weights")
+    for name, g, r, expected_dtype in zip(names, grads, ref_grads, (value_dtype, sample_dtype, sample_dtype)):
+        assert g.dtype == expected_dtype, f"grad {name}: {g.dtype}"
+        # Location gradients scale with the map size: compare relative to their magnitude.
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(
+            g.double(), r, rtol=10 * tol, atol=10 * tol * scale, msg=lambda m: f"grad {name}: {m}"
+        )
+
+
 @needs_ext
-def test_cpu_half_precision_inputs_compute_in_float32():
-    value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
-    expected = ms_deform_attn_pytorch(value, shapes, loc, attn)
-    out = ms_deform_attn(value.bfloat16(), shapes, starts, loc.bfloat16(), attn.bfloat16())
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), expected, rtol=5e-2, atol=5e-2)
+@pytest.mark.parametrize("case", ["two_levels", "odd_channels", "vector_channels", "far_outside"])
+@pytest.mark.parametrize("value_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sample_dtype", ["float32", "value"])
+def test_cpu_half_value_matches_float64_reference(case, value_dtype, sample_dtype):
+    """float16/bfloat16 value with float32 locations and weights (what the module passes), and
+    all three in the half type: computed in float32, results in the contract's dtypes."""
+    sample_dtype = torch.float32 if sample_dtype == "float32" else value_dtype
+    native = lambda v, s, i, l, a: ms_deform_attn(v, s, i, l, a, im2col_step=2)  # noqa: E731
+    assert_matches_float64_reference(native, make_inputs(**CASES[case]), value_dtype, sample_dtype, tol=1e-2)
+
+
+@needs_ext
+@pytest.mark.parametrize("value_dtype", [torch.float16, torch.bfloat16])
+def test_cpu_float32_locations_are_not_rounded(value_dtype):
+    """A bfloat16 location near 0.5 on a 167-pixel-wide map is off by up to a sixth of a pixel
+    (0.5 * 2**-9 * 167); with float32 locations next to a half value the sample must land where
+    float32 puts it. On a map whose value is its column index (exact in 16 bits) the weight's
+    gradient is the sampled value, i.e. the pixel x coordinate, in float32."""
+    height, width = 3, 167
+    value = torch.arange(width, dtype=torch.float32).repeat(height).view(1, height * width, 1, 1).to(value_dtype)
+    shapes = torch.tensor([[height, width]])
+    starts = torch.tensor([0])
+    x = 0.5 + torch.linspace(-0.01, 0.01, 41, dtype=torch.float64)  # not on the bfloat16 grid
+    loc = torch.stack([x, torch.full_like(x, 0.5)], -1).float().view(1, -1, 1, 1, 1, 2)
+    attn = torch.ones(loc.shape[:-1]).requires_grad_()
+    out = ms_deform_attn(value, shapes, starts, loc, attn)
+    (grad_attn,) = torch.autograd.grad(out, attn, torch.ones_like(out))
+    assert grad_attn.dtype == torch.float32
+    pixel_x = loc[..., 0].double() * width - 0.5
+    torch.testing.assert_close(grad_attn.double(), pixel_x, rtol=0, atol=1e-4)
 
 
 def test_empty_queries():

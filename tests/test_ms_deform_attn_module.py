@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from detrex_lite.layers import MultiScaleDeformableAttention
+from detrex_lite.layers import ms_deform_attn_function as msda
+from detrex_lite.layers import multi_scale_deform_attn as msda_module
 from detrex_lite.layers.ms_deform_attn_function import ms_deform_attn_pytorch
 
 LEVELS = ((6, 8), (3, 4))
@@ -169,18 +171,52 @@ def test_backward_reaches_all_parameters():
         assert p.grad.abs().sum() > 0, name
 
 
-def test_autocast_cpu_bfloat16_close_to_float32():
+def _spy_on_op(monkeypatch):
+    """Records (value, locations, weights, output) dtypes of each ms_deform_attn call the module makes."""
+    calls = []
+
+    def spy(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
+        out = msda.ms_deform_attn(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+        )
+        calls.append((value.dtype, sampling_locations.dtype, attention_weights.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(msda_module, "ms_deform_attn", spy)
+    return calls
+
+
+def test_autocast_cpu_bfloat16_close_to_float32(monkeypatch):
     attn = _module()
     x = _inputs()
     expected = attn(**x)
+    calls = _spy_on_op(monkeypatch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = attn(**x)
     assert torch.isfinite(out).all()
+    # The module leaves the dtypes to ms_deform_attn, which computes in float32 on CPU.
+    assert calls == [(torch.bfloat16, torch.float32, torch.bfloat16, torch.float32)]
     torch.testing.assert_close(out.float(), expected, rtol=5e-2, atol=5e-2)
 
 
-def test_float64_module_matches_float32():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_module_keeps_float32_sampling_locations(monkeypatch, dtype):
+    """A .bfloat16() / .half() module passes float32 locations and weights next to its 16-bit
+    value (16-bit locations are off by up to a third of a pixel on large maps)."""
     attn = _module()
     x = _inputs()
+    expected = attn(**x)
+    calls = _spy_on_op(monkeypatch)
+    out = attn.to(dtype)(**{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in x.items()})
+    assert calls == [(dtype, torch.float32, torch.float32, dtype)]
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, rtol=5e-2, atol=5e-2)
+
+
+def test_float64_module_matches_float32(monkeypatch):
+    attn = _module()
+    x = _inputs()
+    calls = _spy_on_op(monkeypatch)
     out64 = attn.double()(**{k: (v.double() if v.is_floating_point() else v) for k, v in x.items()})
+    assert calls[0] == (torch.float64,) * 4
     torch.testing.assert_close(out64.float(), _module()(**x), rtol=1e-5, atol=1e-5)

@@ -18,13 +18,18 @@ Realistic locations: reference points (pixel centres for the encoder, uniform po
 decoder) + the module's initial offset pattern (head h at angle 2*pi*h/M, point k at k+1 pixels)
 + 0.5 px Gaussian noise; attention weights are a softmax over L*P.
 
-Each dtype is run by both implementations in that dtype. On CPU the compiled operator computes
-float16/bfloat16 in float32 and casts the result back (the `compute_dtype` column says so).
+dtypes: in a float32 or float64 row both implementations get all inputs in that dtype. In a
+float16/bfloat16 row the compiled operator gets value in that dtype and sampling locations and
+attention weights in float32 (what a model under AMP passes it; its dtype contract, docs/ops.md)
+and accumulates in float32, on CPU and CUDA alike (`compute_dtype` float32); the reference gets
+all three in the row's dtype (grid_sample needs one dtype). Each row records the dtypes its
+implementation got (`input_dtypes`). `max_abs_diff_vs_reference` on a native row compares with
+the reference run in the native row's compute dtype on the native's own inputs.
 
 Floor: the time to move the bytes that any implementation must move at the peak memory
 bandwidth (`--peak-bandwidth`, else a table of known GPUs, else a measured device-to-device
-copy); `fraction_of_floor` = floor / measured (1.0 = at the bandwidth limit). The formula is
-printed and stored in the JSON (`floor_formula`).
+copy), from the dtypes of each row's inputs; `fraction_of_floor` = floor / measured (1.0 = at
+the bandwidth limit). The formula is printed and stored in the JSON (`floor_formula`).
 
 Examples:
   python tools/benchmark_ops.py --device cpu --threads 2 --shapes E1,D1,E2 --out benchmarks/ops_cpu.json
@@ -101,14 +106,16 @@ KNOWN_BANDWIDTH_GBPS = (
 )
 
 FLOOR_FORMULA = {
-    "forward_bytes": "e * (N*Lq*M*L*P*3 + N*Lq*M*D + R*D)",
-    "backward_bytes": "e * (N*Lq*M*D + N*Lq*M*L*P*3 + R*D + N*Lq*M*L*P*3 + N*S*M*D)",
+    "forward_bytes": "e * (N*Lq*M*D + R*D) + s * N*Lq*M*L*P",
+    "backward_bytes": "e * (N*Lq*M*D + R*D + N*S*M*D) + 2 * s * N*Lq*M*L*P",
     "forward_backward_bytes": "forward_bytes + backward_bytes",
     "floor_ms": "bytes / (peak_bandwidth_GBps * 1e9) * 1e3",
     "fraction_of_floor": "floor_ms / measured_ms",
     "symbols": (
-        "e = bytes per element of the dtype; N batch, Lq queries, M heads, L levels, P points, "
-        "D channels per head, S = sum(H_l*W_l); 3 = two location coordinates + one weight; "
+        "e = bytes per element of value (and of the output, grad_output and grad_value); "
+        "s = bytes per sample = 2 * (bytes per location coordinate) + (bytes per weight), "
+        "3 * e when all inputs share value's dtype; N batch, Lq queries, M heads, L levels, "
+        "P points, D channels per head, S = sum(H_l*W_l); "
         "R = distinct (n, m, value position) rows that a bilinear corner inside the map lands on "
         "(R <= N*S*M; each read once). Forward: read locations, weights and the R value rows, "
         "write the output. Backward: read grad_output, locations, weights and the R value rows, "
@@ -211,16 +218,36 @@ def touched_value_rows(value, spatial_shapes, level_start_index, locations):
     return int(touched.sum())
 
 
-def bytes_moved(value, locations, touched_rows):
-    """Minimum bytes for forward and backward (FLOOR_FORMULA), in the inputs' dtype."""
+def bytes_moved(value, locations, touched_rows, weights=None):
+    """Minimum bytes for forward and backward (FLOOR_FORMULA), in the inputs' dtypes (`weights`
+    only for its dtype; without it the weights are taken to have the locations' dtype). The
+    location and weight gradients have their inputs' dtypes."""
     e = value.element_size()
+    per_sample = 2 * locations.element_size() + (weights if weights is not None else locations).element_size()
     n, s, m, d = value.shape
     _, lq, _, l, p, _ = locations.shape
     samples = n * lq * m * l * p
     out = n * lq * m * d
-    forward = e * (3 * samples + out + touched_rows * d)
-    backward = e * (out + 3 * samples + touched_rows * d + 3 * samples + n * s * m * d)
+    forward = e * (out + touched_rows * d) + per_sample * samples
+    backward = e * (out + touched_rows * d + n * s * m * d) + 2 * per_sample * samples
     return {"forward": forward, "backward": backward, "forward_backward": forward + backward}
+
+
+def input_dtypes(impl, dtype):
+    """dtypes of (value, sampling_locations, attention_weights) that `impl` gets in a `dtype` row:
+    the native operator takes float32 locations and weights next to a 16-bit value, as a model
+    under AMP passes them; the reference (grid_sample) needs one dtype."""
+    sample_dtype = torch.float32 if impl == "native" and dtype in (torch.float16, torch.bfloat16) else dtype
+    return {"value": dtype, "sampling_locations": sample_dtype, "attention_weights": sample_dtype}
+
+
+def cast_inputs(inputs, dtypes):
+    """`inputs` (make_inputs' tuple) with value, locations and weights cast to `dtypes`."""
+    value, spatial_shapes, level_start_index, locations, weights = inputs
+    return (
+        value.to(dtypes["value"]), spatial_shapes, level_start_index,
+        locations.to(dtypes["sampling_locations"]), weights.to(dtypes["attention_weights"]),
+    )
 
 
 def native(value, spatial_shapes, level_start_index, locations, weights):
@@ -334,6 +361,63 @@ def _shape_info(name, inputs, touched_rows):
     )
 
 
+def measure(name, dtype_name, device, bandwidth, warmup, repeats):
+    """Times both implementations on one shape and dtype; prints and returns
+    (the shape's facts, [reference row, native row])."""
+    dtype = DTYPES[dtype_name]
+    base = make_inputs(name, device, torch.float32)  # the same numbers in every dtype
+    impls = ("reference", "native")
+    dtypes = {impl: input_dtypes(impl, dtype) for impl in impls}
+    inputs = {impl: cast_inputs(base, dtypes[impl]) for impl in impls}
+    del base
+    touched, nbytes = {}, {}
+    for impl in impls:
+        value, shapes, starts, locations, weights = inputs[impl]
+        if impl == "native" and locations is inputs["reference"][3]:
+            touched[impl] = touched["reference"]  # the same locations touch the same rows
+        else:
+            touched[impl] = touched_value_rows(value, shapes, starts, locations)
+        nbytes[impl] = bytes_moved(value, locations, touched[impl], weights)
+    info = _shape_info(name, inputs["native"], touched["native"])
+    compute_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    with torch.no_grad():
+        value, shapes, starts, locations, weights = inputs["native"]
+        expected = reference(value.to(compute_dtype), shapes, starts, locations.to(compute_dtype),
+                             weights.to(compute_dtype))
+        max_diff = (native(*inputs["native"]).to(compute_dtype) - expected).abs().max().item()
+        del expected
+    ref_f, ref_b = make_closures(reference, inputs["reference"])
+    nat_f, nat_b = make_closures(native, inputs["native"])
+    ref_fwd, nat_fwd = time_interleaved([ref_f, nat_f], device, warmup, repeats)
+    ref_fb, nat_fb = time_interleaved([ref_b, nat_b], device, warmup, repeats)
+    rows = []
+    for impl, fwd, fb in (("reference", ref_fwd, ref_fb), ("native", nat_fwd, nat_fb)):
+        floor_fwd = nbytes[impl]["forward"] / (bandwidth * 1e9) * 1e3
+        floor_fb = nbytes[impl]["forward_backward"] / (bandwidth * 1e9) * 1e3
+        row = dict(
+            shape=name, dtype=dtype_name, impl=impl,
+            input_dtypes={k: _dtype_name(v) for k, v in dtypes[impl].items()},
+            compute_dtype=_dtype_name(compute_dtype if impl == "native" else dtype),
+            forward_ms=round(fwd, 4), forward_backward_ms=round(fb, 4),
+            forward_speedup=round(ref_fwd / fwd, 2), forward_backward_speedup=round(ref_fb / fb, 2),
+            forward_bytes=nbytes[impl]["forward"], forward_backward_bytes=nbytes[impl]["forward_backward"],
+            forward_floor_ms=round(floor_fwd, 4), forward_backward_floor_ms=round(floor_fb, 4),
+            forward_fraction_of_floor=round(floor_fwd / fwd, 4),
+            forward_backward_fraction_of_floor=round(floor_fb / fb, 4),
+        )
+        if impl == "native":
+            row["max_abs_diff_vs_reference"] = max_diff
+        rows.append(row)
+        print(f"{name:<9} {dtype_name:<9} {impl:<10} {row['compute_dtype']:<8} {fwd:>9.3f} {fb:>10.3f} "
+              f"{row['forward_speedup']:>6.2f} {row['forward_backward_speedup']:>6.2f} "
+              f"{floor_fwd:>9.4f} {floor_fb:>9.4f} {100 * floor_fwd / fwd:>6.1f}% {100 * floor_fb / fb:>6.1f}%")
+    return info, rows
+
+
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
 def _result(args, device_name, repeats, warmup, bandwidth, bandwidth_source, copy_gbps, shapes_info, rows):
     return dict(
         device=args.device,
@@ -404,6 +488,9 @@ def main(argv=None):
     print(f"peak bandwidth {bandwidth:.0f} GB/s ({bandwidth_source}; measured copy {copy_gbps:.0f} GB/s)")
     print("floor: " + "; ".join(f"{k} = {v}" for k, v in FLOOR_FORMULA.items() if k != "symbols"))
     print(f"       {FLOOR_FORMULA['symbols']}")
+    if any(DTYPES[d] in (torch.float16, torch.bfloat16) for d in dtype_names):
+        print("float16/bfloat16 rows: native gets value in that dtype and locations + weights in float32; "
+              "reference gets all three in that dtype")
     header = (f"{'shape':<9} {'dtype':<9} {'impl':<10} {'compute':<8} {'fwd ms':>9} {'fwd+bwd ms':>10} "
               f"{'fwd x':>6} {'f+b x':>6} {'floor fwd':>9} {'floor f+b':>9} {'fwd %fl':>7} {'f+b %fl':>7}")
     print(header)
@@ -411,38 +498,9 @@ def main(argv=None):
     rows, shapes_info = [], {}
     for name in names:
         for dtype_name in dtype_names:
-            dtype = DTYPES[dtype_name]
-            inputs = make_inputs(name, args.device, dtype)
-            touched = touched_value_rows(inputs[0], inputs[1], inputs[2], inputs[3])
-            shapes_info.setdefault(name, _shape_info(name, inputs, touched))
-            nbytes = bytes_moved(inputs[0], inputs[3], touched)
-            floor_fwd = nbytes["forward"] / (bandwidth * 1e9) * 1e3
-            floor_fb = nbytes["forward_backward"] / (bandwidth * 1e9) * 1e3
-            with torch.no_grad():
-                max_diff = (native(*inputs).float() - reference(*inputs).float()).abs().max().item()
-            ref_f, ref_b = make_closures(reference, inputs)
-            nat_f, nat_b = make_closures(native, inputs)
-            ref_fwd, nat_fwd = time_interleaved([ref_f, nat_f], args.device, warmup, repeats)
-            ref_fb, nat_fb = time_interleaved([ref_b, nat_b], args.device, warmup, repeats)
-            half_on_cpu = args.device == "cpu" and dtype in (torch.float16, torch.bfloat16)
-            for impl, fwd, fb in (("reference", ref_fwd, ref_fb), ("native", nat_fwd, nat_fb)):
-                row = dict(
-                    shape=name, dtype=dtype_name, impl=impl,
-                    compute_dtype="float32" if impl == "native" and half_on_cpu else dtype_name,
-                    forward_ms=round(fwd, 4), forward_backward_ms=round(fb, 4),
-                    forward_speedup=round(ref_fwd / fwd, 2), forward_backward_speedup=round(ref_fb / fb, 2),
-                    forward_bytes=nbytes["forward"], forward_backward_bytes=nbytes["forward_backward"],
-                    forward_floor_ms=round(floor_fwd, 4), forward_backward_floor_ms=round(floor_fb, 4),
-                    forward_fraction_of_floor=round(floor_fwd / fwd, 4),
-                    forward_backward_fraction_of_floor=round(floor_fb / fb, 4),
-                )
-                if impl == "native":
-                    row["max_abs_diff_vs_reference"] = max_diff
-                rows.append(row)
-                print(f"{name:<9} {dtype_name:<9} {impl:<10} {row['compute_dtype']:<8} {fwd:>9.3f} {fb:>10.3f} "
-                      f"{row['forward_speedup']:>6.2f} {row['forward_backward_speedup']:>6.2f} "
-                      f"{floor_fwd:>9.4f} {floor_fb:>9.4f} {100 * floor_fwd / fwd:>6.1f}% {100 * floor_fb / fb:>6.1f}%")
-            del inputs, ref_f, ref_b, nat_f, nat_b
+            info, new_rows = measure(name, dtype_name, args.device, bandwidth, warmup, repeats)
+            shapes_info.setdefault(name, info)
+            rows.extend(new_rows)
             if args.device == "cuda":
                 torch.cuda.empty_cache()
             # Written after every shape and dtype, so that a run stopped by a time limit keeps

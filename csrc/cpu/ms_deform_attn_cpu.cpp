@@ -1,5 +1,10 @@
 // CPU kernels of multi-scale deformable attention (float and double).
 //
+// dtypes (contract in ms_deform_attn.h): float64 and float32 inputs run as they are. A float16 or
+// bfloat16 value, with locations and weights in its dtype or in float32, is computed in float32
+// copies of the inputs; the output and grad_value come back in value's dtype, the location and
+// weight gradients in their inputs' dtypes.
+//
 // Forward: work is split over (n, query) rows with at::parallel_for. For each (n, q, m) the D
 // output channels are accumulated in registers; per sampling point the pixel position, the four
 // corner weights (bilinear weight * attention weight) and the four corner rows are worked out
@@ -337,18 +342,18 @@ Dims dims_of(const at::Tensor& value, const at::Tensor& spatial_shapes, const at
               spatial_shapes.size(0), sampling_loc.size(4)};
 }
 
-}  // namespace
+// The kernels are compiled for float and double only; half and bfloat16 are computed in float32.
+bool needs_float32_copy(const at::Tensor& value) {
+  return value.scalar_type() == at::kHalf || value.scalar_type() == at::kBFloat16;
+}
 
-at::Tensor ms_deform_attn_forward_cpu(
+// Forward on checked CPU inputs that share one dtype, float or double.
+at::Tensor forward_kernel(
     const at::Tensor& value_in,
     const at::Tensor& spatial_shapes_in,
     const at::Tensor& level_start_index_in,
     const at::Tensor& sampling_loc_in,
-    const at::Tensor& attn_weight_in,
-    int64_t im2col_step) {
-  check_ms_deform_attn_inputs(
-      value_in, spatial_shapes_in, level_start_index_in, sampling_loc_in, attn_weight_in, im2col_step);
-  TORCH_CHECK(value_in.device().is_cpu(), "ms_deform_attn_forward_cpu: value must be on the CPU");
+    const at::Tensor& attn_weight_in) {
   const auto value = value_in.contiguous();
   const auto spatial_shapes = spatial_shapes_in.contiguous().cpu();
   const auto level_start = level_start_index_in.contiguous().cpu();
@@ -367,28 +372,21 @@ at::Tensor ms_deform_attn_forward_cpu(
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+// Backward on checked CPU inputs that share one dtype, float or double.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_kernel(
     const at::Tensor& value_in,
     const at::Tensor& spatial_shapes_in,
     const at::Tensor& level_start_index_in,
     const at::Tensor& sampling_loc_in,
     const at::Tensor& attn_weight_in,
-    const at::Tensor& grad_output_in,
-    int64_t im2col_step) {
-  check_ms_deform_attn_inputs(
-      value_in, spatial_shapes_in, level_start_index_in, sampling_loc_in, attn_weight_in, im2col_step);
-  TORCH_CHECK(value_in.device().is_cpu(), "ms_deform_attn_backward_cpu: value must be on the CPU");
+    const at::Tensor& grad_output_in) {
   const auto value = value_in.contiguous();
   const auto spatial_shapes = spatial_shapes_in.contiguous().cpu();
   const auto level_start = level_start_index_in.contiguous().cpu();
   const auto loc = sampling_loc_in.contiguous();
   const auto attn = attn_weight_in.contiguous();
-  const Dims d = dims_of(value, spatial_shapes, loc);
-  TORCH_CHECK(
-      grad_output_in.numel() == d.N * d.Lq * d.M * d.D && grad_output_in.scalar_type() == value.scalar_type(),
-      "grad_output must be (N, Lq, M * D) = (", d.N, ", ", d.Lq, ", ", d.M * d.D, ") of value's dtype, got ",
-      grad_output_in.sizes(), " ", grad_output_in.scalar_type());
   const auto grad_out = grad_output_in.contiguous();
+  const Dims d = dims_of(value, spatial_shapes, loc);
   auto grad_value = at::zeros_like(value);
   auto grad_loc = at::zeros_like(loc);
   auto grad_attn = at::zeros_like(attn);
@@ -401,6 +399,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     run_backward(a);
   });
   return {grad_value, grad_loc, grad_attn};
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_forward_cpu(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc,
+    const at::Tensor& attn_weight,
+    int64_t im2col_step) {
+  check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step);
+  TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn_forward_cpu: value must be on the CPU");
+  if (!needs_float32_copy(value)) {
+    // float64 / float32: the check above guarantees one dtype for all three.
+    return forward_kernel(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  }
+  // Half/bfloat16 value; locations and weights are value's dtype or already float32 (no copy).
+  const auto out = forward_kernel(
+      value.to(at::kFloat), spatial_shapes, level_start_index, sampling_loc.to(at::kFloat),
+      attn_weight.to(at::kFloat));
+  return out.to(value.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc,
+    const at::Tensor& attn_weight,
+    const at::Tensor& grad_output,
+    int64_t im2col_step) {
+  check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step);
+  TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn_backward_cpu: value must be on the CPU");
+  const int64_t out_numel = value.size(0) * sampling_loc.size(1) * value.size(2) * value.size(3);
+  TORCH_CHECK(
+      grad_output.numel() == out_numel && grad_output.scalar_type() == value.scalar_type(),
+      "grad_output must be (N, Lq, M * D) = (", value.size(0), ", ", sampling_loc.size(1), ", ",
+      value.size(2) * value.size(3), ") of value's dtype ", dtype_name(value.scalar_type()), ", got ",
+      grad_output.sizes(), " ", dtype_name(grad_output.scalar_type()));
+  if (!needs_float32_copy(value)) {
+    return backward_kernel(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output);
+  }
+  auto grads = backward_kernel(
+      value.to(at::kFloat), spatial_shapes, level_start_index, sampling_loc.to(at::kFloat),
+      attn_weight.to(at::kFloat), grad_output.to(at::kFloat));
+  // Each gradient in its input's dtype (a float32 location keeps a float32 gradient).
+  return {std::get<0>(grads).to(value.scalar_type()), std::get<1>(grads).to(sampling_loc.scalar_type()),
+          std::get<2>(grads).to(attn_weight.scalar_type())};
 }
 
 }  // namespace detrex_lite

@@ -10,12 +10,17 @@ Two implementations with one meaning:
 :func:`ms_deform_attn` is the public entry: it validates its inputs, then runs the compiled
 operator when it is built for the input's device, else the reference (warning once).
 
-Autocast: the operator runs in float32 under autocast (CPU and CUDA): value, sampling locations
-and attention weights are cast up. Sampling locations must stay in float32 anyway (in bfloat16 a
-location near 0.5 on a 167-pixel-wide map is off by a third of a pixel), and the gather-heavy
-kernel gains little from half-precision arithmetic. Called directly with half or bfloat16 inputs
-(no autocast), the CUDA kernel computes in float32 and returns the input dtype; on CPU such inputs
-are computed in float32 and the result cast back.
+dtypes: ``value`` is float64, float32, float16 or bfloat16; ``sampling_locations`` and
+``attention_weights`` each have value's dtype, or float32 when value is float16/bfloat16 (what
+the module passes: in bfloat16 a location near 0.5 on a 167-pixel-wide map is off by a third of
+a pixel). The output and value's gradient have value's dtype, the location and weight gradients
+their inputs' dtypes; arithmetic and accumulation are in float64 for float64, float32 otherwise.
+
+Autocast: under ``torch.autocast("cuda", dtype=X)`` value is cast to X and locations and weights
+to float32, so the output is X; under CPU autocast all three are cast to float32 (the CPU kernel
+computes in float32 anyway) and the output is float32. The rule is applied by
+:func:`ms_deform_attn` and, for direct ``torch.ops.detrex_lite.ms_deform_attn_forward`` calls,
+by the operator's AutocastCPU/AutocastCUDA kernels registered here.
 """
 from __future__ import annotations
 
@@ -75,6 +80,30 @@ def extension_info() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# dtypes.
+# ---------------------------------------------------------------------------------------------
+_VALUE_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}
+
+
+def _allowed_sample_dtypes(value_dtype: torch.dtype) -> tuple:
+    """dtypes that locations and weights may have next to a value of ``value_dtype``."""
+    if value_dtype in (torch.float16, torch.bfloat16):
+        return (value_dtype, torch.float32)
+    return (value_dtype,)
+
+
+def _autocast_inputs(device_type: str, value, sampling_locations, attention_weights):
+    """The autocast rule (module docstring): CUDA value in the autocast dtype, locations and
+    weights in float32; on CPU all three in float32. float64 inputs are left alone, as autocast
+    does for its own ops."""
+    if value.dtype == torch.float64:
+        return value, sampling_locations.double(), attention_weights.double()
+    value_dtype = torch.get_autocast_dtype("cuda") if device_type == "cuda" else torch.float32
+    return value.to(value_dtype), sampling_locations.float(), attention_weights.float()
+
+
+# ---------------------------------------------------------------------------------------------
 # Registration of the compiled operators (only when the extension is built).
 # ---------------------------------------------------------------------------------------------
 def _register_compiled_ops() -> None:
@@ -106,8 +135,24 @@ def _register_compiled_ops() -> None:
         return grad_value, None, None, grad_loc, grad_attn, None
 
     torch.library.register_autograd(forward_op, _backward, setup_context=_setup_context)
-    for device_type in ("cpu", "cuda"):
-        torch.library.register_autocast(forward_op, device_type, torch.float32)
+
+    # Not torch.library.register_autocast: it casts every floating input to one dtype, which
+    # would either round the locations to 16 bits or run value in float32. The backward op needs
+    # no rule: it receives the forward's (already cast) inputs and a grad_output in value's dtype.
+    def _autocast_kernel(device_type):
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, _AUTOCAST_KEYS[device_type]))
+
+        def kernel(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step):
+            value, sampling_loc, attn_weight = _autocast_inputs(device_type, value, sampling_loc, attn_weight)
+            with torch._C._ExcludeDispatchKeyGuard(excluded):
+                return torch.ops.detrex_lite.ms_deform_attn_forward(
+                    value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step
+                )
+
+        return kernel
+
+    for device_type, key in _AUTOCAST_KEYS.items():
+        torch.library.impl(forward_op, key, _autocast_kernel(device_type))
 
 
 if _C is not None:
@@ -216,9 +261,13 @@ def _validate(
         if not tensors[name].is_floating_point():
             _fail(name, f"must be a floating-point tensor, got {tensors[name].dtype}")
     if check_dtypes:
+        if value.dtype not in _VALUE_DTYPES:
+            _fail("value", f"must be float64, float32, float16 or bfloat16, got {value.dtype}")
+        allowed = _allowed_sample_dtypes(value.dtype)
         for name in ("sampling_locations", "attention_weights"):
-            if tensors[name].dtype != value.dtype:
-                _fail(name, f"must have value's dtype {value.dtype}, got {tensors[name].dtype}")
+            if tensors[name].dtype not in allowed:
+                expected = " or ".join(str(d) for d in allowed)
+                _fail(name, f"must be {expected} for value of dtype {value.dtype}, got {tensors[name].dtype}")
     for name in ("sampling_locations", "attention_weights"):
         if tensors[name].device != value.device:
             _fail(name, f"must be on value's device {value.device}, got {tensors[name].device}")
@@ -301,11 +350,12 @@ def ms_deform_attn(
         sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y) in [0, 1]; pixel
             x = loc_x * W_l - 0.5. Points outside the map read zeros.
         attention_weights: (N, Lq, M, L, P), usually a softmax over L * P.
-        im2col_step: batch chunk per CUDA launch; any batch size works (the last chunk may
-            be smaller). Kept for compatibility with the official operator.
+        im2col_step: a positive int, kept for compatibility with the official operator;
+            it changes nothing (the whole batch is one kernel launch).
 
     Returns:
-        (N, Lq, M * D) in value's dtype (float32 under autocast).
+        (N, Lq, M * D) in value's dtype; under autocast in the autocast dtype on CUDA, float32
+        on CPU (module docstring).
 
     Raises:
         ValueError: naming the argument at fault, before any kernel runs.
@@ -317,31 +367,28 @@ def ms_deform_attn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step,
         check_dtypes=not autocast,
     )
-    if autocast:
-        # See the module docstring: float32 under autocast.
-        value, sampling_locations, attention_weights = (
-            t.float() for t in (value, sampling_locations, attention_weights)
-        )
     device_type = value.device.type
+    if autocast:
+        value, sampling_locations, attention_weights = _autocast_inputs(
+            device_type, value, sampling_locations, attention_weights
+        )
     if extension_available(device_type):
-        out_dtype = value.dtype
-        if device_type == "cpu" and out_dtype in (torch.float16, torch.bfloat16):
-            value, sampling_locations, attention_weights = (
-                t.float() for t in (value, sampling_locations, attention_weights)
-            )
-        spatial_shapes = spatial_shapes.to(value.device)
-        level_start_index = level_start_index.to(value.device)
-        out = torch.ops.detrex_lite.ms_deform_attn_forward(
+        return torch.ops.detrex_lite.ms_deform_attn_forward(
             value.contiguous(),
-            spatial_shapes.contiguous(),
-            level_start_index.contiguous(),
+            spatial_shapes.to(value.device).contiguous(),
+            level_start_index.to(value.device).contiguous(),
             sampling_locations.contiguous(),
             attention_weights.contiguous(),
             im2col_step,
         )
-        return out.to(out_dtype)
     if _C is None:
         _warn_fallback("the compiled extension detrex_lite._C is not built")
     else:
         _warn_fallback(f"detrex_lite._C was built without a kernel for {device_type} tensors")
-    return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+    # grid_sample needs one dtype: the compiled operator's compute dtype, cast back at the end.
+    compute_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+    out = ms_deform_attn_pytorch(
+        value.to(compute_dtype), spatial_shapes, sampling_locations.to(compute_dtype),
+        attention_weights.to(compute_dtype),
+    )
+    return out.to(value.dtype)

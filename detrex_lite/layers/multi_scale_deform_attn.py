@@ -24,7 +24,7 @@ class MultiScaleDeformableAttention(nn.Module):
         num_heads: attention heads M.
         num_levels: feature levels L.
         num_points: sampling points P per head and level.
-        im2col_step: batch chunk per CUDA launch (see :func:`ms_deform_attn`).
+        im2col_step: kept for compatibility with the official module; changes nothing.
         dropout: dropout on the output before the residual (only with ``add_identity``).
         batch_first: queries/values are (N, Lq, C) when True, (Lq, N, C) when False.
         add_identity: return ``identity + dropout(output_proj(out))``; when False return
@@ -156,9 +156,12 @@ class MultiScaleDeformableAttention(nn.Module):
             )
 
         if not autocast_enabled(value.device):
-            # e.g. float64 modules with float32 reference points: compute in value's dtype.
-            sampling_locations = sampling_locations.to(value.dtype)
-            weights = weights.to(value.dtype)
+            # Locations and weights in float32 even for a float16/bfloat16 module (a 16-bit
+            # location is off by up to a third of a pixel on a large map), float64 for a float64
+            # one. Under autocast ms_deform_attn applies its own rule.
+            sample_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+            sampling_locations = sampling_locations.to(sample_dtype)
+            weights = weights.to(sample_dtype)
         out = ms_deform_attn(
             value, spatial_shapes, level_start_index, sampling_locations, weights, self.im2col_step
         )
