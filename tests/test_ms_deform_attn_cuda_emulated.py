@@ -31,7 +31,9 @@ SOURCES = [
 def emulated():
     """Builds the emulated operator once per source version (25-60 s on 2 cores)."""
     from torch.utils import cpp_extension
-    digest = hashlib.sha256(b"".join(open(p, "rb").read() for p in SOURCES)).hexdigest()[:12]
+    # A build per source version, torch and Python (the module links against both).
+    key = b"".join(open(p, "rb").read() for p in SOURCES) + f"{torch.__version__} {sys.version}".encode()
+    digest = hashlib.sha256(key).hexdigest()[:12]
     build_dir = os.path.join(default_cache_root(), "cuda_emulation", digest)
     os.makedirs(build_dir, exist_ok=True)
     # torch builds with ninja; the pip-installed one sits beside this interpreter.
