@@ -297,3 +297,41 @@ def test_autocast_input_rule():
     assert [t.dtype for t in msda._autocast_inputs("cpu", value, loc, attn)] == [torch.float32] * 3
     # float64 stays float64, as autocast leaves float64 tensors alone in its own ops.
     assert [t.dtype for t in kept] == [torch.float64] * 3
+
+
+def test_layout_values_are_read_once_per_layout(monkeypatch):
+    """The encoder and decoder layers of one forward share spatial_shapes / level_start_index:
+    their values (a GPU->CPU synchronisation to read) are checked on the first call only, and
+    again whenever the tensors, their contents or value's S change."""
+    value, shapes, starts, loc, attn = make_inputs()
+    checked = []
+    original = msda._check_layout_values
+    monkeypatch.setattr(msda, "_check_layout_values", lambda *args: (checked.append(1), original(*args)))
+    for _ in range(3):
+        ms_deform_attn(value, shapes, starts, loc, attn)
+    assert len(checked) == 1
+    # A new level_start_index object with the same values: checked again, then cached.
+    starts_copy = starts.clone()
+    ms_deform_attn(value, shapes, starts_copy, loc, attn)
+    ms_deform_attn(value, shapes, starts_copy, loc, attn)
+    assert len(checked) == 2
+    # Contents changed in place after a successful check: caught.
+    shapes[0, 0] += 1
+    with pytest.raises(ValueError, match="spatial_shapes"):
+        ms_deform_attn(value, shapes, starts_copy, loc, attn)
+    shapes[0, 0] -= 1
+    # The same layout tensors next to a value with another S: caught.
+    with pytest.raises(ValueError, match="spatial_shapes"):
+        ms_deform_attn(value[:, 1:], shapes, starts_copy, loc, attn)
+
+
+def test_layout_check_under_inference_mode():
+    """Inference tensors have no version counter: cached by identity, still checked first."""
+    value, shapes, starts, loc, attn = make_inputs()
+    with torch.inference_mode():
+        bad_starts = starts.clone() + 1
+        with pytest.raises(ValueError, match="level_start_index"):
+            ms_deform_attn(value, shapes.clone(), bad_starts, loc, attn)
+        good_shapes, good_starts = shapes.clone(), starts.clone()
+        out = ms_deform_attn(value, good_shapes, good_starts, loc, attn)
+        torch.testing.assert_close(ms_deform_attn(value, good_shapes, good_starts, loc, attn), out)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -302,6 +303,51 @@ def _validate(
     # data-dependent and break the graph).
     if torch.compiler.is_compiling():
         return
+    if not _layout_already_checked(spatial_shapes, level_start_index, s):
+        _check_layout_values(value, spatial_shapes, level_start_index)
+        _remember_checked_layout(spatial_shapes, level_start_index, s)
+
+
+# Layouts (spatial_shapes, level_start_index, S) whose values were checked. Reading them is a
+# device-to-host copy, a synchronisation on the GPU; the 6 encoder and 6 decoder layers of one
+# forward pass share one pair of tensors, so they are read once per forward instead of 12 times.
+# Keyed by id(spatial_shapes); an entry counts only while both tensors are alive, the same
+# objects and unmodified (their version counters; inference tensors have none and count by
+# identity alone).
+_checked_layouts: dict = {}
+_MAX_CHECKED_LAYOUTS = 64
+
+
+def _version(t: torch.Tensor):
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors do not track versions
+        return None
+
+
+def _layout_already_checked(spatial_shapes, level_start_index, num_positions: int) -> bool:
+    entry = _checked_layouts.get(id(spatial_shapes))
+    return (
+        entry is not None
+        and entry[0]() is spatial_shapes
+        and entry[1]() is level_start_index
+        and entry[2] == (_version(spatial_shapes), _version(level_start_index), num_positions)
+    )
+
+
+def _remember_checked_layout(spatial_shapes, level_start_index, num_positions: int) -> None:
+    if len(_checked_layouts) >= _MAX_CHECKED_LAYOUTS:
+        _checked_layouts.clear()
+    _checked_layouts[id(spatial_shapes)] = (
+        weakref.ref(spatial_shapes),
+        weakref.ref(level_start_index),
+        (_version(spatial_shapes), _version(level_start_index), num_positions),
+    )
+
+
+def _check_layout_values(value, spatial_shapes, level_start_index) -> None:
+    """Positive sizes, sum(H*W) == S and level_start_index == the offsets they imply."""
+    s = value.shape[1]
     shapes = spatial_shapes.tolist()
     if any(h <= 0 or w <= 0 for h, w in shapes):
         _fail("spatial_shapes", f"must hold positive (H, W), got {shapes}")
