@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from detrex_lite.layers import MLP, PositionEmbeddingSine
-from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
+from detrex_lite.utils.box_ops import (
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    degenerate_boxes,
+    generalized_box_iou,
+    paired_generalized_box_iou,
+)
 
 
 def test_box_conversions_round_trip_and_values():
@@ -31,6 +38,24 @@ def test_box_iou_and_giou_values():
 def test_generalized_box_iou_rejects_inverted_boxes():
     with pytest.raises(ValueError, match="boxes1"):
         generalized_box_iou(torch.tensor([[2.0, 0.0, 1.0, 1.0]]), torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+
+
+def test_paired_giou_is_the_diagonal_of_pairwise_giou():
+    g = torch.Generator().manual_seed(0)
+    a = box_cxcywh_to_xyxy(torch.rand(50, 4, generator=g, dtype=torch.float64))
+    b = box_cxcywh_to_xyxy(torch.rand(50, 4, generator=g, dtype=torch.float64))
+    b[:5] = a[:5]  # identical pairs: GIoU 1
+    b[5] = torch.tensor([3.0, 3.0, 4.0, 4.0], dtype=torch.float64)  # disjoint: GIoU < 0
+    paired = paired_generalized_box_iou(a, b)
+    torch.testing.assert_close(paired, torch.diag(generalized_box_iou(a, b)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(paired[:5], torch.ones(5, dtype=torch.float64))
+    assert paired[5] < 0
+
+
+def test_degenerate_boxes_flag():
+    assert not degenerate_boxes(torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]]))
+    assert degenerate_boxes(torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.5, 0.6, 0.7, 0.5]]))
+    assert degenerate_boxes(torch.tensor([[0.0, 0.0, float("nan"), 1.0]]))
 
 
 def _sine_scalar(pos, extent, i, num_pos_feats, offset, temperature=10000.0):

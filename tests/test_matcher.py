@@ -109,7 +109,15 @@ def test_more_targets_than_queries_matches_every_query():
 def test_nonfinite_cost_raises():
     outputs = {"pred_logits": torch.zeros(1, 2, 2), "pred_boxes": torch.full((1, 2, 4), float("nan"))}
     targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
-    with pytest.raises((FloatingPointError, ValueError)):
+    with pytest.raises(FloatingPointError, match="inf/nan"):
+        HungarianMatcher(1.0, 1.0, 1.0)(outputs, targets)
+
+
+def test_degenerate_target_boxes_raise():
+    """Target boxes are checked on the matcher's one host transfer (no sync of their own)."""
+    outputs = {"pred_logits": torch.zeros(1, 2, 2), "pred_boxes": torch.full((1, 2, 4), 0.5)}
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, -0.2, 0.2]])}]
+    with pytest.raises(ValueError, match="target boxes"):
         HungarianMatcher(1.0, 1.0, 1.0)(outputs, targets)
 
 

@@ -28,6 +28,8 @@ import logging
 import warnings
 import weakref
 
+from typing import Optional, Sequence, Tuple
+
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +41,7 @@ __all__ = [
     "extension_available",
     "extension_info",
     "level_shapes",
+    "level_layout",
 ]
 
 BUILD_HINT = (
@@ -173,6 +176,9 @@ def level_shapes(spatial_shapes: torch.Tensor) -> list:
     """
     if torch.jit.is_tracing():
         return [(hw[0], hw[1]) for hw in spatial_shapes.unbind(0)]
+    known = _known_level_shapes(spatial_shapes)
+    if known is not None:  # built by level_layout() or checked before: no read-back
+        return list(known)
     return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
 
 
@@ -303,19 +309,31 @@ def _validate(
     # data-dependent and break the graph).
     if torch.compiler.is_compiling():
         return
-    if not _layout_already_checked(spatial_shapes, level_start_index, s):
-        _check_layout_values(value, spatial_shapes, level_start_index)
-        _remember_checked_layout(spatial_shapes, level_start_index, s)
+    shapes = _known_level_shapes(spatial_shapes, level_start_index)
+    if shapes is None:
+        shapes = _check_layout_values(value, spatial_shapes, level_start_index)
+        _remember_layout(spatial_shapes, level_start_index, shapes)
+    total = sum(h * w for h, w in shapes)
+    if total != s:
+        _fail(
+            "spatial_shapes",
+            f"{shapes} cover sum(H*W) = {total} positions but value {tuple(value.shape)} has S = {s}",
+        )
 
 
-# Layouts (spatial_shapes, level_start_index, S) whose values were checked. Reading them is a
-# device-to-host copy, a synchronisation on the GPU; the 6 encoder and 6 decoder layers of one
-# forward pass share one pair of tensors, so they are read once per forward instead of 12 times.
+# ---------------------------------------------------------------------------------------------
+# Level layouts known on the host.
+#
+# Reading spatial_shapes / level_start_index back from a CUDA tensor is a host-device
+# synchronisation. Layouts built by level_layout() (the transformer builds its layout from the
+# feature maps' sizes) or already checked once are remembered with their (H, W) list, so that
+# level_shapes() and the input checks of all 12 attention layers read nothing back.
 # Keyed by id(spatial_shapes); an entry counts only while both tensors are alive, the same
 # objects and unmodified (their version counters; inference tensors have none and count by
 # identity alone).
-_checked_layouts: dict = {}
-_MAX_CHECKED_LAYOUTS = 64
+# ---------------------------------------------------------------------------------------------
+_known_layouts: dict = {}
+_MAX_KNOWN_LAYOUTS = 64
 
 
 def _version(t: torch.Tensor):
@@ -325,46 +343,69 @@ def _version(t: torch.Tensor):
         return None
 
 
-def _layout_already_checked(spatial_shapes, level_start_index, num_positions: int) -> bool:
-    entry = _checked_layouts.get(id(spatial_shapes))
-    return (
-        entry is not None
-        and entry[0]() is spatial_shapes
-        and entry[1]() is level_start_index
-        and entry[2] == (_version(spatial_shapes), _version(level_start_index), num_positions)
-    )
+def _known_level_shapes(spatial_shapes: torch.Tensor, level_start_index: Optional[torch.Tensor] = None):
+    """The remembered [(H, W), ...] of ``spatial_shapes`` (and ``level_start_index``, when
+    given, must be its remembered partner), else None."""
+    entry = _known_layouts.get(id(spatial_shapes))
+    if entry is None:
+        return None
+    shapes_ref, starts_ref, versions, shapes = entry
+    if shapes_ref() is not spatial_shapes or versions[0] != _version(spatial_shapes):
+        return None
+    if level_start_index is not None and (
+        starts_ref() is not level_start_index or versions[1] != _version(level_start_index)
+    ):
+        return None
+    return shapes
 
 
-def _remember_checked_layout(spatial_shapes, level_start_index, num_positions: int) -> None:
-    if len(_checked_layouts) >= _MAX_CHECKED_LAYOUTS:
-        _checked_layouts.clear()
-    _checked_layouts[id(spatial_shapes)] = (
+def _remember_layout(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, shapes: list) -> None:
+    if len(_known_layouts) >= _MAX_KNOWN_LAYOUTS:
+        _known_layouts.clear()
+    _known_layouts[id(spatial_shapes)] = (
         weakref.ref(spatial_shapes),
         weakref.ref(level_start_index),
-        (_version(spatial_shapes), _version(level_start_index), num_positions),
+        (_version(spatial_shapes), _version(level_start_index)),
+        shapes,
     )
 
 
-def _check_layout_values(value, spatial_shapes, level_start_index) -> None:
-    """Positive sizes, sum(H*W) == S and level_start_index == the offsets they imply."""
-    s = value.shape[1]
-    shapes = spatial_shapes.tolist()
-    if any(h <= 0 or w <= 0 for h, w in shapes):
-        _fail("spatial_shapes", f"must hold positive (H, W), got {shapes}")
-    total = sum(h * w for h, w in shapes)
-    if total != s:
-        _fail(
-            "spatial_shapes",
-            f"{shapes} cover sum(H*W) = {total} positions but value {tuple(value.shape)} has S = {s}",
-        )
+def level_layout(sizes: Sequence[Tuple[int, int]], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``spatial_shapes`` (L, 2) and ``level_start_index`` (L,) int64 on ``device`` from the
+    host-side (H_l, W_l) of each level, remembered so that :func:`level_shapes` and the input
+    checks of :func:`ms_deform_attn` never read them back from the device.
+
+    Raises:
+        ValueError: a size is not a positive int.
+    """
+    shapes = [(int(h), int(w)) for h, w in sizes]
+    if not shapes or any(h <= 0 or w <= 0 for h, w in shapes):
+        _fail("sizes", f"must be a non-empty list of positive (H, W), got {list(sizes)}")
     starts = [0]
     for h, w in shapes[:-1]:
         starts.append(starts[-1] + h * w)
-    if level_start_index.tolist() != starts:
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)
+    level_start_index = torch.tensor(starts, dtype=torch.int64, device=device)
+    _remember_layout(spatial_shapes, level_start_index, shapes)
+    return spatial_shapes, level_start_index
+
+
+def _check_layout_values(value, spatial_shapes, level_start_index) -> list:
+    """Reads the layout (a synchronisation on the GPU) and checks positive sizes and
+    level_start_index == the offsets they imply; returns [(H, W), ...]."""
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    if any(h <= 0 or w <= 0 for h, w in shapes):
+        _fail("spatial_shapes", f"must hold positive (H, W), got {shapes}")
+    starts = [0]
+    for h, w in shapes[:-1]:
+        starts.append(starts[-1] + h * w)
+    starts_given = level_start_index.tolist()
+    if starts_given != starts:
         _fail(
             "level_start_index",
-            f"must be the level offsets {starts} implied by spatial_shapes, got {level_start_index.tolist()}",
+            f"must be the level offsets {starts} implied by spatial_shapes, got {starts_given}",
         )
+    return shapes
 
 
 def _warn_fallback(reason: str) -> None:

@@ -14,12 +14,15 @@ _BASE_LOSSES = ("loss_class", "loss_bbox", "loss_giou")
 
 
 def get_num_boxes(targets: Sequence[Dict[str, torch.Tensor]], device: torch.device) -> float:
-    """The number of target boxes averaged over workers (when distributed), at least 1."""
-    num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(num_boxes)
-        num_boxes = num_boxes / torch.distributed.get_world_size()
-    return max(num_boxes.item(), 1.0)
+    """The number of target boxes averaged over workers (when distributed), at least 1.
+
+    Single-process it is counted on the host (no round trip through the device)."""
+    count = float(sum(len(t["labels"]) for t in targets))
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return max(count, 1.0)
+    num_boxes = torch.as_tensor([count], device=device)
+    torch.distributed.all_reduce(num_boxes)
+    return max((num_boxes / torch.distributed.get_world_size()).item(), 1.0)
 
 
 class SetCriterion(nn.Module):

@@ -2,7 +2,7 @@
 import torch
 from torch.nn import functional as F
 
-from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
 
 __all__ = ["sigmoid_focal_loss", "l1_box_loss", "giou_box_loss"]
 
@@ -41,5 +41,5 @@ def l1_box_loss(src_boxes: torch.Tensor, target_boxes: torch.Tensor, num_boxes: 
 
 def giou_box_loss(src_boxes: torch.Tensor, target_boxes: torch.Tensor, num_boxes: float) -> torch.Tensor:
     """Sum of (1 - GIoU) of matched (n, 4) cxcywh boxes divided by ``num_boxes``."""
-    giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes)))
+    giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
     return (1 - giou).sum() / num_boxes

@@ -5,7 +5,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, degenerate_boxes, generalized_box_iou
 
 __all__ = ["HungarianMatcher"]
 
@@ -87,10 +87,17 @@ class HungarianMatcher(nn.Module):
 
         cost_class = self._class_cost(out_logits, tgt_ids)
         cost_bbox = torch.cdist(out_boxes, tgt_boxes, p=1)
-        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(out_boxes), box_cxcywh_to_xyxy(tgt_boxes))
+        out_xyxy, tgt_xyxy = box_cxcywh_to_xyxy(out_boxes), box_cxcywh_to_xyxy(tgt_boxes)
+        cost_giou = -generalized_box_iou(out_xyxy, tgt_xyxy, check=False)
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        # One host-device synchronisation: the cost goes to the CPU for the assignment, and the
+        # degenerate-box flags ride along (checked after it, not with a sync of their own).
+        degenerate = torch.stack([degenerate_boxes(out_xyxy), degenerate_boxes(tgt_xyxy)])
         cost = cost.view(bs, num_queries, -1).cpu()
-        if not torch.isfinite(cost).all():
+        degenerate = degenerate.cpu().tolist()
+        if degenerate[1]:
+            raise ValueError("HungarianMatcher: target boxes have x1 < x0 or y1 < y0 (expected cxcywh, w, h >= 0)")
+        if degenerate[0] or not torch.isfinite(cost).all():
             raise FloatingPointError("HungarianMatcher: the matching cost has inf/nan (diverged predictions?)")
 
         indices = []

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from detrex_lite.layers import MultiScaleDeformableAttention
-from detrex_lite.layers.ms_deform_attn_function import level_shapes
+from detrex_lite.layers.ms_deform_attn_function import level_layout, level_shapes
 
 from .deformable_layers import DeformableTransformerDecoder, DeformableTransformerEncoder, inverse_sigmoid
 
@@ -37,15 +37,20 @@ class TransformerOutput(NamedTuple):
     enc_outputs_coord_unact: Optional[torch.Tensor] = None
 
 
-def _spatial_shapes(srcs: List[torch.Tensor]) -> torch.Tensor:
-    """(L, 2) int64 (H_l, W_l) of the maps ``srcs`` (N, C, H_l, W_l), on their device.
+def _level_layout(srcs: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``spatial_shapes`` (L, 2) int64 (H_l, W_l) of the maps ``srcs`` (N, C, H_l, W_l) and
+    ``level_start_index`` (L,), on their device.
 
-    While tracing, the sizes are traced values (``torch.as_tensor`` of them would be recorded as
-    constants of the export size), so that an ONNX graph with a dynamic image size stays valid.
+    Eager: built from the host-side sizes with :func:`level_layout`, so no layer ever reads them
+    back from the GPU. While tracing, the sizes are traced values (``torch.as_tensor`` of them
+    would be recorded as constants of the export size), so that an ONNX graph with a dynamic
+    image size stays valid.
     """
-    if torch.jit.is_tracing():
-        return torch.stack([torch.stack(list(src.shape[-2:])) for src in srcs]).to(srcs[0].device)
-    return torch.as_tensor([src.shape[-2:] for src in srcs], dtype=torch.long, device=srcs[0].device)
+    if not torch.jit.is_tracing():
+        return level_layout([tuple(src.shape[-2:]) for src in srcs], srcs[0].device)
+    spatial_shapes = torch.stack([torch.stack(list(src.shape[-2:])) for src in srcs]).to(srcs[0].device)
+    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+    return spatial_shapes, level_start_index
 
 
 class DeformableTransformer(nn.Module):
@@ -174,8 +179,7 @@ class DeformableTransformer(nn.Module):
         src_flatten = torch.cat(src_flatten, 1)
         mask_flatten = torch.cat(mask_flatten, 1)
         pos_flatten = torch.cat(pos_flatten, 1)
-        spatial_shapes = _spatial_shapes(srcs)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        spatial_shapes, level_start_index = _level_layout(srcs)
         # Valid (w, h) of every level from the exact masks, and their ratio to the padded size.
         valid_sizes = torch.stack(
             [torch.stack([(~m[:, 0, :]).sum(1), (~m[:, :, 0]).sum(1)], -1) for m in masks], 1
