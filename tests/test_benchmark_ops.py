@@ -1,6 +1,7 @@
 """tools/benchmark_ops.py: the bytes-moved floor, the input generators (realistic, uniform,
 out-of-bounds) and the JSON it writes, checked on CPU."""
 import json
+import os
 import math
 
 import pytest
@@ -179,3 +180,28 @@ def test_tiny_run_writes_json(tmp_path, capsys):
 def test_unknown_shape_is_an_error():
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--shapes", "E9"])
+
+
+def test_cuda_kernel_choice_is_set_around_each_call_and_restored(monkeypatch):
+    """--cuda-kernels: each native closure runs with DETREX_LITE_MSDA_CUDA_KERNEL set (the CUDA
+    operator reads it at every call) and leaves the environment as it found it."""
+    seen = []
+    monkeypatch.delenv(bench.CUDA_KERNEL_ENV, raising=False)
+    bench.with_cuda_kernel(lambda: seen.append(os.environ.get(bench.CUDA_KERNEL_ENV)), "generic")()
+    assert seen == ["generic"] and bench.CUDA_KERNEL_ENV not in os.environ
+    monkeypatch.setenv(bench.CUDA_KERNEL_ENV, "scalar")
+    bench.with_cuda_kernel(lambda: seen.append(os.environ.get(bench.CUDA_KERNEL_ENV)), "index64")()
+    assert seen[-1] == "index64" and os.environ[bench.CUDA_KERNEL_ENV] == "scalar"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--device", "cpu", "--cuda-kernels", "auto,generic"], "needs --device cuda"),
+        (["--device", "cuda", "--cuda-kernels", "auto,vector"], "unknown kernel 'vector'"),
+    ],
+)
+def test_cuda_kernels_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert message in capsys.readouterr().err

@@ -149,3 +149,21 @@ def test_emulator_catches_kernel_faults(emulated, fault, message):
     that has returned fails the launch."""
     with pytest.raises(RuntimeError, match=message):
         emulated.run_faulty(fault)
+
+
+@pytest.mark.parametrize(
+    "setting,expected", [(None, 0), ("", 0), ("auto", 0), ("generic", 1), ("scalar", 2), ("index64", 3)]
+)
+def test_kernel_choice_from_environment(emulated, monkeypatch, setting, expected):
+    """What tools/benchmark_ops.py --cuda-kernels sets to time each kernel instance on a GPU."""
+    if setting is None:
+        monkeypatch.delenv("DETREX_LITE_MSDA_CUDA_KERNEL", raising=False)
+    else:
+        monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", setting)
+    assert emulated.kernel_choice_from_env() == expected
+
+
+def test_kernel_choice_typo_is_an_error(emulated, monkeypatch):
+    monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", "vectorised")
+    with pytest.raises(RuntimeError, match="auto, generic, scalar or index64, got 'vectorised'"):
+        emulated.kernel_choice_from_env()

@@ -287,6 +287,29 @@ def time_interleaved(fns, device, warmup, repeats):
     return [statistics.median(t) for t in times]
 
 
+CUDA_KERNEL_ENV = "DETREX_LITE_MSDA_CUDA_KERNEL"  # read by the CUDA operator at every call
+CUDA_KERNELS = ("auto", "generic", "scalar", "index64")
+
+
+def with_cuda_kernel(fn, kernel):
+    """`fn` run with the CUDA operator forced to one kernel instance (see
+    csrc/cuda/ms_deform_attn_kernels.cuh, KernelChoice). Every native closure is wrapped, "auto"
+    included, so that all native rows pay the same few microseconds of setting it."""
+
+    def run():
+        previous = os.environ.get(CUDA_KERNEL_ENV)
+        os.environ[CUDA_KERNEL_ENV] = kernel
+        try:
+            fn()
+        finally:
+            if previous is None:
+                del os.environ[CUDA_KERNEL_ENV]
+            else:
+                os.environ[CUDA_KERNEL_ENV] = previous
+
+    return run
+
+
 def make_closures(impl, inputs):
     """(forward without autograd, forward + backward) for one implementation."""
     value, spatial_shapes, level_start_index, locations, weights = inputs
@@ -361,9 +384,10 @@ def _shape_info(name, inputs, touched_rows):
     )
 
 
-def measure(name, dtype_name, device, bandwidth, warmup, repeats):
+def measure(name, dtype_name, device, bandwidth, warmup, repeats, cuda_kernels=("auto",)):
     """Times both implementations on one shape and dtype; prints and returns
-    (the shape's facts, [reference row, native row])."""
+    (the shape's facts, [reference row, native row(s)]). On CUDA, `cuda_kernels` names the kernel
+    instances to time (one native row each, `native[<kernel>]` for all but "auto")."""
     dtype = DTYPES[dtype_name]
     base = make_inputs(name, device, torch.float32)  # the same numbers in every dtype
     impls = ("reference", "native")
@@ -388,14 +412,26 @@ def measure(name, dtype_name, device, bandwidth, warmup, repeats):
         del expected
     ref_f, ref_b = make_closures(reference, inputs["reference"])
     nat_f, nat_b = make_closures(native, inputs["native"])
-    ref_fwd, nat_fwd = time_interleaved([ref_f, nat_f], device, warmup, repeats)
-    ref_fb, nat_fb = time_interleaved([ref_b, nat_b], device, warmup, repeats)
+    forwards, backwards, labels = [ref_f], [ref_b], ["reference"]
+    if device == "cuda":
+        for kernel in cuda_kernels:
+            forwards.append(with_cuda_kernel(nat_f, kernel))
+            backwards.append(with_cuda_kernel(nat_b, kernel))
+            labels.append("native" if kernel == "auto" else f"native[{kernel}]")
+    else:
+        forwards.append(nat_f)
+        backwards.append(nat_b)
+        labels.append("native")
+    fwd_ms = time_interleaved(forwards, device, warmup, repeats)
+    fb_ms = time_interleaved(backwards, device, warmup, repeats)
+    ref_fwd, ref_fb = fwd_ms[0], fb_ms[0]
     rows = []
-    for impl, fwd, fb in (("reference", ref_fwd, ref_fb), ("native", nat_fwd, nat_fb)):
+    for label, fwd, fb in zip(labels, fwd_ms, fb_ms):
+        impl = "reference" if label == "reference" else "native"
         floor_fwd = nbytes[impl]["forward"] / (bandwidth * 1e9) * 1e3
         floor_fb = nbytes[impl]["forward_backward"] / (bandwidth * 1e9) * 1e3
         row = dict(
-            shape=name, dtype=dtype_name, impl=impl,
+            shape=name, dtype=dtype_name, impl=label,
             input_dtypes={k: _dtype_name(v) for k, v in dtypes[impl].items()},
             compute_dtype=_dtype_name(compute_dtype if impl == "native" else dtype),
             forward_ms=round(fwd, 4), forward_backward_ms=round(fb, 4),
@@ -407,8 +443,10 @@ def measure(name, dtype_name, device, bandwidth, warmup, repeats):
         )
         if impl == "native":
             row["max_abs_diff_vs_reference"] = max_diff
+            if device == "cuda":
+                row["cuda_kernel"] = cuda_kernels[labels.index(label) - 1]
         rows.append(row)
-        print(f"{name:<9} {dtype_name:<9} {impl:<10} {row['compute_dtype']:<8} {fwd:>9.3f} {fb:>10.3f} "
+        print(f"{name:<9} {dtype_name:<9} {label:<10} {row['compute_dtype']:<8} {fwd:>9.3f} {fb:>10.3f} "
               f"{row['forward_speedup']:>6.2f} {row['forward_backward_speedup']:>6.2f} "
               f"{floor_fwd:>9.4f} {floor_fb:>9.4f} {100 * floor_fwd / fwd:>6.1f}% {100 * floor_fb / fb:>6.1f}%")
     return info, rows
@@ -461,8 +499,18 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 1 CPU, 10 CUDA)")
     parser.add_argument("--peak-bandwidth", type=float, default=None, metavar="GBps",
                         help="peak memory bandwidth for the floor (default: known GPU table, else a measured copy)")
+    parser.add_argument("--cuda-kernels", default="auto",
+                        help=f"CUDA only, comma-separated from {','.join(CUDA_KERNELS)}: time these kernel "
+                             "instances side by side (auto = what the operator picks; the others force the "
+                             "generic L/P loop, 1-element packs, 64-bit indices)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    cuda_kernels = tuple(args.cuda_kernels.split(","))
+    for kernel in cuda_kernels:
+        if kernel not in CUDA_KERNELS:
+            parser.error(f"--cuda-kernels: unknown kernel {kernel!r}; expected names from {', '.join(CUDA_KERNELS)}")
+    if args.device != "cuda" and cuda_kernels != ("auto",):
+        parser.error("--cuda-kernels needs --device cuda")
 
     names = ALL_GPU_SHAPES.split(",") if args.shapes == "all" else args.shapes.split(",")
     for name in names:
@@ -498,7 +546,7 @@ def main(argv=None):
     rows, shapes_info = [], {}
     for name in names:
         for dtype_name in dtype_names:
-            info, new_rows = measure(name, dtype_name, args.device, bandwidth, warmup, repeats)
+            info, new_rows = measure(name, dtype_name, args.device, bandwidth, warmup, repeats, cuda_kernels)
             shapes_info.setdefault(name, info)
             rows.extend(new_rows)
             if args.device == "cuda":

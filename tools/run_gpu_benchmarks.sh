@@ -6,6 +6,7 @@
 #      unless a build with CUDA kernels for this GPU is already there
 #   3. the CUDA operator tests and the self-test
 #   4. tools/benchmark_ops.py: every shape, fp32/fp16/bf16, 100 timed runs   -> ops_cuda.json
+#      and E1/D1/R_D48 with each CUDA kernel instance (--cuda-kernels)    -> ops_cuda_kernels.json
 #   5. tools/benchmark.py --compare-hf: Deformable DETR R50 at 800x1333 vs transformers, fp32 and
 #      bf16 AMP, inference batch 1 and 4, training batch 2                     -> model_cuda.json
 # Results go to $1 (default benchmarks/) and, when $OUT is set, are copied there with the log.
@@ -70,6 +71,11 @@ if has_stage ops; then
   "$PY" tools/benchmark_ops.py --device cuda --dtypes float32,float16,bfloat16 --shapes all \
     --repeats 100 --warmup 10 --out "$RESULTS/ops_cuda.json" || status=1
   save "$RESULTS/ops_cuda.json"
+  step "CUDA kernel instances side by side (benchmark_ops.py --cuda-kernels)"
+  # What each technique buys: auto vs the generic L/P loop vs 1-element packs.
+  "$PY" tools/benchmark_ops.py --device cuda --dtypes float32,bfloat16 --shapes E1,D1,R_D48 \
+    --cuda-kernels auto,generic,scalar --repeats 100 --warmup 10 --out "$RESULTS/ops_cuda_kernels.json" || status=1
+  save "$RESULTS/ops_cuda_kernels.json"
 fi
 
 if has_stage model; then

@@ -72,7 +72,8 @@ at::Tensor ms_deform_attn_forward_cuda(
   check_arch(value.get_device());
   const auto inputs =
       msda_cuda::prepare_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
-  return msda_cuda::forward(inputs, StreamLauncher{c10::cuda::getCurrentCUDAStream()});
+  return msda_cuda::forward(
+      inputs, StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
@@ -97,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
       msda_cuda::prepare_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
   return msda_cuda::backward(
       inputs, grad_output, sampling_loc.scalar_type(), attn_weight.scalar_type(),
-      StreamLauncher{c10::cuda::getCurrentCUDAStream()});
+      StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());
 }
 
 }  // namespace detrex_lite

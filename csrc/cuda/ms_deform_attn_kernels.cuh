@@ -27,7 +27,9 @@
 #include <ATen/OpMathType.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -299,6 +301,24 @@ inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<ui
 // the others force a more general instance, so that tests and benchmarks can run every
 // instance on the same inputs.
 enum class KernelChoice { kAuto, kGeneric, kScalar, kIndex64 };
+
+// "auto", "generic", "scalar" or "index64".
+inline KernelChoice parse_kernel_choice(const std::string& name) {
+  if (name.empty() || name == "auto") return KernelChoice::kAuto;
+  if (name == "generic") return KernelChoice::kGeneric;
+  if (name == "scalar") return KernelChoice::kScalar;
+  if (name == "index64") return KernelChoice::kIndex64;
+  TORCH_CHECK(false, "ms_deform_attn (CUDA): kernel choice must be auto, generic, scalar or index64, got '", name, "'");
+}
+
+// The environment variable that benchmarks set to time the other instances
+// (tools/benchmark_ops.py --cuda-kernels); unset means auto. Read at every call.
+constexpr const char* kKernelChoiceEnv = "DETREX_LITE_MSDA_CUDA_KERNEL";
+
+inline KernelChoice kernel_choice_from_env() {
+  const char* name = std::getenv(kKernelChoiceEnv);
+  return name == nullptr ? KernelChoice::kAuto : parse_kernel_choice(name);
+}
 
 struct Plan {
   int vec;            // widest_vec or 1

@@ -14,14 +14,6 @@ namespace {
 namespace emu = detrex_lite::emulation;
 namespace msda = detrex_lite::msda_cuda;
 
-msda::KernelChoice choice_from(const std::string& name) {
-  if (name == "auto") return msda::KernelChoice::kAuto;
-  if (name == "generic") return msda::KernelChoice::kGeneric;
-  if (name == "scalar") return msda::KernelChoice::kScalar;
-  if (name == "index64") return msda::KernelChoice::kIndex64;
-  TORCH_CHECK(false, "kernel choice must be auto, generic, scalar or index64, got ", name);
-}
-
 struct EmulatedLauncher {
   template <typename... KernelArgs, typename... Args>
   void operator()(void (*kernel)(KernelArgs...), unsigned blocks, int threads, Args&&... args) const {
@@ -50,7 +42,7 @@ at::Tensor forward(
     const at::Tensor& attn, bool misalign, const std::string& choice) {
   emu::AllocatorScope scope;
   return msda::forward(
-      tracked_inputs(value, shapes, starts, loc, attn, misalign), EmulatedLauncher{}, choice_from(choice));
+      tracked_inputs(value, shapes, starts, loc, attn, misalign), EmulatedLauncher{}, msda::parse_kernel_choice(choice));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
@@ -60,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   const auto inputs = tracked_inputs(value, shapes, starts, loc, attn, misalign);
   return msda::backward(
       inputs, tracked(grad_output, misalign ? 1 : 0), loc.scalar_type(), attn.scalar_type(), EmulatedLauncher{},
-      choice_from(choice));
+      msda::parse_kernel_choice(choice));
 }
 
 // The launch plan the host code picks: (vector width, lanes per row, specialised L=P=4, int32).
@@ -70,7 +62,7 @@ std::tuple<int64_t, int64_t, bool, bool> plan(
   const auto v = tracked(value, misalign ? 1 : 0);
   std::tuple<int64_t, int64_t, bool, bool> result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "plan", [&] {
-    const auto p = msda::make_plan<scalar_t>(v, loc, {v.data_ptr()}, choice_from(choice));
+    const auto p = msda::make_plan<scalar_t>(v, loc, {v.data_ptr()}, msda::parse_kernel_choice(choice));
     result = {p.vec, int64_t(1) << p.g.lanes_log2, p.specialised, p.index32};
   });
   return result;
@@ -104,7 +96,11 @@ void run_faulty(const std::string& which) {
 
 }  // namespace
 
+// The choice the CUDA entry points read from DETREX_LITE_MSDA_CUDA_KERNEL, as an int.
+int64_t kernel_choice_from_env() { return static_cast<int64_t>(msda::kernel_choice_from_env()); }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("kernel_choice_from_env", &kernel_choice_from_env, "KernelChoice from the environment");
   m.def("forward", &forward, "emulated CUDA forward");
   m.def("backward", &backward, "emulated CUDA backward");
   m.def("plan", &plan, "launch plan: (vec, lanes, specialised, index32)");
