@@ -412,22 +412,19 @@ def measure(name, dtype_name, device, bandwidth, warmup, repeats, cuda_kernels=(
         del expected
     ref_f, ref_b = make_closures(reference, inputs["reference"])
     nat_f, nat_b = make_closures(native, inputs["native"])
-    forwards, backwards, labels = [ref_f], [ref_b], ["reference"]
+    # (row label, implementation, CUDA kernel instance or None, forward, forward + backward)
+    runs = [("reference", "reference", None, ref_f, ref_b)]
     if device == "cuda":
         for kernel in cuda_kernels:
-            forwards.append(with_cuda_kernel(nat_f, kernel))
-            backwards.append(with_cuda_kernel(nat_b, kernel))
-            labels.append("native" if kernel == "auto" else f"native[{kernel}]")
+            label = "native" if kernel == "auto" else f"native[{kernel}]"
+            runs.append((label, "native", kernel, with_cuda_kernel(nat_f, kernel), with_cuda_kernel(nat_b, kernel)))
     else:
-        forwards.append(nat_f)
-        backwards.append(nat_b)
-        labels.append("native")
-    fwd_ms = time_interleaved(forwards, device, warmup, repeats)
-    fb_ms = time_interleaved(backwards, device, warmup, repeats)
+        runs.append(("native", "native", None, nat_f, nat_b))
+    fwd_ms = time_interleaved([run[3] for run in runs], device, warmup, repeats)
+    fb_ms = time_interleaved([run[4] for run in runs], device, warmup, repeats)
     ref_fwd, ref_fb = fwd_ms[0], fb_ms[0]
     rows = []
-    for label, fwd, fb in zip(labels, fwd_ms, fb_ms):
-        impl = "reference" if label == "reference" else "native"
+    for (label, impl, kernel, _, _), fwd, fb in zip(runs, fwd_ms, fb_ms):
         floor_fwd = nbytes[impl]["forward"] / (bandwidth * 1e9) * 1e3
         floor_fb = nbytes[impl]["forward_backward"] / (bandwidth * 1e9) * 1e3
         row = dict(
@@ -443,8 +440,8 @@ def measure(name, dtype_name, device, bandwidth, warmup, repeats, cuda_kernels=(
         )
         if impl == "native":
             row["max_abs_diff_vs_reference"] = max_diff
-            if device == "cuda":
-                row["cuda_kernel"] = cuda_kernels[labels.index(label) - 1]
+            if kernel is not None:
+                row["cuda_kernel"] = kernel
         rows.append(row)
         print(f"{name:<9} {dtype_name:<9} {label:<10} {row['compute_dtype']:<8} {fwd:>9.3f} {fb:>10.3f} "
               f"{row['forward_speedup']:>6.2f} {row['forward_backward_speedup']:>6.2f} "

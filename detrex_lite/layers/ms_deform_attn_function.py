@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
-
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -370,6 +369,18 @@ def _remember_layout(spatial_shapes: torch.Tensor, level_start_index: torch.Tens
     )
 
 
+def _all_positive(shapes: list) -> bool:
+    return all(h > 0 and w > 0 for h, w in shapes)
+
+
+def _level_starts(shapes: list) -> list:
+    """Offset of each level in the flattened S axis: the exclusive cumulative sum of H * W."""
+    starts = [0]
+    for h, w in shapes[:-1]:
+        starts.append(starts[-1] + h * w)
+    return starts
+
+
 def level_layout(sizes: Sequence[Tuple[int, int]], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """``spatial_shapes`` (L, 2) and ``level_start_index`` (L,) int64 on ``device`` from the
     host-side (H_l, W_l) of each level, remembered so that :func:`level_shapes` and the input
@@ -379,11 +390,9 @@ def level_layout(sizes: Sequence[Tuple[int, int]], device: torch.device) -> Tupl
         ValueError: a size is not a positive int.
     """
     shapes = [(int(h), int(w)) for h, w in sizes]
-    if not shapes or any(h <= 0 or w <= 0 for h, w in shapes):
+    if not shapes or not _all_positive(shapes):
         _fail("sizes", f"must be a non-empty list of positive (H, W), got {list(sizes)}")
-    starts = [0]
-    for h, w in shapes[:-1]:
-        starts.append(starts[-1] + h * w)
+    starts = _level_starts(shapes)
     spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)
     level_start_index = torch.tensor(starts, dtype=torch.int64, device=device)
     _remember_layout(spatial_shapes, level_start_index, shapes)
@@ -394,11 +403,9 @@ def _check_layout_values(value, spatial_shapes, level_start_index) -> list:
     """Reads the layout (a synchronisation on the GPU) and checks positive sizes and
     level_start_index == the offsets they imply; returns [(H, W), ...]."""
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    if any(h <= 0 or w <= 0 for h, w in shapes):
+    if not _all_positive(shapes):
         _fail("spatial_shapes", f"must hold positive (H, W), got {shapes}")
-    starts = [0]
-    for h, w in shapes[:-1]:
-        starts.append(starts[-1] + h * w)
+    starts = _level_starts(shapes)
     starts_given = level_start_index.tolist()
     if starts_given != starts:
         _fail(

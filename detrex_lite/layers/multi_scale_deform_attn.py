@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .ms_deform_attn_function import autocast_enabled, ms_deform_attn
+from .position_embedding import with_pos_embed
 
 __all__ = ["MultiScaleDeformableAttention"]
 
@@ -113,8 +114,7 @@ class MultiScaleDeformableAttention(nn.Module):
             value = query
         if identity is None:
             identity = query
-        if query_pos is not None:
-            query = query + query_pos
+        query = with_pos_embed(query, query_pos)
         if not self.batch_first:
             query = query.transpose(0, 1)
             value = value.transpose(0, 1)

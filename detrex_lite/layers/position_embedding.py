@@ -1,10 +1,16 @@
 """Sine position embedding of DETR (Carion et al. 2020, Sec. A.4) computed from a padding mask."""
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
-__all__ = ["PositionEmbeddingSine"]
+__all__ = ["PositionEmbeddingSine", "with_pos_embed"]
+
+
+def with_pos_embed(x: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x + pos``, or ``x`` when there is no position embedding (same shape, e.g. (N, S, C))."""
+    return x if pos is None else x + pos
 
 
 class PositionEmbeddingSine(nn.Module):

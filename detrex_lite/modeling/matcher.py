@@ -90,11 +90,11 @@ class HungarianMatcher(nn.Module):
         out_xyxy, tgt_xyxy = box_cxcywh_to_xyxy(out_boxes), box_cxcywh_to_xyxy(tgt_boxes)
         cost_giou = -generalized_box_iou(out_xyxy, tgt_xyxy, check=False)
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
-        # One host-device synchronisation: the cost goes to the CPU for the assignment, and the
-        # degenerate-box flags ride along (checked after it, not with a sync of their own).
-        degenerate = torch.stack([degenerate_boxes(out_xyxy), degenerate_boxes(tgt_xyxy)])
+        # The cost goes to the CPU for the assignment (the one wait for the GPU here); the
+        # degenerate-box flags are copied right after it, when nothing is left to wait for.
+        flags = torch.stack([degenerate_boxes(out_xyxy), degenerate_boxes(tgt_xyxy)])
         cost = cost.view(bs, num_queries, -1).cpu()
-        degenerate = degenerate.cpu().tolist()
+        degenerate = flags.cpu().tolist()
         if degenerate[1]:
             raise ValueError("HungarianMatcher: target boxes have x1 < x0 or y1 < y0 (expected cxcywh, w, h >= 0)")
         if degenerate[0] or not torch.isfinite(cost).all():

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from detrex_lite.layers import MultiScaleDeformableAttention
+from detrex_lite.layers import MultiScaleDeformableAttention, with_pos_embed
 from detrex_lite.layers.ms_deform_attn_function import level_shapes
 
 __all__ = [
@@ -32,10 +32,6 @@ def _activation(name: str) -> nn.Module:
     if name == "gelu":
         return nn.GELU()
     raise ValueError(f"activation must be 'relu' or 'gelu', got {name!r}")
-
-
-def _with_pos(x: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.Tensor:
-    return x if pos is None else x + pos
 
 
 class DeformableTransformerEncoderLayer(nn.Module):
@@ -151,7 +147,7 @@ class DeformableTransformerDecoderLayer(nn.Module):
 
     def forward(self, tgt, query_pos, reference_points, src, spatial_shapes, level_start_index, src_padding_mask=None):
         """tgt, query_pos: (N, Q, C); reference_points: (N, Q, L, 2 or 4); src: (N, S, C)."""
-        q = k = _with_pos(tgt, query_pos)
+        q = k = with_pos_embed(tgt, query_pos)
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
         attn = self.cross_attn(
             query=tgt, value=src, query_pos=query_pos, key_padding_mask=src_padding_mask,

@@ -15,6 +15,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from detrex_lite.layers import with_pos_embed
+
 __all__ = [
     "DetrTransformerEncoderLayer",
     "DetrTransformerDecoderLayer",
@@ -23,10 +25,6 @@ __all__ = [
     "DetrTransformer",
     "DetrTransformerOutput",
 ]
-
-
-def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
-    return x if pos is None else x + pos
 
 
 class DetrTransformerEncoderLayer(nn.Module):
@@ -57,7 +55,7 @@ class DetrTransformerEncoderLayer(nn.Module):
         Returns:
             (N, S, C) encoded features.
         """
-        q = k = _with_pos(src, pos)
+        q = k = with_pos_embed(src, pos)
         attn = self.self_attn(q, k, value=src, key_padding_mask=padding_mask, need_weights=False)[0]
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout(torch.relu(self.linear1(src))))
@@ -102,12 +100,12 @@ class DetrTransformerDecoderLayer(nn.Module):
         Returns:
             (N, Q, C) updated decoder states.
         """
-        q = k = _with_pos(tgt, query_pos)
+        q = k = with_pos_embed(tgt, query_pos)
         attn = self.self_attn(q, k, value=tgt, need_weights=False)[0]
         tgt = self.norm1(tgt + self.dropout1(attn))
         attn = self.multihead_attn(
-            _with_pos(tgt, query_pos),
-            _with_pos(memory, pos),
+            with_pos_embed(tgt, query_pos),
+            with_pos_embed(memory, pos),
             value=memory,
             key_padding_mask=memory_padding_mask,
             need_weights=False,
