@@ -23,7 +23,9 @@ SOURCES = [
     os.path.join(ROOT, "tests", "cuda_emulation", "emulated_ops.cpp"),
     os.path.join(ROOT, "tests", "cuda_emulation", "emulated_device.h"),
     os.path.join(ROOT, "csrc", "cuda", "ms_deform_attn_kernels.cuh"),
+    os.path.join(ROOT, "csrc", "cuda", "device_primitives.cuh"),
     os.path.join(ROOT, "csrc", "cuda", "pack.h"),
+    os.path.join(ROOT, "csrc", "ms_deform_attn_layout.h"),
 ]
 
 
@@ -43,8 +45,10 @@ def emulated():
         return cpp_extension.load(
             name=f"detrex_lite_cuda_emulation_{digest}",
             sources=[SOURCES[0]],
-            extra_include_paths=[os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "tests", "cuda_emulation")],
-            extra_cflags=["-O1", "-DDETREX_LITE_CUDA_EMULATION"],
+            extra_include_paths=[os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "csrc"),
+                                 os.path.join(ROOT, "tests", "cuda_emulation")],
+            # No contraction: the emulator rounds a * b - c twice, as __fmul_rn / __fsub_rn do.
+            extra_cflags=["-O1", "-ffp-contract=off", "-DDETREX_LITE_CUDA_EMULATION"],
             build_directory=build_dir,
             verbose=False,
         )

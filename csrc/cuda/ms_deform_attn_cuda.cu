@@ -70,8 +70,9 @@ at::Tensor ms_deform_attn_forward_cuda(
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn (CUDA): value must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(value.device());
   check_arch(value.get_device());
-  const auto inputs =
-      msda_cuda::prepare_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  const auto inputs = msda_cuda::prepare_inputs(
+      value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
+      msda_cuda::layout_check_for(spatial_shapes, level_start_index));
   return msda_cuda::forward(
       inputs, StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());
 }
@@ -88,14 +89,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn (CUDA): value must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(value.device());
   check_arch(value.get_device());
-  const int64_t N = value.size(0), M = value.size(2), D = value.size(3), Lq = sampling_loc.size(1);
-  TORCH_CHECK(
-      grad_output.numel() == N * Lq * M * D && grad_output.scalar_type() == value.scalar_type() &&
-          grad_output.device() == value.device(),
-      "grad_output must be (N, Lq, M * D) = (", N, ", ", Lq, ", ", M * D,
-      ") with value's dtype and device, got ", grad_output.sizes(), " ", grad_output.scalar_type());
-  const auto inputs =
-      msda_cuda::prepare_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  check_grad_output(value, sampling_loc, grad_output);
+  const auto inputs = msda_cuda::prepare_inputs(
+      value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
+      msda_cuda::layout_check_for(spatial_shapes, level_start_index));
   return msda_cuda::backward(
       inputs, grad_output, sampling_loc.scalar_type(), attn_weight.scalar_type(),
       StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());
