@@ -48,11 +48,15 @@ void check_arch(int device) {
     (void)cudaGetLastError();  // clear the (non-sticky) error so later CUDA calls are unaffected
     cudaDeviceProp prop;
     C10_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    const bool needs_cuda12 = prop.major * 10 + prop.minor < 75;
     TORCH_CHECK(
         false, "detrex_lite._C has no CUDA kernel for this GPU (", prop.name, ", sm_", prop.major, prop.minor,
         "): it was compiled for [", DETREX_LITE_CUDA_ARCHS_STR, "] (", cudaGetErrorString(status),
         "). Rebuild for it: TORCH_CUDA_ARCH_LIST=\"", prop.major, ".", prop.minor,
-        "\" FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .  (in the detrex_lite repository)");
+        "+PTX\" FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .  (in the detrex_lite repository",
+        needs_cuda12 ? ", with a CUDA 12.x toolkit in CUDA_HOME: CUDA 13 cannot build for compute capability < 7.5"
+                     : "",
+        "). A list ending in +PTX also runs on GPUs newer than its last entry.");
   }
   if (device >= 0 && device < 64) checked[device] = true;
 }
