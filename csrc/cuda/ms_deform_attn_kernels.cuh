@@ -74,12 +74,12 @@ struct Corners {
   acc_t ly, lx, hy, hx;
 };
 
-// Whether level (H, W) starting at `start` lies inside value's S positions (int64 arithmetic,
-// no overflow): only then may the level index value. Uniform over a group (same level).
+// Whether level (H, W) starting at `start` lies inside value's S positions: only then may the
+// level index value. No overflow: H, W < 2^31 are tested first, so H * W < 2^62 (and no 64-bit
+// division). Uniform over a group (the same level for every lane).
 __device__ __forceinline__ bool level_in_bounds(int64_t H, int64_t W, int64_t start, int64_t S) {
   constexpr int64_t kIntMax = 0x7fffffff;
-  return H > 0 && W > 0 && H <= kIntMax && W <= kIntMax && start >= 0 && start <= S && H <= S - start &&
-         W <= (S - start) / H;
+  return H > 0 && W > 0 && H <= kIntMax && W <= kIntMax && start >= 0 && start <= S && H * W <= S - start;
 }
 
 // A skipped sample (no corner read) poisons its output row when its location or weight is NaN
