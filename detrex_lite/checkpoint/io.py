@@ -147,5 +147,9 @@ def save_checkpoint(path: str, state_dict: Dict[str, torch.Tensor], **meta: Any)
     payload = {"model": {k: v.contiguous() for k, v in state_dict.items()}, "__author__": "detrex_lite"}
     payload.update(meta)
     tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint under the final name
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # never leave a half-written checkpoint under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
