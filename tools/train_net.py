@@ -5,6 +5,7 @@
         --num-gpus 8 train.output_dir=./output/ddetr
     python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
     python tools/train_net.py --config-file ... --resume           # continue an interrupted run
+    python tools/train_net.py --eval-only --run output/ddetr       # evaluate a run's newest checkpoint
 
 Every override must name an existing key (`+key=value` adds a new one); config mistakes are
 reported in one line (exit code 2) before any model is built. See docs/training.md.
@@ -22,6 +23,8 @@ from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import detrex_lite.data  # noqa: E402,F401  (registers the demo datasets)
+from detrex_lite.checkpoint import CheckpointError  # noqa: E402
+from detrex_lite.checkpoint.run import find_run_checkpoint, resolve_num_classes, run_config_path  # noqa: E402
 from detrex_lite.config import (  # noqa: E402
     ConfigError,
     apply_overrides_checked,
@@ -44,18 +47,42 @@ from detrex_lite.engine import (  # noqa: E402
 logger = logging.getLogger("detrex_lite.train_net")
 
 
-def setup_config(args):
-    """Load the config, apply the overrides and run every check; raises ConfigError."""
-    cfg = load_config_file(args.config_file)
+def _run_folder_arguments(args):
+    """(config file, overrides) with --run DIR: DIR/config.yaml, its newest complete checkpoint
+    and DIR as the output folder, unless the command line names them."""
     overrides = list(args.opts or [])
     if overrides and overrides[0] == "--":
         overrides = overrides[1:]
+    if not getattr(args, "run", None):
+        return args.config_file, overrides
+    if not args.eval_only:
+        raise ConfigError("--run is for --eval-only (to continue a training use --resume train.output_dir=DIR)")
+    try:
+        config_file = args.config_file or run_config_path(args.run)
+        extra = []
+        if not any(o.startswith("train.init_checkpoint=") for o in overrides):
+            extra.append(f"train.init_checkpoint={find_run_checkpoint(args.run)}")
+        if not any(o.startswith("train.output_dir=") for o in overrides):
+            extra.append(f"train.output_dir={args.run}")
+    except (OSError, CheckpointError) as e:
+        raise ConfigError(str(e)) from None
+    return config_file, extra + overrides
+
+
+def setup_config(args):
+    """Load the config, apply the overrides and run every check; raises ConfigError."""
+    config_file, overrides = _run_folder_arguments(args)
+    cfg = load_config_file(config_file)
     apply_overrides_checked(cfg, overrides)
     check_structure(cfg)
     check_num_classes(cfg, eval_only=args.eval_only)
+    try:  # the saved config.yaml states the class count, loadable without the dataset
+        resolve_num_classes(cfg)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(str(e).strip("'\"")) from None
     resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
     if args.eval_only and not cfg.train.init_checkpoint:
-        raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth")
+        raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth (or --run DIR)")
     if not resuming:
         check_init_checkpoint(cfg.train.init_checkpoint)
     return cfg
@@ -90,6 +117,14 @@ def get_parser():
         help="run as one task of an srun job: rank, world size and master address come from "
         "SLURM's variables (--num-gpus/--num-machines/--machine-rank/--dist-url are ignored)",
     )
+    parser.add_argument(
+        "--run",
+        default=None,
+        metavar="DIR",
+        help="with --eval-only: a training output folder; its config.yaml, its newest complete "
+        "checkpoint and DIR as train.output_dir (each unless given); no dataset registration needed "
+        "beyond the test set's",
+    )
     return parser
 
 
@@ -120,7 +155,7 @@ def cli(argv=None) -> int:
                 timeout=timeout,
                 use_cuda=use_cuda,
             )
-    except NonFiniteLossError as e:  # single process; with several, the launcher reports it
+    except (NonFiniteLossError, CheckpointError) as e:  # single process; with several, the launcher reports it
         print(f"train_net: error: {e}", file=sys.stderr)
         return 1
     return 0
