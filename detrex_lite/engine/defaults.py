@@ -16,9 +16,10 @@ from detectron2.utils import comm
 
 from detrex_lite.solver.param_groups import param_group_summary
 
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer
 from .ema import ModelEMA
 from .launch import resolve_device
+from .preemption import GracefulStop, PreemptionCheckpointer
 from .trainer import DetrTrainer
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,17 @@ def load_for_eval(cfg, model: nn.Module) -> nn.Module:
 
 
 def do_train(cfg, resume: bool = False) -> DetrTrainer:
-    """Train as cfg says; with resume, continue from the last checkpoint in train.output_dir."""
+    """Train as cfg says; with resume, continue from the last checkpoint in train.output_dir.
+
+    SIGTERM / SIGUSR1 / a first Ctrl-C end the run after the current iteration with a checkpoint
+    and TrainingInterrupted (see detrex_lite.engine.preemption).
+    """
+    stop = GracefulStop()
+    with stop.installed():
+        return _do_train(cfg, resume, stop)
+
+
+def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -120,7 +131,8 @@ def do_train(cfg, resume: bool = False) -> DetrTrainer:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            PreemptionCheckpointer(stop, checkpointer, period=cfg.train.checkpointer.period),
             hooks.EvalHook(cfg.train.eval_period, test_fn),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
