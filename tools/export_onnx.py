@@ -117,7 +117,7 @@ def check_other_size(path: str, wrapper, model, canvas: Tuple[int, int], atol: f
     constant of the export size would make onnxruntime fail or disagree here, and this says so
     instead of shipping a broken graph."""
     other = (max(canvas[0] * 3 // 4, 32), max(canvas[1] * 5 // 8, 32))
-    if getattr(model, "as_two_stage", False) and encoder_tokens(model, *other) < model.num_queries:
+    if encoder_tokens(model, *other) < model.min_encoder_tokens:
         other = (canvas[0] * 5 // 4, canvas[1] * 9 // 8)
     generator = torch.Generator().manual_seed(1)
     images = [

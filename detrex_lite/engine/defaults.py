@@ -20,9 +20,10 @@ from detrex_lite.checkpoint import CheckpointMismatchError, load_weights
 from detrex_lite.checkpoint.run import RunMetadata, run_metadata
 from detrex_lite.solver.param_groups import param_group_summary
 
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer
 from .ema import ModelEMA
 from .launch import resolve_device
+from .preemption import GracefulStop, PreemptionCheckpointer
 from .trainer import DetrTrainer
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,17 @@ def _check_class_names(cfg, meta: dict, path: str) -> None:
 
 
 def do_train(cfg, resume: bool = False) -> DetrTrainer:
-    """Train as cfg says; with resume, continue from the last checkpoint in train.output_dir."""
+    """Train as cfg says; with resume, continue from the last checkpoint in train.output_dir.
+
+    SIGTERM / SIGUSR1 / a first Ctrl-C end the run after the current iteration with a checkpoint
+    and TrainingInterrupted (see detrex_lite.engine.preemption).
+    """
+    stop = GracefulStop()
+    with stop.installed():
+        return _do_train(cfg, resume, stop)
+
+
+def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -187,7 +198,8 @@ def do_train(cfg, resume: bool = False) -> DetrTrainer:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            PreemptionCheckpointer(stop, checkpointer, period=cfg.train.checkpointer.period),
             hooks.EvalHook(cfg.train.eval_period, test_fn),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
