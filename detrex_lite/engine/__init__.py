@@ -15,6 +15,8 @@ _EXPORTS = {
     "atomic_write": "checkpoint",
     "build_model": "defaults",
     "create_ddp_model": "defaults",
+    "default_setup": "run_setup",
+    "default_writers": "writers",
     "do_test": "defaults",
     "do_train": "defaults",
     "load_for_eval": "defaults",
