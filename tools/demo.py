@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import logging
 import os
 import sys
-import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -32,15 +30,15 @@ import numpy as np
 import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
-# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its torch.jit warnings)
 
 from detectron2.structures import Instances  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from detrex_lite.checkpoint import CheckpointError  # noqa: E402
 from detrex_lite.predictor import Predictor  # noqa: E402
+from detrex_lite.utils import json_io  # noqa: E402
+from detrex_lite.utils.logger import setup_logger  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.demo")
 
@@ -182,7 +180,7 @@ def run_video(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    setup_logger(name="detrex_lite")
+    setup_logger()
     try:
         if args.run:
             predictor = Predictor.from_run(args.run, device=args.device, opts=args.opts)
@@ -224,8 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         next_id += 1
 
     if args.json:
-        with open(os.path.join(args.output, "detections.json"), "w") as f:
-            json.dump(results, f)
+        json_io.dump(results, os.path.join(args.output, "detections.json"), indent=None)
     logger.info(
         "Processed %d of %d inputs into %s%s", len(paths) - len(skipped), len(paths), args.output,
         f"; skipped: {', '.join(skipped)}" if skipped else "",
