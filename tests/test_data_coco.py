@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -88,8 +89,14 @@ def test_register_checks_paths_and_names(tmp_path, registered):
         registered("bad_image_root", json_file, str(tmp_path / "no_images"))
     assert "bad_json_path" not in DatasetCatalog.list()
     registered("twice", json_file, image_root)
-    with pytest.raises(ValueError, match="already registered"):
-        register_coco_dataset("twice", json_file, image_root)
+    # The same registration again (a config file that registers its dataset, loaded twice) is a no-op...
+    register_coco_dataset("twice", json_file, image_root)
+    assert MetadataCatalog.get("twice").json_file == json_file
+    # ...another json under a taken name is an error naming both.
+    other_json = str(tmp_path / "other.json")
+    shutil.copy(json_file, other_json)
+    with pytest.raises(ValueError, match=f"already registered \\(json_file={json_file}"):
+        register_coco_dataset("twice", other_json, image_root)
 
 
 def test_empty_images_survive_filter_empty_false(tmp_path, registered):

@@ -5,7 +5,11 @@ r"""Runs a trained detector on images, folders, globs or videos and draws its de
         --input "photos/*.jpg" clip.mp4 --output demo_out --confidence-threshold 0.5 \
         --json --opts train.init_checkpoint=output/model_final.pth
 
-Weights come from ``train.init_checkpoint`` (override it with ``--opts``). One drawn image is
+    python tools/demo.py --run output/run --input photos/ --output demo_out   # a training output folder
+
+Weights come from ``train.init_checkpoint`` (override it with ``--opts``), or with ``--run DIR``
+from DIR's newest complete checkpoint (its config.yaml; class names from the checkpoint, so no
+dataset needs to be registered). One drawn image is
 written per input image (same file name) and one drawn .mp4 per input video; ``--json`` also
 writes ``detections.json`` in COCO results format (plus ``file_name`` and, for videos, ``frame``)
 holding the detections drawn, i.e. those scoring at least ``--confidence-threshold`` (use 0 to
@@ -35,6 +39,7 @@ from detectron2.structures import Instances  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
+from detrex_lite.checkpoint import CheckpointError  # noqa: E402
 from detrex_lite.predictor import Predictor  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.demo")
@@ -45,7 +50,11 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="LazyConfig .py file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config-file", help="LazyConfig .py (or saved .yaml) file")
+    source.add_argument(
+        "--run", metavar="DIR", help="a training output folder: its config.yaml and newest complete checkpoint"
+    )
     parser.add_argument(
         "--input", nargs="+", required=True,
         help="image files, folders (their images, sorted), glob patterns (quote them) or videos",
@@ -174,7 +183,14 @@ def run_video(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="detrex_lite")
-    predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    try:
+        if args.run:
+            predictor = Predictor.from_run(args.run, device=args.device, opts=args.opts)
+        else:
+            predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    except (CheckpointError, FileNotFoundError) as e:  # unusable weights or run folder: one line
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 1
     os.makedirs(args.output, exist_ok=True)
 
     paths = expand_inputs(args.input)
