@@ -2,7 +2,6 @@
 resolved and derived values computed; --diff lists exactly the differing keys; clear errors."""
 import os
 
-import pytest
 import yaml
 from detectron2.config import LazyConfig
 
