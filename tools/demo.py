@@ -5,7 +5,11 @@ r"""Runs a trained detector on images, folders, globs or videos and draws its de
         --input "photos/*.jpg" clip.mp4 --output demo_out --confidence-threshold 0.5 \
         --json --opts train.init_checkpoint=output/model_final.pth
 
-Weights come from ``train.init_checkpoint`` (override it with ``--opts``). One drawn image is
+    python tools/demo.py --run output/run --input photos/ --output demo_out   # a training output folder
+
+Weights come from ``train.init_checkpoint`` (override it with ``--opts``), or with ``--run DIR``
+from DIR's newest complete checkpoint (its config.yaml; class names from the checkpoint, so no
+dataset needs to be registered). One drawn image is
 written per input image (same file name) and one drawn .mp4 per input video; ``--json`` also
 writes ``detections.json`` in COCO results format (plus ``file_name`` and, for videos, ``frame``)
 holding the detections drawn, i.e. those scoring at least ``--confidence-threshold`` (use 0 to
@@ -16,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import logging
 import os
 import sys
-import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -28,14 +30,15 @@ import numpy as np
 import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
-# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its torch.jit warnings)
 
 from detectron2.structures import Instances  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
+from detrex_lite.checkpoint import CheckpointError  # noqa: E402
 from detrex_lite.predictor import Predictor  # noqa: E402
+from detrex_lite.utils import json_io  # noqa: E402
+from detrex_lite.utils.logger import setup_logger  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.demo")
 
@@ -45,7 +48,11 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="LazyConfig .py file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config-file", help="LazyConfig .py (or saved .yaml) file")
+    source.add_argument(
+        "--run", metavar="DIR", help="a training output folder: its config.yaml and newest complete checkpoint"
+    )
     parser.add_argument(
         "--input", nargs="+", required=True,
         help="image files, folders (their images, sorted), glob patterns (quote them) or videos",
@@ -173,8 +180,15 @@ def run_video(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    setup_logger(name="detrex_lite")
-    predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    setup_logger()
+    try:
+        if args.run:
+            predictor = Predictor.from_run(args.run, device=args.device, opts=args.opts)
+        else:
+            predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    except (CheckpointError, FileNotFoundError) as e:  # unusable weights or run folder: one line
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 1
     os.makedirs(args.output, exist_ok=True)
 
     paths = expand_inputs(args.input)
@@ -208,8 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         next_id += 1
 
     if args.json:
-        with open(os.path.join(args.output, "detections.json"), "w") as f:
-            json.dump(results, f)
+        json_io.dump(results, os.path.join(args.output, "detections.json"), indent=None)
     logger.info(
         "Processed %d of %d inputs into %s%s", len(paths) - len(skipped), len(paths), args.output,
         f"; skipped: {', '.join(skipped)}" if skipped else "",
