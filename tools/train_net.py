@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import detrex_lite.data  # noqa: E402,F401  (first: registers the demo datasets, imports detectron2 quietly)
 from detectron2.utils import comm  # noqa: E402
 
+from detrex_lite.solver import schedule_periods  # noqa: E402
 from detrex_lite.utils import json_io  # noqa: E402
 from detrex_lite.config import (  # noqa: E402
     ConfigError,
@@ -54,6 +55,10 @@ def setup_config(args):
         raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth")
     if not resuming:
         check_init_checkpoint(cfg.train.init_checkpoint)
+    try:
+        schedule_periods(cfg.train)  # fractions of train.max_iter; resolved again at start-up
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 
