@@ -36,15 +36,26 @@ def default_font_scale(height: int, width: int) -> float:
     return max(0.35, math.sqrt(height * width) / 1500)
 
 
-def _dashed_rectangle(image: np.ndarray, p0, p1, color, thickness: int, dash: int) -> None:
-    (x0, y0), (x1, y1) = p0, p1
-    for a, b, fixed, horizontal in ((x0, x1, y0, True), (x0, x1, y1, True), (y0, y1, x0, False), (y0, y1, x1, False)):
-        for start in range(a, b + 1, 2 * dash):
-            end = min(start + dash, b)
+def _rectangle(image: np.ndarray, box, color, width: int, dash: int = 0) -> None:
+    """A box outline exactly ``width`` pixels wide, centred on its edges; dashed if ``dash`` > 0.
+
+    (cv2.rectangle's ``thickness`` is not the drawn width: thickness 3 gives 5 px lines.)
+    """
+    x0, y0, x1, y1 = box
+    lo, hi = (width - 1) // 2, width // 2
+
+    def band(ax, ay, bx, by):
+        cv2.rectangle(image, (ax, ay), (bx, by), color, -1)
+
+    for horizontal, fixed, a, b in ((True, y0, x0 - lo, x1 + hi), (True, y1, x0 - lo, x1 + hi),
+                                    (False, x0, y0 - lo, y1 + hi), (False, x1, y0 - lo, y1 + hi)):
+        step = 2 * dash if dash > 0 else b - a + 1
+        for start in range(a, b + 1, step):
+            end = min(start + (dash if dash > 0 else step) - 1, b)
             if horizontal:
-                cv2.line(image, (start, fixed), (end, fixed), color, thickness, cv2.LINE_AA)
+                band(start, fixed - lo, end, fixed + hi)
             else:
-                cv2.line(image, (fixed, start), (fixed, end), color, thickness, cv2.LINE_AA)
+                band(fixed - lo, start, fixed + hi, end)
 
 
 def _label(image: np.ndarray, text: str, box, color, font_scale: float, above: bool) -> None:
@@ -117,8 +128,8 @@ def draw_detections(
     if gt_boxes is not None and len(gt_boxes):
         gt_labels = list(gt_labels) if gt_labels is not None else [""] * len(gt_boxes)
         gt_pixels = [to_pixels(b) for b in gt_boxes]
-        for x0, y0, x1, y1 in gt_pixels:
-            _dashed_rectangle(out, (x0, y0), (x1, y1), GROUND_TRUTH_COLOR, lw, dash=max(4, 3 * lw))
+        for box in gt_pixels:
+            _rectangle(out, box, GROUND_TRUTH_COLOR, lw, dash=max(4, 3 * lw))
         for box, text in zip(gt_pixels, gt_labels):
             if text:
                 _label(out, text, box, GROUND_TRUTH_COLOR, fs, above=False)
@@ -126,8 +137,9 @@ def draw_detections(
     pixels = [to_pixels(b) for b in boxes]
     colors = [class_color(int(c)) for c in class_ids]
     # All boxes first, then all labels: no box line runs across a label.
-    for (x0, y0, x1, y1), color in zip(pixels, colors):
-        cv2.rectangle(out, (x0, y0), (x1, y1), color, lw, cv2.LINE_AA)
+    for box, color in zip(pixels, colors):
+        _rectangle(out, box, color, lw)
     for box, text, color in zip(pixels, labels, colors):
-        _label(out, text, box, color, fs, above=True)
+        if text:
+            _label(out, text, box, color, fs, above=True)
     return out
