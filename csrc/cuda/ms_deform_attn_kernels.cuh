@@ -458,8 +458,10 @@ inline at::Tensor as_acc_contiguous(const at::Tensor& t, at::ScalarType acc) {
 
 // Where the layout's values are checked: on the host before the launch (a layout on the CPU),
 // or only by the kernels' bounds test, whose error flag is then read after the launch (one
-// 4-byte device-to-host copy: a synchronisation).
-enum class LayoutCheck { kHost, kKernel };
+// 4-byte device-to-host copy: a synchronisation). kKernelUnreported: the bounds test alone,
+// the flag not read (while a CUDA graph is being captured no synchronisation is allowed; the
+// kernels still never leave value).
+enum class LayoutCheck { kHost, kKernel, kKernelUnreported };
 
 // A layout on the CPU is checked there; one already on the GPU by the kernels.
 inline LayoutCheck layout_check_for(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
@@ -498,7 +500,7 @@ inline Inputs prepare_inputs(
 
 // After the launch: a kernel found a level outside value (only possible without the host check).
 inline void raise_if_layout_error(const Inputs& in) {
-  if (in.layout_check == LayoutCheck::kHost) return;
+  if (in.layout_check != LayoutCheck::kKernel) return;
   TORCH_CHECK(
       in.error.item<int>() == 0,
       "ms_deform_attn: spatial_shapes / level_start_index place a level outside value's S = ", in.value.size(1),
