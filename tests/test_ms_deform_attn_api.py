@@ -211,6 +211,37 @@ def test_torch_compile(backend, fullgraph):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
+class _ExtensionWithCuda:
+    """Stands in for a detrex_lite._C built with CUDA kernels. Its functions are marked as
+    skipped for dynamo, as the real (pybind11) ones are: a call to them from a function traced
+    with fullgraph=True fails with "Attempted to call function marked as skipped"."""
+
+    with_cuda = staticmethod(torch._dynamo.disable(lambda: True))
+    cuda_archs = staticmethod(torch._dynamo.disable(lambda: "sm_90"))
+
+
+@needs_ext
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_makes_no_call_into_the_extension(monkeypatch, backend):
+    """The CUDA branch of extension_available (forced on here with a fake CUDA build) and the
+    whole ms_deform_attn path trace without calling into _C: availability is a plain value read
+    at import. A GPU would hit the same path (tests/test_ms_deform_attn_cuda.py::test_cuda_compile)."""
+    fake = _ExtensionWithCuda()
+    monkeypatch.setattr(msda, "_C", fake)
+    monkeypatch.setattr(msda, "_KERNEL_DEVICES", msda._kernel_devices(fake))
+    assert msda.extension_available("cuda") and msda.extension_info()["cuda_archs"] == ["sm_90"]
+    value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
+
+    def fn(v, l, a):
+        out = ms_deform_attn(v, shapes, starts, l, a)
+        return out * 2 if msda.extension_available("cuda") else out
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=backend, fullgraph=True)
+    torch.testing.assert_close(compiled(value, loc, attn), 2 * ms_deform_attn_pytorch(value, shapes, loc, attn))
+    torch._dynamo.reset()
+
+
 @needs_ext
 def test_autocast_cpu_bfloat16_runs_in_float32():
     value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)

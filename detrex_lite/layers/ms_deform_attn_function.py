@@ -70,20 +70,29 @@ def _load_extension():
     return _C
 
 
-# Tests replace this with None to simulate a build without the extension.
+def _kernel_devices(ext) -> frozenset:
+    """Device types ("cpu", "cuda") that the extension ``ext`` has kernels for (empty for None)."""
+    if ext is None:
+        return frozenset()
+    return frozenset({"cpu", "cuda"} if ext.with_cuda() else {"cpu"})
+
+
+# Build facts, read once at import: plain Python values, so that a function traced by
+# torch.compile(fullgraph=True) never calls into the compiled module (dynamo cannot trace a
+# pybind11 function and would stop with "Attempted to call function marked as skipped").
+# Tests replace _C with None to simulate a build without the extension.
 _C = _load_extension()
+_KERNEL_DEVICES = _kernel_devices(_C)
 _fallback_warned = False
 
 
 def extension_available(device_type: str = "cpu") -> bool:
-    """Whether the compiled operator exists for ``device_type`` ("cpu" or "cuda")."""
-    if _C is None:
-        return False
-    if device_type == "cpu":
-        return True
-    if device_type == "cuda":
-        return bool(_C.with_cuda())
-    return False
+    """Whether the compiled operator has a kernel for ``device_type`` ("cpu" or "cuda").
+
+    A plain Python value decided when this module is imported (no call into ``detrex_lite._C``),
+    so it is safe inside ``torch.compile(fullgraph=True)``.
+    """
+    return _C is not None and device_type in _KERNEL_DEVICES
 
 
 def extension_info() -> dict:
