@@ -12,25 +12,23 @@ attention op (see ``detrex_lite.export.flops``). The input is one random image o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import warnings
 from typing import Dict, Optional, Sequence
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
-# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its torch.jit warnings)
 
 from detectron2.config import instantiate  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from detrex_lite.export.flops import model_flop_analysis, module_breakdown, synthetic_image_inputs  # noqa: E402
 from detrex_lite.predictor import load_config  # noqa: E402
+from detrex_lite.utils import json_io  # noqa: E402
+from detrex_lite.utils.logger import setup_logger  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.analyze_model")
 
@@ -100,7 +98,7 @@ def format_report(report: Dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = get_parser().parse_args(argv)
-    setup_logger(name="detrex_lite")
+    setup_logger()
     cfg = load_config(args.config_file, args.opts)
     model = instantiate(cfg.model).to(torch.device(args.device))
     if "structure" in args.tasks:
@@ -108,9 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     report = analyze(model, args.tasks, args.image_size, args.max_depth)
     print(format_report(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        json_io.dump(report, args.json)
     return report
 
 

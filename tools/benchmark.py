@@ -10,7 +10,8 @@ training), so the numbers measure the model, not the data loader. Timings exclud
 iterations and synchronise CUDA before reading the clock. Peak memory is
 ``torch.cuda.max_memory_allocated`` for each measurement on GPU; on CPU it is the process's peak
 resident set size so far (it never goes down, so read it as an upper bound).
-Weights are not loaded (speed does not depend on them); pass ``--opts`` to change the model.
+Weights are not loaded unless ``--checkpoint`` is given (speed does not depend on them; the
+shared strict loader then also checks that they fit the config); ``--opts`` changes the model.
 
 ``--compare-hf`` also builds Hugging Face transformers' ``DeformableDetrForObjectDetection`` with
 the config's architecture (random weights, torchvision-style ResNet from ``ResNetConfig``) and
@@ -21,28 +22,27 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import platform
 import resource
 import sys
-import warnings
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
-# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its torch.jit warnings)
 
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from detrex_lite.checkpoint import load_weights  # noqa: E402
 from detrex_lite.predictor import load_config  # noqa: E402
+from detrex_lite.utils import json_io  # noqa: E402
+from detrex_lite.utils.logger import setup_logger  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.benchmark")
 
@@ -68,6 +68,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-hf", action="store_true",
         help="also time transformers' DeformableDetrForObjectDetection with the same architecture",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None,
+        help="weights to load into the model first (strictly, as for prediction); default: random weights",
     )
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value")
     return parser
@@ -341,6 +345,8 @@ def run(args) -> Dict:
     cfg = load_config(args.config_file, args.opts)
     torch.manual_seed(args.seed)
     models = {"detrex_lite": instantiate(cfg.model).to(device)}
+    if args.checkpoint:
+        load_weights(models["detrex_lite"], args.checkpoint, purpose="predict", cfg=cfg)
     num_classes = int(getattr(models["detrex_lite"], "num_classes", 1))
     if args.compare_hf:
         models["hf_transformers"] = build_hf_model(cfg, num_classes, device)
@@ -357,7 +363,7 @@ def run(args) -> Dict:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         rows.append(row)
-        logger.info("%s", row)
+        logger.info(describe_row(row))
 
     for precision in args.precisions:
         dtype = amp_dtype(device, args.amp_dtype) if precision == "amp" else None
@@ -405,36 +411,53 @@ def run(args) -> Dict:
     return report
 
 
+def describe_row(row: Dict) -> str:
+    """One measurement as a line of progress, e.g. "detrex_lite inference fp32 batch 1: 2.10 img/s (476.2 ms/iter)"."""
+    what = f"{row['model']} {row['mode']} {row['precision']} batch {row['batch_size']}"
+    if "error" in row:
+        return f"{what}: failed ({row['error']})"
+    speed = f"{row['images_per_s']:.2f} img/s" if row["mode"] == "inference" else f"{row['iters_per_s']:.2f} it/s"
+    return f"{what}: {speed} ({row['ms_per_iter']:.1f} ms/iter)"
+
+
 def format_table(report: Dict) -> str:
+    """The header line(s) and a Markdown table of the rows; the model and `ours / HF` columns
+    only when transformers was compared (--compare-hf)."""
+    compared = "hf_transformers" in report
     ratios = {(c["mode"], c["precision"], c["batch_size"]): c["speed_ratio"] for c in report.get("comparison", [])}
     table = []
     for r in report["results"]:
         model = r.get("model", "detrex_lite")
-        ratio = ratios.get((r["mode"], r["precision"], r["batch_size"])) if model == "detrex_lite" else None
-        ratio = f"{ratio:.2f}x" if ratio is not None else ""
         if "error" in r:
-            table.append([model, r["mode"], r["precision"], r["batch_size"], r["error"][:60], "-", "-", ratio])
-            continue
-        speed = f"{r['images_per_s']:.2f} img/s" if r["mode"] == "inference" else f"{r['iters_per_s']:.2f} it/s"
-        table.append([model, r["mode"], r["precision"], r["batch_size"], speed, f"{r['ms_per_iter']:.1f}",
-                      f"{r['peak_mem_mb']:.0f}", ratio])
+            cells = [r["mode"], r["precision"], r["batch_size"], r["error"][:60], "-", "-"]
+        else:
+            speed = f"{r['images_per_s']:.2f} img/s" if r["mode"] == "inference" else f"{r['iters_per_s']:.2f} it/s"
+            cells = [r["mode"], r["precision"], r["batch_size"], speed, f"{r['ms_per_iter']:.1f}", f"{r['peak_mem_mb']:.0f}"]
+        if compared:
+            ratio = ratios.get((r["mode"], r["precision"], r["batch_size"])) if model == "detrex_lite" else None
+            cells = [model] + cells + [f"{ratio:.2f}x" if ratio is not None else ""]
+        table.append(cells)
     env = report["environment"]
+    on_cuda = env["device"].startswith("cuda")
+    versions = f"torch {env['torch']}" + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if on_cuda else "")
+    threads = "" if on_cuda else f", {env['num_threads']} thread{'s' if env['num_threads'] != 1 else ''}"
     header = (
-        f"{env['device_name']} ({env['device']}), torch {env['torch']}, CUDA {env['cuda']}, "
-        f"image {report['image_size'][0]}x{report['image_size'][1]}, {report['iters']} iters"
+        f"{env['device_name']} ({env['device']}{threads}), {versions}, "
+        f"image {report['image_size'][0]}x{report['image_size'][1]}, {report['iters']} timed iters "
+        f"after {report['warmup']} warm-up"
     )
-    if "hf_transformers" in report:
+    if compared:
         hf = report["hf_transformers"]
         header += f"\ntransformers {hf['version']}, HF attention: {hf['attention']}"
-    peak = "peak MB" if env["device"].startswith("cuda") else "peak RSS MB"
-    return header + "\n" + tabulate(
-        table, headers=["model", "mode", "precision", "batch", "speed", "ms/iter", peak, "ours / HF"], tablefmt="pipe"
-    )
+    headers = ["mode", "precision", "batch", "speed", "ms/iter", "peak MB" if on_cuda else "peak RSS MB"]
+    if compared:
+        headers = ["model"] + headers + ["ours / HF"]
+    return header + "\n" + tabulate(table, headers=headers, tablefmt="pipe")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = get_parser().parse_args(argv)
-    setup_logger(name="detrex_lite")
+    setup_logger()
     threads = torch.get_num_threads()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -444,9 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         torch.set_num_threads(threads)
     print(format_table(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        json_io.dump(report, args.json)
     return report
 
 

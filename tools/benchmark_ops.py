@@ -39,7 +39,6 @@ Examples:
 import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
@@ -52,6 +51,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from detrex_lite.utils import json_io  # noqa: E402
 from detrex_lite.layers.ms_deform_attn_function import (  # noqa: E402
     extension_available,
     extension_info,
@@ -482,7 +482,7 @@ def _write_json(path, result):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
+        f.write(json_io.dumps(result, indent=2) + "\n")
     os.replace(tmp, path)
 
 

@@ -20,23 +20,19 @@ run through onnxruntime and PyTorch; the maximum differences are printed (and wr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
-# detectron2 uses torch.jit.script at import time, which recent torch flags as deprecated.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its torch.jit warnings)
 
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from detrex_lite.checkpoint import CheckpointError, load_weights  # noqa: E402
 from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path  # noqa: E402
@@ -47,6 +43,8 @@ from detrex_lite.export.onnx_export import (  # noqa: E402
     prepare_export_inputs,
 )
 from detrex_lite.predictor import load_config, preprocess_image, test_augmentations  # noqa: E402
+from detrex_lite.utils import json_io  # noqa: E402
+from detrex_lite.utils.logger import setup_logger  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.export_onnx")
 
@@ -142,7 +140,7 @@ def _format_diffs(diffs: Dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = get_parser().parse_args(argv)
-    setup_logger(name="detrex_lite")
+    setup_logger()
     cfg = load_config(run_config_path(args.run) if args.run else args.config_file, args.opts)
     model = instantiate(cfg.model).eval()
     checkpoint = args.checkpoint
@@ -184,8 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             print(f"at another input size {other['canvas'][0]}x{other['canvas'][1]}: {result}")
             report["max_abs_diff"]["ok"] &= bool(other["ok"])
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        json_io.dump(report, args.json)
     return report
 
 

@@ -1,21 +1,16 @@
 #!/usr/bin/env python
-"""Train or evaluate a detrex_lite LazyConfig model.
+"""Train or evaluate a detrex_lite LazyConfig model (detectron2's trainer and COCO evaluation).
 
-    python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
-        --num-gpus 8 train.output_dir=./output/ddetr
-    python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
-    python tools/train_net.py --config-file ... --resume           # continue an interrupted run
-    python tools/train_net.py --eval-only --run output/ddetr       # evaluate a run's newest checkpoint
-
-Every override must name an existing key (`+key=value` adds a new one); config mistakes are
-reported in one line (exit code 2) before any model is built. See docs/training.md.
+Flags come first, then config overrides (key=value, as many as needed). Every override must
+name an existing key (`+key=value` adds a new one); config mistakes are reported in one line
+(exit code 2) before any model is built. See docs/training.md.
 
 Exit codes: 0 done; 1 a training error reported in one line (non-finite loss, unreadable data,
 a checkpoint that cannot be written); 2 a config or command-line mistake, or the output folder is
 in use by another run; 75 stopped by SIGTERM / SIGUSR1 after writing a checkpoint (requeue and
 --resume); 130 stopped by Ctrl-C. See docs/reliability.md.
 """
-import json
+import argparse
 import logging
 import os
 import sys
@@ -23,13 +18,13 @@ from datetime import timedelta
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `projects` imports
 
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+import detrex_lite.data  # noqa: E402,F401  (first: registers the demo datasets, imports detectron2 quietly)
 from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 
-import detrex_lite.data  # noqa: E402,F401  (registers the demo datasets)
 from detrex_lite.checkpoint import CheckpointError  # noqa: E402
 from detrex_lite.checkpoint.run import find_run_checkpoint, resolve_num_classes, run_config_path  # noqa: E402
+from detrex_lite.solver import schedule_periods  # noqa: E402
+from detrex_lite.utils import json_io  # noqa: E402
 from detrex_lite.config import (  # noqa: E402
     ConfigError,
     apply_overrides_checked,
@@ -49,6 +44,7 @@ from detrex_lite.engine import (  # noqa: E402
     TrainingInterrupted,
     atomic_write,
     build_model,
+    default_setup,
     do_test,
     do_train,
     launch,
@@ -98,6 +94,10 @@ def setup_config(args):
         raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth (or --run DIR)")
     if not resuming:
         check_init_checkpoint(cfg.train.init_checkpoint)
+    try:
+        schedule_periods(cfg.train)  # fractions of train.max_iter; resolved again at start-up
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 
@@ -106,8 +106,7 @@ def main(args, cfg=None):
     file runs once per process: registering a dataset in it works)."""
     if cfg is None:
         cfg = setup_config(args)
-    default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detrex_lite")
+    default_setup(cfg, args)  # detrex_lite's: plain-text log.txt, no CUDA_HOME warning on CPU
     if args.eval_only:
         model = build_model(cfg)
         load_for_eval(cfg, model)
@@ -115,7 +114,7 @@ def main(args, cfg=None):
         results = do_test(cfg, model)
         if comm.is_main_process():
             path = os.path.join(cfg.train.output_dir, "eval_results.json")
-            atomic_write(path, lambda f: f.write(json.dumps(results, indent=2).encode()))
+            atomic_write(path, lambda f: f.write(json_io.dumps(results, indent=2).encode()))
             logger.info(f"Evaluation results written to {path}")
         return results
     do_train(cfg, resume=args.resume)
@@ -130,10 +129,51 @@ def _spawned_main(args):
         raise SystemExit(e.exit_code) from None
 
 
-def get_parser():
-    parser = default_argument_parser()
-    # A free local port unless given (machine 0's tcp://address:port is needed with several machines).
-    parser.set_defaults(dist_url="auto")
+EPILOG = """\
+examples:
+  # the demo (synthetic data, CPU, ~10 min)
+  python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r18_demo.py
+  # 8 GPUs, the paper's recipe; overrides (key=value) come after the flags
+  python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \\
+      --num-gpus 8 train.output_dir=output/ddetr dataloader.train.total_batch_size=32
+  # evaluate a checkpoint
+  python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \\
+      --eval-only train.init_checkpoint=output/ddetr/model_final.pth
+  # evaluate a training run's newest complete checkpoint (its config.yaml, no dataset registration)
+  python tools/train_net.py --eval-only --run output/ddetr
+  # continue an interrupted run from its last complete checkpoint
+  python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \\
+      --resume train.output_dir=output/ddetr
+  # two machines: run on each, with its own --machine-rank
+  python tools/train_net.py --config-file CONFIG --num-gpus 8 --num-machines 2 --machine-rank 0 \\
+      --dist-url tcp://MACHINE0_ADDRESS:29500
+"""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """train_net's command line: detectron2's training flags, then LazyConfig overrides."""
+    parser = argparse.ArgumentParser(
+        prog="train_net.py",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="LazyConfig .py (or a saved config.yaml)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in train.output_dir (start from train.init_checkpoint when there is none)",
+    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate train.init_checkpoint, no training")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine, one per GPU (default: 1)")
+    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines (default: 1)")
+    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine, 0 .. num-machines - 1 (default: 0)")
+    parser.add_argument(
+        "--dist-url",
+        default="auto",
+        help="torch.distributed init URL; 'auto' (default) picks a free local port, several machines need "
+        "tcp://<machine 0 address>:<port>",
+    )
     parser.add_argument(
         "--slurm",
         action="store_true",
@@ -147,6 +187,14 @@ def get_parser():
         help="with --eval-only: a training output folder; its config.yaml, its newest complete "
         "checkpoint and DIR as train.output_dir (each unless given); no dataset registration needed "
         "beyond the test set's",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=None,
+        metavar="key=value",
+        help="config overrides after the flags, e.g. train.max_iter=1000 train.output_dir=output/run "
+        "(+key=value adds a key)",
     )
     return parser
 
@@ -167,9 +215,24 @@ def _error(message, code: int) -> int:
     return code
 
 
+def check_flags_before_overrides(parser: argparse.ArgumentParser, opts) -> None:
+    """A flag written after the first override is swallowed by the overrides: say so (ConfigError)."""
+    flags = {s for action in parser._actions for s in action.option_strings}
+    for item in opts or []:
+        name = item.split("=", 1)[0]
+        if name in flags:
+            first = next(o for o in opts if o != "--")
+            raise ConfigError(
+                f"flag {name} comes after the config override '{first}': flags go before the overrides, "
+                f"e.g. train_net.py --config-file FILE {name} ... {first}"
+            )
+
+
 def cli(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     try:
+        check_flags_before_overrides(parser, args.opts)
         # Checked once here, before any process is spawned or model built.
         if not args.slurm:
             _check_launch_args(args)

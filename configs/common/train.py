@@ -22,11 +22,15 @@ train = dict(
         # Compress gradients to fp16 for the all-reduce (saves bandwidth across machines).
         fp16_compression=False,
     ),
-    # Save a checkpoint every `period` iterations (and at the end), keeping the newest
-    # `max_to_keep` periodic ones (None keeps all). Files are written atomically.
-    checkpointer=dict(period=5000, max_to_keep=100),
-    # Evaluate on dataloader.test every eval_period iterations (0: only at the end).
-    eval_period=5000,
+    # Periods are derived from train.max_iter when training starts: a float in (0, 1] is a
+    # fraction of train.max_iter (so `train.max_iter=1000` still evaluates and saves 10 / 20
+    # times), an int is a number of iterations.
+    # Save a checkpoint every `period` (0.05: 20 times over the run; 2.5 epochs of the 50-epoch
+    # schedule) and at the end, keeping the newest `max_to_keep` periodic ones (None keeps all).
+    # Files are written atomically.
+    checkpointer=dict(period=0.05, max_to_keep=100),
+    # Evaluate on dataloader.test every eval_period (0.1: 10 times over the run; 0: only at the end).
+    eval_period=0.1,
     # Print / write metrics every log_period iterations.
     log_period=20,
     # Clip the global gradient norm before each optimizer step (the official DETR recipes use

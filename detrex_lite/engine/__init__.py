@@ -24,6 +24,8 @@ _EXPORTS = {
     "TrainingInterrupted": "errors",
     "build_model": "defaults",
     "create_ddp_model": "defaults",
+    "default_setup": "run_setup",
+    "default_writers": "writers",
     "do_test": "defaults",
     "do_train": "defaults",
     "load_for_eval": "defaults",

@@ -12,19 +12,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.config import instantiate
-from detectron2.engine import default_writers, hooks
+from detectron2.engine import hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from detrex_lite.checkpoint import CheckpointMismatchError, load_weights
 from detrex_lite.checkpoint.run import RunMetadata, run_metadata
 from detrex_lite.solver.param_groups import param_group_summary
+from detrex_lite.solver.schedule import schedule_periods
 
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer
 from .ema import ModelEMA
 from .launch import resolve_device
 from .preemption import GracefulStop, PreemptionCheckpointer
 from .trainer import DetrTrainer
+from .writers import default_writers
 
 logger = logging.getLogger(__name__)
 
@@ -194,13 +196,23 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
     def test_fn():
         return do_test(cfg, model, model_ema)
 
+    # Fractions of train.max_iter become iterations here, so they follow a max_iter override.
+    periods = schedule_periods(cfg.train)
+    logger.info(
+        f"Schedule: {cfg.train.max_iter} iterations; evaluation every {periods.eval_period or cfg.train.max_iter} "
+        f"(train.eval_period={cfg.train.eval_period}), checkpoint every {periods.checkpoint_period} "
+        f"(train.checkpointer.period={cfg.train.checkpointer.period})"
+    )
+    max_to_keep = cfg.train.checkpointer.get("max_to_keep", None)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-            PreemptionCheckpointer(stop, checkpointer, period=cfg.train.checkpointer.period),
-            hooks.EvalHook(cfg.train.eval_period, test_fn),
+            PeriodicCheckpointer(checkpointer, periods.checkpoint_period, max_to_keep=max_to_keep)
+            if comm.is_main_process()
+            else None,
+            PreemptionCheckpointer(stop, checkpointer, period=periods.checkpoint_period),
+            hooks.EvalHook(periods.eval_period, test_fn),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
             )
@@ -214,6 +226,14 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
     if resume and checkpointer.has_checkpoint():
         # The checkpoint's "iteration" is the last finished one.
         start_iter = checkpoint.get("iteration", -1) + 1
+        if start_iter >= cfg.train.max_iter:
+            # Training again would only repeat the final evaluation (a second row in metrics.json).
+            logger.info(
+                f"Nothing to resume: {cfg.train.output_dir} finished training at iteration {start_iter} "
+                f"of train.max_iter={cfg.train.max_iter} (raise train.max_iter to train longer; "
+                "--eval-only to evaluate)"
+            )
+            return trainer
         logger.info(f"Resuming at iteration {start_iter}")
     elif model_ema is not None:
         model_ema.reset(model)  # average from the loaded init_checkpoint, not the random init

@@ -1,5 +1,6 @@
 """Epoch-based step schedules expressed in iterations, as detectron2 trains by iteration."""
 import math
+from typing import NamedTuple
 
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
@@ -52,4 +53,54 @@ def default_detr_schedule(
         warmup_length=warmup_iters / max_iter,
         # No warm-up in the official recipes: with warmup_iters=0 the factor is irrelevant.
         warmup_factor=0.001 if warmup_iters > 0 else 1.0,
+    )
+
+
+class SchedulePeriods(NamedTuple):
+    """How often training evaluates and saves, in iterations (resolved from the config)."""
+
+    eval_period: int  # 0: evaluate only at the end
+    checkpoint_period: int
+
+
+def period_to_iters(value, max_iter: int, key: str, allow_zero: bool = False) -> int:
+    """A period as a number of iterations.
+
+    Args:
+        value: an int is a number of iterations; a float in (0, 1] is a fraction of `max_iter`
+            (0.1: ten times over the run), rounded to the nearest iteration and at least 1, so
+            that the period follows a `train.max_iter` override.
+        max_iter: train.max_iter.
+        key: the config key, named in the error.
+        allow_zero: whether 0 ("never periodically") is allowed.
+
+    Raises:
+        ValueError: a negative int, a float outside (0, 1], or anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key}={value!r}: expected an int (iterations) or a float in (0, 1] (fraction of train.max_iter)")
+    if isinstance(value, int):
+        if value < 0 or (value == 0 and not allow_zero):
+            smallest = 0 if allow_zero else 1
+            raise ValueError(f"{key}={value}: expected an int >= {smallest} (iterations) or a float in (0, 1] (fraction of train.max_iter)")
+        return value
+    if not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"{key}={value}: a float is a fraction of train.max_iter and must lie in (0, 1]; "
+            "give a number of iterations as an int"
+        )
+    return max(1, int(round(value * max_iter)))
+
+
+def schedule_periods(train) -> SchedulePeriods:
+    """`train.eval_period` and `train.checkpointer.period` in iterations for `train.max_iter`.
+
+    Computed when training starts, so that fractions follow `train.max_iter` overrides (OmegaConf
+    interpolation cannot multiply). Raises ValueError naming the key at fault.
+    """
+    max_iter = train.max_iter
+    checkpointer = train.get("checkpointer", None) or {}
+    return SchedulePeriods(
+        eval_period=period_to_iters(train.get("eval_period", 0), max_iter, "train.eval_period", allow_zero=True),
+        checkpoint_period=period_to_iters(checkpointer.get("period", 1.0), max_iter, "train.checkpointer.period"),
     )
