@@ -57,7 +57,8 @@ BACKENDS = ("auto", "compiled", "pytorch")
 
 BUILD_HINT = (
     "build it with `pip install --no-build-isolation --no-deps -e .` in the detrex_lite "
-    "repository (add FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=<your GPU's arch, e.g. 8.0> for CUDA)"
+    "repository (add FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=<your GPU's compute capability>+PTX, e.g. 9.0+PTX, "
+    "for CUDA)"
 )
 
 
