@@ -64,6 +64,8 @@ def _distributed_worker(
     _init_process_group(global_rank, world_size, local_rank, local_size, dist_url, use_cuda, timeout)
     try:
         main_func(*args)
+    except SystemExit:
+        raise  # a deliberate exit code (e.g. a run that stopped on SIGTERM after its checkpoint)
     except BaseException:
         # torch.multiprocessing reports only the first failed process it notices, which may be a
         # rank whose collective broke because another one died: print every rank's own error.
