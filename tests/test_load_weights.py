@@ -247,3 +247,27 @@ def test_own_detr_weights_into_deformable_detr(tmp_path):
     message = _one_line(err)
     assert "official" not in message
     assert "these are detrex_lite DETR weights and the config builds DeformableDETR" in message
+
+
+def test_every_tool_refuses_a_box_refine_checkpoint_for_the_plain_config(tmp_path, capsys):
+    """Predictor, export_onnx.py and benchmark.py --checkpoint all go through the shared loader."""
+    from detrex_lite.predictor import Predictor
+    from tools_tiny_models import load_tool, save_config
+
+    two_layers = {"transformer.num_decoder_layers": 2}
+    path = _save(tmp_path, _trained(_model("box_refine", **two_layers)), meta=False)
+    cfg = tiny_deformable_detr_config("one_stage")
+    cfg.model.transformer.num_decoder_layers = 2
+    cfg_path = save_config(cfg, str(tmp_path / "plain.yaml"))
+    says = f"{path} does not fit the model"
+
+    with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
+        Predictor(cfg_path, path, device="cpu")
+    assert load_tool("export_onnx").cli(
+        ["--config-file", cfg_path, "--checkpoint", path, "--output", str(tmp_path / "m.onnx")]
+    ) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"export_onnx: error: {says} (export): ") and "model.with_box_refine=True" in err
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
+        load_tool("benchmark").main(["--config-file", cfg_path, "--device", "cpu", "--checkpoint", path, "--iters", "1"])

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from PIL import Image
 
 from tests.tools_analysis_data import TRAIN, VAL, register_small_demo
 from tests.tools_tiny_models import REPO, load_tool
@@ -65,8 +66,13 @@ def test_train_augmentation(folder, tmp_path, capsys):
 @pytest.mark.parametrize("mode", ["raw", "test"])
 def test_raw_and_test_split_keep_every_box(folder, tmp_path, mode):
     out = tmp_path / mode
-    extra = ["--raw"] if mode == "raw" else ["--split", "test"]
+    extra = ["--raw", "--palette", "--columns", "3", "--cell-size", "100"] if mode == "raw" else ["--split", "test"]
     assert run(["--config-file", CONFIG, "--num", "3", "--out", str(out), *extra, *NAMES]) == 0
+    sheet = Image.open(out / "contact_sheet.png")
+    if mode == "raw":  # 3 columns of 100 px, 256-colour palette
+        assert sheet.mode == "P" and sheet.size[0] == 300
+    else:
+        assert sheet.mode == "RGBA" and sheet.size[0] == 2 * 300  # ceil(sqrt(3)) columns of 300 px
     with open(out / "stats.json") as f:
         stats = json.load(f)
     split = "train" if mode == "raw" else "val"

@@ -158,7 +158,7 @@ def run(predictions: str, dataset: str, out_dir: str, score_threshold: float = 0
           f"another class, {int(matrix[:k, k].sum())} missed; {int(matrix[k, :k].sum())} false detections on "
           "background or duplicates")
     print("\nWrote:")
-    for path in files if class_plots else files:
+    for path in files:
         if "per_class" + os.sep not in path:
             print(f"  {path}")
     if class_plots:

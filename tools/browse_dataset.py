@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,7 +79,8 @@ def load_split(cfg, split: str):
     return dicts, list(classes), loader.mapper
 
 
-def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: str = "browse", seed: int = 0) -> dict:
+def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: str = "browse", seed: int = 0,
+        cell_size: int = 300, columns: Optional[int] = None, palette: bool = False) -> dict:
     """Draws the samples and writes contact_sheet.png, one PNG per sample and stats.json;
     returns the stats ({"dataset": ..., "samples": ..., "images": [...]})."""
     import json
@@ -125,10 +127,11 @@ def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: st
             classes = mapped["instances"].gt_classes.tolist()
         labels = [class_names[c] for c in classes]
         colors = [class_color(c) for c in classes]
-        picture = draw_boxes(np.ascontiguousarray(image), boxes, labels, colors)
+        image = np.ascontiguousarray(image)
         path = os.path.join(out_dir, f"{k:03d}_{record['image_id']}.png")
-        _save_png(picture, path)
-        drawn.append(picture)
+        _save_png(draw_boxes(image, boxes, labels, colors), path)
+        # drawn again at the sheet's cell size, so that its labels are readable there too
+        drawn.append(draw_boxes(image, boxes, labels, colors, min_side=cell_size, min_font=9.0))
         h, w = image.shape[:2]
         captions.append(f"image {record['image_id']}: {w}x{h}, {len(boxes)} box{'es' if len(boxes) != 1 else ''}")
         sample_boxes.append(np.asarray(boxes).reshape(-1, 4))
@@ -136,8 +139,8 @@ def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: st
         images.append({"image_id": record["image_id"], "file_name": record["file_name"], "path": path,
                        "width": int(w), "height": int(h), "boxes": int(len(boxes))})
     what = "as stored (--raw)" if raw else f"after the {split} augmentation"
-    sheet = save_grid(drawn, captions, os.path.join(out_dir, "contact_sheet.png"),
-                      title=f"{', '.join(sorted(set(_names(cfg, split))))}: {len(drawn)} images {what}")
+    sheet = save_grid(drawn, captions, os.path.join(out_dir, "contact_sheet.png"), columns=columns,
+                      cell_inches=cell_size / 100.0, palette=palette, title=f"{', '.join(sorted(set(_names(cfg, split))))}: {len(drawn)} images {what}")
     sample_stats = box_stats(sample_classes, np.concatenate(sample_boxes), class_names)
     sample_stats["images"] = len(drawn)
     stats = {"split": split, "raw": raw, "dataset": dataset_stats, "samples": sample_stats, "images": images,
@@ -192,6 +195,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--raw", action="store_true", help="images and boxes as stored, no augmentation")
     parser.add_argument("--out", default="browse_dataset", help="output folder (./browse_dataset)")
     parser.add_argument("--seed", type=int, default=0, help="which images and which random augmentation (0)")
+    parser.add_argument("--cell-size", type=int, default=300, help="contact sheet: pixels per image (300)")
+    parser.add_argument("--columns", type=int, default=None, help="contact sheet: images per row (ceil(sqrt(num)))")
+    parser.add_argument("--palette", action="store_true",
+                        help="contact sheet with a 256-colour palette: about 3x smaller, for documentation")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser
 
@@ -199,13 +206,13 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.num < 1:
-        print("browse_dataset: error: --num must be >= 1", file=sys.stderr)
+    if args.num < 1 or args.cell_size < 50:
+        print("browse_dataset: error: --num must be >= 1 and --cell-size >= 50", file=sys.stderr)
         return 2
     try:
         cfg = load_config_file(args.config_file)
         apply_overrides_checked(cfg, [o for o in args.opts if o != "--"])
-        run(cfg, args.split, args.num, args.raw, args.out, args.seed)
+        run(cfg, args.split, args.num, args.raw, args.out, args.seed, args.cell_size, args.columns, args.palette)
     except (ConfigError, AnalysisError, FileNotFoundError) as e:
         print(f"browse_dataset: error: {str(e).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2

@@ -60,7 +60,7 @@ def describe_variant(state_dict) -> str:
     parts += ["box refinement"] * refine + ["two-stage"] * two_stage
     return (
         f"{', '.join(parts)}, {num_classes} classes "
-        f"(model.num_feature_levels={levels}, model.with_box_refine={refine}, model.as_two_stage={two_stage})"
+        f"(model.transformer.num_feature_levels={levels}, model.with_box_refine={refine}, model.as_two_stage={two_stage})"
     )
 
 

@@ -28,16 +28,17 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
 import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its torch.jit warnings)
 
 from detectron2.structures import Instances  # noqa: E402
-from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from detrex_lite.checkpoint import CheckpointError  # noqa: E402
 from detrex_lite.predictor import Predictor  # noqa: E402
 from detrex_lite.utils import json_io  # noqa: E402
+from detrex_lite.utils.draw import draw_detections  # noqa: E402
 from detrex_lite.utils.logger import setup_logger  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.demo")
@@ -46,22 +47,42 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and "(default: X)" after every option that has one."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=_HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config-file", help="LazyConfig .py (or saved .yaml) file")
+    source.add_argument("--config-file", metavar="FILE", help="LazyConfig .py file (or a run's config.yaml)")
     source.add_argument(
         "--run", metavar="DIR", help="a training output folder: its config.yaml and newest complete checkpoint"
     )
     parser.add_argument(
-        "--input", nargs="+", required=True,
+        "--input", nargs="+", required=True, metavar="PATH",
         help="image files, folders (their images, sorted), glob patterns (quote them) or videos",
     )
-    parser.add_argument("--output", required=True, help="folder for the drawn images/videos")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn")
-    parser.add_argument("--json", action="store_true", help="also write OUTPUT/detections.json")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the drawn images/videos")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="SCORE", help="minimum score drawn (and written)")
+    parser.add_argument("--json", action="store_true", help="also write OUTPUT/detections.json (COCO results format)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, metavar="FACTOR",
+        help="draw at this multiple of the input size (e.g. 4 for 64 px images: readable labels)",
+    )
+    parser.add_argument("--line-width", type=int, default=None, metavar="PX", help="box lines in output pixels (default: from the size)")
+    parser.add_argument("--font-scale", type=float, default=None, metavar="SCALE", help="label text size (default: from the size)")
+    parser.add_argument(
+        "--dataset", default=None, metavar="NAME",
+        help="also draw the ground truth of this registered dataset (dashed green, labels below the "
+        "boxes) on the inputs that are its images (matched by file name)",
+    )
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, key=value")
     return parser
 
 
@@ -99,10 +120,64 @@ def output_name(path: str, used: Dict[str, int]) -> str:
     return f"{stem}_{count}{ext}"
 
 
-def draw(image_rgb: np.ndarray, instances: Instances, metadata) -> np.ndarray:
-    """Boxes with class names and scores; returns an RGB uint8 array of the image's size."""
-    visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
-    return visualizer.draw_instance_predictions(instances).get_image()
+class Drawer:
+    """Draws detections (and the ground truth of ``--dataset``) as the command line asks."""
+
+    def __init__(self, metadata, scale: float = 1.0, line_width: Optional[int] = None,
+                 font_scale: Optional[float] = None, ground_truth: Optional[Dict[str, dict]] = None):
+        self.class_names = list(getattr(metadata, "thing_classes", []) or [])
+        self.scale, self.line_width, self.font_scale = scale, line_width, font_scale
+        self.ground_truth = ground_truth
+
+    def name(self, class_id: int) -> str:
+        return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else f"class {class_id}"
+
+    def __call__(self, image_rgb: np.ndarray, instances: Instances, path: Optional[str] = None) -> np.ndarray:
+        """An RGB uint8 image, ``--scale`` times the input size."""
+        order = instances.scores.argsort()  # best last: its label is drawn on top
+        boxes = instances.pred_boxes.tensor[order].numpy()
+        classes = instances.pred_classes[order].tolist()
+        labels = [f"{self.name(c)} {s:.0%}" for c, s in zip(classes, instances.scores[order].tolist())]
+        gt = self.ground_truth.get(ground_truth_key(path)) if self.ground_truth is not None and path else None
+        return draw_detections(
+            image_rgb, boxes, labels, classes, scale=self.scale, line_width=self.line_width,
+            font_scale=self.font_scale,
+            gt_boxes=None if gt is None else gt["boxes"],
+            gt_labels=None if gt is None else [self.name(c) for c in gt["classes"]],
+        )
+
+
+def ground_truth_key(path: str) -> str:
+    return os.path.basename(path)
+
+
+def load_ground_truth(dataset: str) -> Dict[str, dict]:
+    """{image file name: {"boxes": (G, 4) absolute xyxy, "classes": [contiguous ids]}} of a
+    registered dataset (crowd boxes left out)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import BoxMode
+
+    import detrex_lite.data  # noqa: F401  (registers the demo datasets and the COCO layout)
+
+    if dataset not in DatasetCatalog.list():
+        raise KeyError(f"--dataset {dataset}: not a registered dataset (e.g. detrex_demo_val, coco_2017_val)")
+    index: Dict[str, dict] = {}
+    for record in DatasetCatalog.get(dataset):
+        annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        boxes = np.array(
+            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float64
+        ).reshape(-1, 4)
+        index[ground_truth_key(record["file_name"])] = {"boxes": boxes, "classes": [a["category_id"] for a in annotations]}
+    return index
+
+
+def keep_confident(instances: Instances, threshold: float, name: str) -> Instances:
+    """The instances scoring at least ``threshold``; says so when none does."""
+    kept = instances[instances.scores >= threshold]
+    if len(kept) == 0:
+        best = f"highest score {instances.scores.max().item():.3f}" if len(instances) else "the model returned none"
+        logger.info("%s: no detection scores >= %g (%s); lower --confidence-threshold to draw more", name, threshold, best)
+    return kept
 
 
 def coco_results(
@@ -151,11 +226,12 @@ def read_frames(path: str) -> Tuple[Iterator[np.ndarray], float, int, Tuple[int,
 
 
 def run_video(
-    predictor: Predictor, path: str, out_path: str, threshold: float, first_id: int
+    predictor: Predictor, path: str, out_path: str, threshold: float, first_id: int, drawer: "Drawer"
 ) -> Tuple[List[dict], int]:
     """Draws every frame into ``out_path``; returns the COCO results and the frame count."""
     frames, fps, count, (width, height) = read_frames(path)
-    writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    size = (max(1, int(round(width * drawer.scale))), max(1, int(round(height * drawer.scale))))
+    writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise OSError(f"cannot write video {out_path}")
     results: List[dict] = []
@@ -167,7 +243,7 @@ def run_video(
             frame_rgb = frame_bgr[:, :, ::-1]
             instances = predictor.predict_rgb([frame_rgb])[0]
             instances = instances[instances.scores >= threshold]
-            drawn = draw(frame_rgb, instances, predictor.metadata)
+            drawn = drawer(frame_rgb, instances)
             writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
             results.extend(coco_results(instances, first_id + index, path, predictor.metadata, frame=index))
     finally:
@@ -178,30 +254,20 @@ def run_video(
     return results, num_frames
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_parser().parse_args(argv)
-    setup_logger()
-    try:
-        if args.run:
-            predictor = Predictor.from_run(args.run, device=args.device, opts=args.opts)
-        else:
-            predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
-    except (CheckpointError, FileNotFoundError) as e:  # unusable weights or run folder: one line
-        print(f"demo: error: {e}", file=sys.stderr)
-        return 1
-    os.makedirs(args.output, exist_ok=True)
-
-    paths = expand_inputs(args.input)
+def _run_inputs(args, predictor: Predictor, drawer: Drawer, ground_truth, progress) -> Tuple[List[dict], List[str]]:
+    """Predicts and draws every input; returns the COCO results and the inputs skipped."""
     used_names: Dict[str, int] = {}
     results: List[dict] = []
     skipped: List[str] = []
     next_id = 0
-    for path in tqdm.tqdm(paths, desc="demo", unit="input"):
+    for path in progress:
         name = output_name(path, used_names)
         try:
             if is_video(path):
                 out_path = os.path.join(args.output, os.path.splitext(name)[0] + ".mp4")
-                video_results, num_frames = run_video(predictor, path, out_path, args.confidence_threshold, next_id)
+                video_results, num_frames = run_video(
+                    predictor, path, out_path, args.confidence_threshold, next_id, drawer
+                )
                 results.extend(video_results)
                 next_id += num_frames
                 continue
@@ -211,8 +277,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             skipped.append(path)
             continue
         instances = predictor.predict_rgb([image_rgb])[0]
-        instances = instances[instances.scores >= args.confidence_threshold]
-        drawn = draw(image_rgb, instances, predictor.metadata)
+        instances = keep_confident(instances, args.confidence_threshold, path)
+        if ground_truth is not None and ground_truth_key(path) not in ground_truth:
+            logger.info("%s: not an image of --dataset %s, no ground truth drawn", path, args.dataset)
+        drawn = drawer(image_rgb, instances, path)
         out_path = os.path.join(args.output, name)
         if not cv2.imwrite(out_path, np.ascontiguousarray(drawn[:, :, ::-1])):
             logger.error("Could not write %s (unsupported extension?)", out_path)
@@ -220,6 +288,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         results.extend(coco_results(instances, next_id, path, predictor.metadata))
         next_id += 1
+    return results, skipped
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger()
+    if args.scale <= 0:
+        get_parser().error(f"--scale {args.scale}: expected > 0")
+    ground_truth = None
+    if args.dataset:
+        try:
+            ground_truth = load_ground_truth(args.dataset)
+        except KeyError as err:
+            get_parser().error(str(err.args[0]))
+    try:
+        if args.run:
+            predictor = Predictor.from_run(args.run, device=args.device, opts=args.opts)
+        else:
+            predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    except (CheckpointError, FileNotFoundError) as e:  # unusable weights or run folder: one line
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 1
+    drawer = Drawer(predictor.metadata, args.scale, args.line_width, args.font_scale, ground_truth)
+    os.makedirs(args.output, exist_ok=True)
+
+    paths = expand_inputs(args.input)
+    progress = tqdm.tqdm(paths, desc="demo", unit="input")
+    # Log lines go through tqdm.write while the bar runs, so that they do not split it.
+    with logging_redirect_tqdm(loggers=[logging.getLogger("detrex_lite")]):
+        results, skipped = _run_inputs(args, predictor, drawer, ground_truth, progress)
 
     if args.json:
         json_io.dump(results, os.path.join(args.output, "detections.json"), indent=None)

@@ -20,9 +20,9 @@ per line). Writes one PNG per metric into ``--out``, one line per run:
 
 The y axes are linear; ``--log`` makes the loss and gradient-norm axes logarithmic. A partial
 last line (a run still writing) is skipped. A resumed run appends its lines after those of the
-interrupted one: where the iteration goes back, the earlier lines from that iteration on are
-superseded, so each iteration (and each evaluation) keeps its last row. With ``--summary`` it
-also writes ``summary.json`` and ``summary.md``: each run's AP metrics at its last evaluation
+interrupted one: where the training lines' iteration goes back, the earlier lines from that
+iteration on are superseded; each iteration (and each evaluation) keeps its last row. With
+``--summary`` it also writes ``summary.json`` and ``summary.md``: each run's AP metrics at its last evaluation
 and its AP at every evaluation.
 """
 import argparse
@@ -78,19 +78,28 @@ def read_metrics(path: str) -> List[dict]:
     return drop_superseded(records)
 
 
+def _is_training_row(record: dict) -> bool:
+    return any(k in SCALARS or k == "total_loss" or k.startswith("loss_") for k in record)
+
+
 def drop_superseded(records: Sequence[dict]) -> List[dict]:
     """The records of the latest attempt at each iteration.
 
-    detectron2 writes lines in non-decreasing iteration order; a resumed run appends lines that
-    start again from its checkpoint's iteration. Where the iteration goes back to i, the lines
-    written before with iteration >= i belong to the interrupted attempt and are dropped (also
-    those beyond where the resumed run has reached so far).
+    A resumed run appends its lines after those of the interrupted attempt, starting again from
+    its checkpoint's iteration. Where a training line (one with losses, lr or timings) goes back
+    to iteration i, every earlier line with iteration >= i belongs to the interrupted attempt and
+    is dropped (also those beyond where the resumed run has reached so far). Evaluation lines
+    never start a new attempt, so they may come in any order; extract_series keeps the last
+    value per iteration.
     """
     kept: List[dict] = []
+    last_training = -1
     for record in records:
         iteration = int(record["iteration"])
-        if kept and iteration < int(kept[-1]["iteration"]):
-            kept = [r for r in kept if int(r["iteration"]) < iteration]
+        if _is_training_row(record):
+            if iteration < last_training:
+                kept = [r for r in kept if int(r["iteration"]) < iteration]
+            last_training = iteration
         kept.append(record)
     return kept
 

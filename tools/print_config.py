@@ -100,7 +100,9 @@ def _targets_to_names(node) -> None:
         child = node._get_node(key)
         if isinstance(child, DictConfig):
             if "_target_" in child:
-                target = child._get_node("_target_")._value()
+                # Saved configs name a target by its shortest import path (detrex_lite.modeling.X);
+                # show every target by its defining module so a .py and its config.yaml compare equal.
+                target = _target(child) or child._get_node("_target_")._value()
                 if not isinstance(target, str):
                     child["_target_"] = f"{target.__module__}.{target.__qualname__}"
             _targets_to_names(child)

@@ -23,6 +23,7 @@ from detectron2.utils import comm  # noqa: E402
 
 from detrex_lite.checkpoint import CheckpointError  # noqa: E402
 from detrex_lite.checkpoint.run import find_run_checkpoint, resolve_num_classes, run_config_path  # noqa: E402
+from detrex_lite.solver import schedule_periods  # noqa: E402
 from detrex_lite.utils import json_io  # noqa: E402
 from detrex_lite.config import (  # noqa: E402
     ConfigError,
@@ -93,6 +94,10 @@ def setup_config(args):
         raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth (or --run DIR)")
     if not resuming:
         check_init_checkpoint(cfg.train.init_checkpoint)
+    try:
+        schedule_periods(cfg.train)  # fractions of train.max_iter; resolved again at start-up
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 

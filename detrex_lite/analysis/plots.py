@@ -20,7 +20,7 @@ def _pyplot():
 
 def _pr_panel(ax, recall: np.ndarray, curves: np.ndarray, aps: np.ndarray, title: str, num_gt: int) -> None:
     """curves: (7, R) precision of the error types; aps: (7,) AP %."""
-    ax.set_title(f"{title}  ({num_gt} objects)", fontsize=10)
+    ax.set_title(f"{title}  ({num_gt} object{'' if num_gt == 1 else 's'})", fontsize=10)
     if np.isnan(curves).all():
         ax.text(0.5, 0.5, "no objects of this size", ha="center", va="center", fontsize=10, color="0.4",
                 transform=ax.transAxes)
@@ -66,8 +66,12 @@ def plot_error_analysis(analysis: ErrorAnalysis, path: str, class_index: Optiona
     for ax, area in zip(axes.flat, areas):
         a = AREAS.index(area)
         _pr_panel(ax, analysis.recall, curves[:, :, a], aps[:, a], f"{name}, {area}", int(num_gt[a]))
-    for ax in list(axes.flat)[len(areas):]:
+    skipped = [a for a in AREAS if a not in areas]
+    for i, ax in enumerate(list(axes.flat)[len(areas):]):
         ax.axis("off")
+        if i == 0 and skipped:
+            ax.text(0.05, 0.5, f"no {' or '.join(skipped)} objects\n(COCO: small < 32x32 <= medium < 96x96 <= large)",
+                    fontsize=9, color="0.4", transform=ax.transAxes, va="center")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -144,14 +144,15 @@ def explain_mismatch(
     fields: Optional[Sequence[str]] = None,
 ) -> List[str]:
     """One phrase per architecture fact on which checkpoint and model differ, naming the config
-    option: "trained with model.with_box_refine=True, the model has False".
+    option: "the checkpoint was trained with model.with_box_refine=True, the config has False".
 
     Args:
         stored: the checkpoint's facts come from its metadata (else: read from its tensors).
         fields: the facts to compare (default: all but num_classes, which the caller handles).
     """
-    fields = fields or [f for f in ARCH_OPTIONS if f != "num_classes"]
-    source = "trained with" if stored else "has"
+    if fields is None:
+        fields = [f for f in ARCH_OPTIONS if f != "num_classes"]
+    source = "was trained with" if stored else "has"
     phrases = []
     for field in fields:
         if field in model_facts and field in ckpt_facts and model_facts[field] != ckpt_facts[field]:
