@@ -40,6 +40,8 @@ def _run_rank(main_func: Callable, args: Sequence) -> None:
     """main_func(*args) in a worker whose process group is up."""
     try:
         main_func(*args)
+    except SystemExit:
+        raise  # a deliberate exit code (e.g. a run that stopped on SIGTERM after its checkpoint)
     except BaseException:
         # torch.multiprocessing reports only the first failed process it notices, which may be a
         # rank whose collective broke because another one died: print every rank's own error.
