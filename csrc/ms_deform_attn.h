@@ -27,7 +27,9 @@ namespace detrex_lite {
 // torch's spelling of a dtype ("float32", not "Float"), so that messages match the Python side.
 std::string dtype_name(at::ScalarType t);
 
-// Checks shared by every backend; raises c10::Error naming the argument at fault.
+// Shape-level checks shared by every backend (ranks, N/M/L/P/Lq agreement, dtypes, devices);
+// raises c10::Error naming the argument at fault. The layout's values are checked by
+// check_layout_values_on_host (ms_deform_attn_layout.h) or inside the CUDA kernels.
 void check_ms_deform_attn_inputs(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
@@ -35,6 +37,9 @@ void check_ms_deform_attn_inputs(
     const at::Tensor& sampling_loc,
     const at::Tensor& attn_weight,
     int64_t im2col_step);
+
+// grad_output of the backward: (N, Lq, M * D), value's dtype and device.
+void check_grad_output(const at::Tensor& value, const at::Tensor& sampling_loc, const at::Tensor& grad_output);
 
 at::Tensor ms_deform_attn_forward_cpu(
     const at::Tensor& value,

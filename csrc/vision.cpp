@@ -71,8 +71,27 @@ void check_ms_deform_attn_inputs(
       dtype_name(value_type), ", got ", dtype_name(attn_weight.scalar_type()));
   TORCH_CHECK(
       value.device() == sampling_loc.device() && value.device() == attn_weight.device(),
-      "value, sampling_loc and attn_weight must be on one device");
+      "value, sampling_loc and attn_weight must be on one device, got ", value.device(), ", ",
+      sampling_loc.device(), " and ", attn_weight.device());
+  // The layout may stay on the CPU next to a CUDA value (it is then checked on the host).
+  for (const at::Tensor* t : {&spatial_shapes, &level_start_index}) {
+    TORCH_CHECK(
+        t->device().is_cpu() || t->device() == value.device(),
+        "spatial_shapes and level_start_index must be on the CPU or on value's device ", value.device(),
+        ", got ", t->device());
+  }
   TORCH_CHECK(im2col_step > 0, "im2col_step must be positive, got ", im2col_step);
+}
+
+void check_grad_output(const at::Tensor& value, const at::Tensor& sampling_loc, const at::Tensor& grad_output) {
+  const int64_t N = value.size(0), M = value.size(2), D = value.size(3), Lq = sampling_loc.size(1);
+  TORCH_CHECK(
+      grad_output.dim() == 3 && grad_output.size(0) == N && grad_output.size(1) == Lq &&
+          grad_output.size(2) == M * D && grad_output.scalar_type() == value.scalar_type() &&
+          grad_output.device() == value.device(),
+      "grad_output must be (N, Lq, M * D) = (", N, ", ", Lq, ", ", M * D, ") of value's dtype ",
+      dtype_name(value.scalar_type()), " on ", value.device(), ", got ", grad_output.sizes(), " ",
+      dtype_name(grad_output.scalar_type()), " on ", grad_output.device());
 }
 
 }  // namespace detrex_lite

@@ -14,13 +14,14 @@ from typing import Any, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import Instances
 
+from detrex_lite.checkpoint import load_weights
+from detrex_lite.checkpoint.run import find_run_checkpoint, metadata_from_meta, run_config_path
 from detrex_lite.config import apply_overrides_checked, load_config_file
 
 __all__ = ["Predictor", "load_config", "preprocess_image", "test_augmentations", "test_metadata"]
@@ -63,14 +64,18 @@ def _select(cfg: Any, dotted: str) -> Any:
     return node
 
 
-def test_augmentations(cfg: Any) -> List[T.Augmentation]:
+def test_augmentations(cfg: Any, meta: Optional[dict] = None) -> List[T.Augmentation]:
     """The test mapper's augmentations (``cfg.dataloader.test.mapper.augmentation``), built.
 
-    Falls back to ``ResizeShortestEdge(800, max_size=1333)`` (with a warning) when the config has
-    no test mapper, e.g. a model-only config.
+    Without a test mapper (e.g. a model-only config) the resize stored with the checkpoint
+    (``meta["test_resize"]``) is used, else ``ResizeShortestEdge(800, max_size=1333)`` with a
+    warning.
     """
     augs = _select(cfg, "dataloader.test.mapper.augmentation")
     if augs is None:
+        resize = (meta or {}).get("test_resize")
+        if resize:
+            return [T.ResizeShortestEdge(resize["short_edge_length"], max_size=resize["max_size"])]
         logger.warning(
             "Config has no dataloader.test.mapper.augmentation; using ResizeShortestEdge(%s).",
             _DEFAULT_TEST_RESIZE,
@@ -82,8 +87,13 @@ def test_augmentations(cfg: Any) -> List[T.Augmentation]:
     return list(built)
 
 
-def test_metadata(cfg: Any):
-    """``MetadataCatalog`` entry of the first test dataset (class names for drawing and JSON)."""
+def test_metadata(cfg: Any, meta: Optional[dict] = None):
+    """Class names (and dataset ids) for drawing and JSON: the ones stored with the checkpoint
+    (``meta``, so a fresh process needs no dataset registration), else the ``MetadataCatalog``
+    entry of the first test dataset."""
+    stored = metadata_from_meta(meta or {})
+    if stored is not None:
+        return stored
     try:  # registers the built-in demo datasets; optional for model-only use
         import detrex_lite.data  # noqa: F401
     except ImportError:
@@ -109,10 +119,14 @@ def preprocess_image(image_rgb: np.ndarray, augmentations: T.AugmentationList) -
 class Predictor:
     """Runs a detector built from a LazyConfig on single images or small lists of images.
 
+    Weights are loaded with :func:`detrex_lite.checkpoint.load_weights` (purpose "predict"):
+    strictly, the EMA weights when the config asks for them; a checkpoint of another class count
+    or architecture (e.g. box refinement on/off) raises ``CheckpointMismatchError``.
+
     Args:
         cfg_or_path: a LazyConfig file path or an already loaded config.
-        checkpoint: weights to load (a path or URL that detectron2's checkpointer understands);
-            ``None`` takes ``cfg.train.init_checkpoint``; ``""`` keeps the random initialisation.
+        checkpoint: weights to load (a path or URL); ``None`` takes ``cfg.train.init_checkpoint``;
+            ``""`` keeps the random initialisation.
         device: "cpu", "cuda", "cuda:1", ...; default: CUDA when available, else CPU.
         opts: ``key=value`` config overrides, applied before the model is built.
         input_format: channel order of numpy images given to ``__call__`` ("BGR" as OpenCV
@@ -123,6 +137,7 @@ class Predictor:
         predictor = Predictor("projects/deformable_detr/configs/deformable_detr_r50_50ep.py",
                               "output/model_final.pth")
         instances = predictor("image.jpg")  # pred_boxes (abs. xyxy, original size), scores, pred_classes
+        predictor = Predictor.from_run("output/run")  # its config.yaml and newest checkpoint
     """
 
     def __init__(
@@ -145,13 +160,36 @@ class Predictor:
         if checkpoint is None:
             checkpoint = _select(self.cfg, "train.init_checkpoint") or ""
         self.checkpoint = checkpoint
+        self.meta: dict = {}
         if checkpoint:
-            DetectionCheckpointer(self.model).load(checkpoint)
+            self.meta = load_weights(self.model, checkpoint, purpose="predict", cfg=self.cfg).meta
         else:
             logger.warning("No checkpoint given (train.init_checkpoint is empty): random weights.")
 
-        self.augmentations = T.AugmentationList(test_augmentations(self.cfg))
-        self.metadata = test_metadata(self.cfg)
+        self.augmentations = T.AugmentationList(test_augmentations(self.cfg, self.meta))
+        self.metadata = test_metadata(self.cfg, self.meta)
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: Union[str, os.PathLike],
+        checkpoint: Optional[str] = None,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        opts: Sequence[str] = (),
+        input_format: str = "BGR",
+    ) -> "Predictor":
+        """A predictor from a training output folder: its ``config.yaml`` and its newest complete
+        checkpoint (or ``checkpoint``, a file name in the folder or a path). Works in a process
+        that registered no dataset: class names come from the checkpoint's metadata."""
+        run_dir = os.fspath(run_dir)
+        return cls(
+            run_config_path(run_dir),
+            find_run_checkpoint(run_dir, checkpoint),
+            device=device,
+            opts=opts,
+            input_format=input_format,
+        )
 
     @property
     def device(self) -> torch.device:

@@ -3,11 +3,14 @@
     python -m detrex_lite.selftest [--quick]
 
 For each device present (CPU, CUDA), each available implementation (the compiled operator, the
-PyTorch reference) and each dtype, runs forward and backward on random inputs and compares them
-with the reference computed in float64. Prints what was built and a table; exits non-zero when a
-comparison fails.
+PyTorch reference), each dtype combination of the contract and each case (the model's kernel
+instance L = 4, P = 4, D = 32, M = 8; D = 48; D = 64; a misaligned value view), and on CUDA each
+kernel instance (DETREX_LITE_MSDA_CUDA_KERNEL = auto, generic, scalar, index64), runs forward and
+backward on random inputs and compares them with the reference computed in float64. Prints what
+was built and a table; exits non-zero when a comparison fails.
 """
 import argparse
+import os
 import sys
 
 import torch
@@ -19,7 +22,7 @@ from detrex_lite.layers.ms_deform_attn_function import (
     ms_deform_attn_pytorch,
 )
 
-# Allowed max abs error (forward, backward) relative to max(1, |reference|), per dtype.
+# Allowed max abs error (forward, backward) relative to max(1, |reference|), per value dtype.
 TOLERANCES = {
     torch.float64: (1e-10, 1e-9),
     torch.float32: (1e-5, 1e-4),
@@ -27,11 +30,36 @@ TOLERANCES = {
     torch.bfloat16: (3e-2, 1e-1),
 }
 
+# (value dtype, locations/weights dtype): every combination of the dtype contract.
+DTYPES = [
+    (torch.float64, torch.float64),
+    (torch.float32, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+]
 
-def _inputs(device, quick, seed=0):
+# The model's kernel instance (L = 4, P = 4, D = 32, M = 8) and its neighbours. "misaligned":
+# value and grad_output are views starting one element into their buffers (buf[1:]).
+CASES = {
+    "L4P4_D32_M8": dict(channels=32),
+    "D48": dict(channels=48),
+    "D64": dict(channels=64),
+    "misaligned": dict(channels=32, misalign=True),
+}
+
+# CUDA kernel instances (DETREX_LITE_MSDA_CUDA_KERNEL); "auto" is what the operator picks.
+CUDA_KERNELS = ["auto", "generic", "scalar", "index64"]
+KERNEL_ENV = "DETREX_LITE_MSDA_CUDA_KERNEL"
+
+
+def _inputs(device, quick, channels, misalign=False, seed=0):
+    """Random inputs with 4 levels, 4 points and 8 heads; quick: 2 x 40 queries (several CUDA
+    blocks in every instance), else 3 x 300 on larger maps."""
     g = torch.Generator().manual_seed(seed)
     levels = ((8, 10), (4, 5), (2, 3), (1, 1)) if quick else ((32, 40), (16, 20), (8, 10), (4, 5))
-    batch, queries, heads, channels, points = (2, 20, 4, 8, 3) if quick else (3, 300, 8, 32, 4)
+    batch, queries, heads, points = (2, 40, 8, 4) if quick else (3, 300, 8, 4)
     spatial_shapes = torch.tensor(levels, dtype=torch.int64)
     areas = spatial_shapes.prod(1)
     level_start_index = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
@@ -42,20 +70,36 @@ def _inputs(device, quick, seed=0):
     return [t.to(device) for t in (value, spatial_shapes, level_start_index, loc, attn, grad)]
 
 
-def _run(impl, value, shapes, starts, loc, attn, grad):
+def _shifted(t: torch.Tensor, misalign: bool) -> torch.Tensor:
+    """``t``, or a copy that starts one element into a larger buffer (not 16-byte aligned)."""
+    if not misalign:
+        return t
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    view = buf[1:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+def _run(impl, value, shapes, starts, loc, attn, grad, misalign=False):
     leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
     if impl == "native":
-        out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2])
+        v = _shifted(leaves[0], misalign)
+        out = ms_deform_attn(v, shapes, starts, leaves[1], leaves[2])
+        grads = torch.autograd.grad(out, leaves, _shifted(grad.to(out.dtype), misalign))
     else:
         out = ms_deform_attn_pytorch(leaves[0], shapes, leaves[1], leaves[2])
-    grads = torch.autograd.grad(out, leaves, grad.to(out.dtype))
+        grads = torch.autograd.grad(out, leaves, grad.to(out.dtype))
     return out, grads
 
 
-def check(device, dtype, impl, quick):
-    value, shapes, starts, loc, attn, grad = _inputs(device, quick)
-    rounded = [t.to(dtype) for t in (value, loc, attn)]
-    out, grads = _run(impl, rounded[0], shapes, starts, rounded[1], rounded[2], grad)
+def check(device, dtypes, impl, quick, case="L4P4_D32_M8"):
+    """(forward error, backward error, passed) of ``impl`` against the float64 reference."""
+    value_dtype, sample_dtype = dtypes
+    spec = dict(CASES[case])
+    misalign = spec.pop("misalign", False)
+    value, shapes, starts, loc, attn, grad = _inputs(device, quick, **spec)
+    rounded = [value.to(value_dtype), loc.to(sample_dtype), attn.to(sample_dtype)]
+    out, grads = _run(impl, rounded[0], shapes, starts, rounded[1], rounded[2], grad, misalign)
     # The float64 reference on the same (rounded) inputs.
     ref, ref_grads = _run("reference", *(t.double() for t in rounded[:1]), shapes, starts,
                           *(t.double() for t in rounded[1:]), grad)
@@ -71,8 +115,29 @@ def check(device, dtype, impl, quick):
         (((g.double() - r).abs() * k).max() / max(1.0, r.abs().max().item())).item()
         for g, r, k in zip(grads, ref_grads, keep)
     )
-    fwd_tol, bwd_tol = TOLERANCES[dtype]
+    fwd_tol, bwd_tol = TOLERANCES[value_dtype]
     return fwd_err, bwd_err, fwd_err <= fwd_tol and bwd_err <= bwd_tol
+
+
+def _dtype_name(dtypes) -> str:
+    value_dtype, sample_dtype = (str(d).replace("torch.", "") for d in dtypes)
+    return value_dtype if value_dtype == sample_dtype else f"{value_dtype}+{sample_dtype} loc"
+
+
+def _plan(device: str) -> list:
+    """(case, kernel, dtypes, impl) rows to run on ``device``."""
+    rows = []
+    native = extension_available(device)
+    kernels = CUDA_KERNELS if device == "cuda" else ["-"]
+    for case in CASES:
+        for dtypes in DTYPES:
+            # The reference (grid_sample) needs one dtype, and in 16 bits it accumulates its
+            # gradients in 16 bits (errors of 10%): it is checked in float64 and float32.
+            if dtypes[0] == dtypes[1] and dtypes[0] in (torch.float64, torch.float32) and not CASES[case].get("misalign"):
+                rows.append((case, "-", dtypes, "reference"))
+            if native:
+                rows += [(case, kernel, dtypes, "native") for kernel in kernels]
+    return rows
 
 
 def main(argv=None) -> int:
@@ -88,27 +153,32 @@ def main(argv=None) -> int:
 
     rows = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        dtypes = [torch.float64, torch.float32]
-        if device == "cuda":
-            dtypes += [torch.float16, torch.bfloat16]
-        impls = ["reference"] + (["native"] if extension_available(device) else [])
-        for impl in impls:
-            for dtype in dtypes:
+    previous_kernel = os.environ.get(KERNEL_ENV)
+    try:
+        for device in devices:
+            for case, kernel, dtypes, impl in _plan(device):
+                if kernel != "-":
+                    os.environ[KERNEL_ENV] = kernel
                 try:
-                    fwd, bwd, ok = check(device, dtype, impl, args.quick)
-                    rows.append((device, str(dtype).replace("torch.", ""), impl, f"{fwd:.2e}", f"{bwd:.2e}",
+                    fwd, bwd, ok = check(device, dtypes, impl, args.quick, case)
+                    rows.append((device, case, kernel, _dtype_name(dtypes), impl, f"{fwd:.2e}", f"{bwd:.2e}",
                                  "PASS" if ok else "FAIL"))
                 except Exception as e:  # a crash is a failure; report it in the table
-                    rows.append((device, str(dtype).replace("torch.", ""), impl, "-", "-", f"FAIL ({e})"))
-    header = ("device", "dtype", "impl", "fwd err", "bwd err", "result")
+                    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    rows.append((device, case, kernel, _dtype_name(dtypes), impl, "-", "-", f"FAIL ({message})"))
+    finally:
+        if previous_kernel is None:
+            os.environ.pop(KERNEL_ENV, None)
+        else:
+            os.environ[KERNEL_ENV] = previous_kernel
+    header = ("device", "case", "kernel", "dtype", "impl", "fwd err", "bwd err", "result")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     failed = [r for r in rows if not r[-1].startswith("PASS")]
     if not extension_available("cpu"):
         print("note: the compiled operator is not built; only the PyTorch reference was checked")
-    print("selftest:", "FAILED" if failed else "passed")
+    print(f"selftest: {'FAILED' if failed else 'passed'} ({len(rows) - len(failed)}/{len(rows)} rows passed)")
     return 1 if failed else 0
 
 

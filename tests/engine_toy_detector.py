@@ -29,11 +29,14 @@ class ToyDetector(nn.Module):
 
     def __init__(
         self, *, num_classes: int, num_queries: int = 6, channels: int = 8, loss_weight: float = 1.0,
-        checkpoint_padding: int = 0,
+        checkpoint_padding: int = 0, nan_gradient: bool = False,
     ):
         """checkpoint_padding: elements of an unused persistent buffer that make checkpoints
-        big enough (slow enough to write) for a test to kill a run during a save."""
+        big enough (slow enough to write) for a test to kill a run during a save.
+        nan_gradient: add 0 * sqrt(0) to loss_class: the loss stays finite, the gradient of the
+        query embedding is NaN (as in a run that diverges inside one step)."""
         super().__init__()
+        self.nan_gradient = nan_gradient
         self.register_buffer("padding", torch.zeros(checkpoint_padding))
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -88,6 +91,9 @@ class ToyDetector(nn.Module):
         num_boxes = max(sum(min(len(x["instances"]), self.num_queries) for x in batched_inputs), 1)
         loss_bbox = torch.stack(box_terms).sum() / num_boxes if box_terms else boxes.sum() * 0.0
         loss_class = F.cross_entropy(logits.flatten(0, 1), target_classes.flatten())
+        if self.nan_gradient:
+            w = self.query_embed.weight
+            loss_class = loss_class + 0.0 * torch.sqrt(w - w.detach()).sum()  # d sqrt(u)/du at 0 = inf
         return {"loss_class": self.loss_weight * loss_class, "loss_bbox": 5.0 * self.loss_weight * loss_bbox}
 
 

@@ -75,11 +75,13 @@ def test_cli_official_checkpoint_with_args(tmp_path):
     load_checkpoint(_our_deformable(num_classes=7), out)
 
 
-def test_cli_rejects_wrong_format(tmp_path):
+def test_cli_rejects_wrong_format(tmp_path, capsys):
     hf = _hf_detr(num_labels=6)
     torch.save(hf.state_dict(), tmp_path / "detr.bin")
-    with pytest.raises(ConversionError, match="keys look like hf"):
-        _cli()(["--from", "official-detr", str(tmp_path / "detr.bin"), str(tmp_path / "out.pth")])
+    assert _cli()(["--from", "official-detr", str(tmp_path / "detr.bin"), str(tmp_path / "out.pth")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("convert_checkpoint: error: ") and "keys look like hf" in err and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "out.pth")
 
 
 def test_different_class_count_skips_only_class_heads(caplog):

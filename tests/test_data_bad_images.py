@@ -10,7 +10,7 @@ from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from detrex_lite.data import DetrDatasetMapper, ImageReadError, detr_train_augmentation
+from detrex_lite.data import DetrDatasetMapper, ImageReadError, detr_train_augmentation, read_image
 
 
 def _record(file_name, image_id=5, height=32, width=48):
@@ -93,3 +93,26 @@ def test_worker_error_propagates_promptly(files):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() - start < 60
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_saturated(tmp_path):
+    values = np.array([[0, 4883, 39835, 65535]] * 8, dtype=np.uint16)  # (8, 4)
+    path = tmp_path / "depth16.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I;16"  # what made PIL's convert("RGB") clip at 255
+    image = read_image(str(path), "RGB")
+    assert image.dtype == np.uint8 and image.shape == (8, 4, 3)
+    expected = np.array([0, 19, 155, 255], dtype=np.uint8)  # round(v / 257)
+    assert (image == expected[None, :, None]).all()
+    record = _record(str(path), height=8, width=4)
+    out = DetrDatasetMapper(augmentation=[], is_train=False)(record)
+    assert out["image"][:, 0, :].tolist() == [expected.tolist()] * 3
+
+
+def test_float_image_is_refused_naming_file_and_mode(tmp_path):
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.full((32, 48), 0.5, dtype=np.float32)).save(path)
+    with pytest.raises(ImageReadError) as error:
+        _mapper()(_record(str(path), image_id=77))
+    assert str(path) in str(error.value) and "image_id=77" in str(error.value)
+    assert "image mode 'F' (32-bit float pixels) has no faithful 8-bit reading" in str(error.value)

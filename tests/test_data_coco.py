@@ -2,15 +2,17 @@
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.structures import BoxMode
 from PIL import Image
 
 from detrex_lite.config import num_classes_from_dataset
-from detrex_lite.data import load_coco_detection_json, register_coco_dataset
+from detrex_lite.data import DatasetError, build_coco_evaluator, load_coco_detection_json, register_coco_dataset
 
 
 def write_coco(folder, annotations=None, categories=None, images=None):
@@ -88,8 +90,14 @@ def test_register_checks_paths_and_names(tmp_path, registered):
         registered("bad_image_root", json_file, str(tmp_path / "no_images"))
     assert "bad_json_path" not in DatasetCatalog.list()
     registered("twice", json_file, image_root)
-    with pytest.raises(ValueError, match="already registered"):
-        register_coco_dataset("twice", json_file, image_root)
+    # The same registration again (a config file that registers its dataset, loaded twice) is a no-op...
+    register_coco_dataset("twice", json_file, image_root)
+    assert MetadataCatalog.get("twice").json_file == json_file
+    # ...another json under a taken name is an error naming both.
+    other_json = str(tmp_path / "other.json")
+    shutil.copy(json_file, other_json)
+    with pytest.raises(ValueError, match=f"already registered \\(json_file={json_file}"):
+        register_coco_dataset("twice", other_json, image_root)
 
 
 def test_empty_images_survive_filter_empty_false(tmp_path, registered):
@@ -152,3 +160,41 @@ def test_json_without_coco_structure(tmp_path, content, match):
     path.write_text(content)
     with pytest.raises(ValueError, match=match):
         load_coco_detection_json(str(path), str(tmp_path))
+
+
+def test_non_numeric_bbox_names_file_and_annotation(tmp_path):
+    json_file, image_root = write_coco(tmp_path, annotations=[
+        {"id": 7, "image_id": 12, "category_id": 3, "bbox": ["a", 2, 10, 20], "iscrowd": 0},
+    ])
+    with pytest.raises(DatasetError) as e:
+        load_coco_detection_json(json_file, image_root)
+    assert str(e.value) == (
+        f"{json_file}: annotation id 7 (image id 12) has bbox ['a', 2, 10, 20]; expected four numbers [x, y, w, h]"
+    )
+
+
+def test_evaluation_ground_truth_is_what_training_accepted(tmp_path, registered, caplog):
+    """A box the loader drops (zero size) must not count as a miss in evaluation, and a clipped
+    box is scored as clipped: ground truth fed as predictions scores AP = 100."""
+    from detectron2.structures import Boxes, Instances
+
+    json_file, image_root = write_coco(tmp_path, annotations=[
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0, "area": 200},
+        {"id": 2, "image_id": 11, "category_id": 3, "bbox": [20, 5, 0, 10], "iscrowd": 0, "area": 0},  # dropped
+        {"id": 3, "image_id": 12, "category_id": 5, "bbox": [30, 10, 40, 20], "iscrowd": 0, "area": 800},  # clipped
+    ])
+    registered("accepted_gt", json_file, image_root)
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.coco"):
+        evaluator = build_coco_evaluator("accepted_gt", output_dir=str(tmp_path / "eval"))
+    assert any("Evaluating 'accepted_gt' against the 2 annotations the loader accepted: 1 dropped as invalid "
+               "(annotation ids [2]), 1 clipped" in r.getMessage() for r in caplog.records)
+    evaluator.reset()
+    for record in get_detection_dataset_dicts("accepted_gt", filter_empty=False):
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]]
+        instances = Instances((record["height"], record["width"]))
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.int64)
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    results = evaluator.evaluate()
+    assert results["bbox"]["AP"] == pytest.approx(100.0)

@@ -1,4 +1,5 @@
 """Tiny Deformable DETR variants: training step, inference outputs, batch invariance, naming."""
+import collections
 import copy
 import math
 
@@ -6,10 +7,10 @@ import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 
-from detrex_lite.layers import PositionEmbeddingSine
+from detrex_lite.layers import LevelLayout, PositionEmbeddingSine
 from detrex_lite.modeling import ChannelMapper, HungarianMatcher, SetCriterion, build_resnet
 from projects.deformable_detr.modeling import DeformableDETR, DeformableTransformer
-from projects.deformable_detr.modeling import DeformableTransformerEncoder
+from projects.deformable_detr.modeling import DeformableTransformerEncoder, box_from_delta
 
 NUM_CLASSES = 3
 D = 32
@@ -176,7 +177,7 @@ def test_official_initialisation():
 def test_encoder_reference_points_match_official_formula():
     spatial_shapes = torch.tensor([[6, 8], [3, 4]])
     valid = torch.tensor([[[8.0, 5.0], [4.0, 3.0]], [[6.0, 6.0], [3.0, 3.0]]])  # (N, L, (w, h))
-    got = DeformableTransformerEncoder.get_reference_points(spatial_shapes, valid)
+    got = DeformableTransformerEncoder.get_reference_points(LevelLayout.from_sizes([(6, 8), (3, 4)], "cpu"), valid)
     ratios = valid / spatial_shapes.flip(-1)[None].float()
     refs = []
     for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
@@ -196,12 +197,53 @@ def test_box_refinement_moves_references_and_one_stage_does_not():
         images = model.preprocess_image(make_inputs(1))
         features, masks = model.extract_features(images)
         pos = [model.position_embedding(m) for m in masks]
-        out = model.transformer(features, masks, pos, model.query_embed.weight, bbox_embed=model.bbox_embed if refine else None)
-        assert out.inter_references.shape == (2, 1, 8, 4 if refine else 2)
-        if refine:
-            assert not torch.allclose(out.inter_references[0, ..., :2], out.init_reference)
+        with torch.no_grad():
+            out = model.transformer(
+                features, masks, pos, model.query_embed.weight, bbox_embed=model.bbox_embed, refine=refine
+            )
+        assert out.hs.shape == (2, 1, 8, D) and out.boxes.shape == (2, 1, 8, 4)
+        # Each layer's boxes are its box head relative to its reference.
+        for layer, (hs, ref) in enumerate(zip(out.hs, out.references)):
+            torch.testing.assert_close(out.boxes[layer], box_from_delta(model.bbox_embed[layer](hs), ref))
+        if refine:  # layer 1 starts from layer 0's boxes
+            assert torch.equal(out.references[1], out.boxes[0])
+            assert not torch.allclose(out.references[1][..., :2], out.references[0])
         else:
-            assert torch.equal(out.inter_references[1], out.init_reference)
+            assert torch.equal(out.references[1], out.references[0])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_heads_run_once_and_eval_computes_only_the_last_layer(variant):
+    """Training: a class and a box head once per decoder layer (+ the proposal heads on every
+    token for two-stage); eval: one class head (the last layer's), box heads only where they
+    refine references or give the last boxes, and for two-stage the proposal box head only on
+    the selected tokens (the proposal class head not at all: objectness is one of its rows)."""
+    model = tiny_model(*VARIANTS[variant])
+    calls = collections.Counter()
+    for kind in ("class_embed", "bbox_embed"):
+        for head in {id(m): m for m in getattr(model, kind)}.values():  # shared heads: hook once
+            head.register_forward_hook(lambda m, args, out, kind=kind: calls.update([(kind, args[0].shape[1])]))
+    layers, queries, refine = model.transformer.decoder.num_layers, model.num_queries, model.with_box_refine
+    inputs = make_inputs(2)
+    tokens = None
+    if model.as_two_stage:
+        features, _ = model.extract_features(model.preprocess_image(inputs))
+        tokens = sum(f.shape[-2] * f.shape[-1] for f in features)
+
+    model.train()
+    model(inputs)
+    expected = collections.Counter({("class_embed", queries): layers, ("bbox_embed", queries): layers})
+    if model.as_two_stage:
+        expected.update([("class_embed", tokens), ("bbox_embed", tokens)])
+    assert calls == expected
+    calls.clear()
+    model.eval()
+    with torch.no_grad():
+        model(inputs)
+    expected = collections.Counter({("class_embed", queries): 1, ("bbox_embed", queries): layers if refine else 1})
+    if model.as_two_stage:
+        expected.update([("bbox_embed", queries)])  # the proposal box head on the selected tokens
+    assert calls == expected
 
 
 def test_feature_masks_are_exact():

@@ -15,9 +15,8 @@ from detrex_lite.export.onnx_export import (
     check_onnx_parity,
     export_onnx,
     prepare_export_inputs,
-    pytorch_deform_attn,
 )
-from detrex_lite.layers import MultiScaleDeformableAttention
+from detrex_lite.layers import LevelLayout, MultiScaleDeformableAttention, attention_backend
 from detrex_lite.layers.ms_deform_attn_function import extension_available
 from tools_tiny_models import load_tool, save_config, tiny_deformable_detr_config, tiny_detr_config
 
@@ -29,9 +28,9 @@ def _build(variant):
     torch.manual_seed(0)
     model = instantiate(cfg.model).eval()
     # Spread the class scores (the focal prior makes them all ~0.01): distinct top-k scores.
-    heads = model.class_embed if isinstance(model.class_embed, torch.nn.ModuleList) else [model.class_embed]
-    for head in heads:
-        torch.nn.init.normal_(head.bias, std=2.0)
+    for name, p in model.named_parameters():
+        if name.startswith("class_embed") and name.endswith("bias"):
+            torch.nn.init.normal_(p, std=2.0)
     return cfg, model
 
 
@@ -84,6 +83,22 @@ def test_level_shapes_are_ints_in_eager_mode_and_traced_values_when_tracing():
     traced = torch.jit.trace(areas, (shapes,), check_trace=False)
     # A graph that recorded the sizes as constants would return 120, 30 again.
     assert traced(torch.tensor([[3, 4], [1, 7]])).tolist() == [12, 7]
+
+
+def test_level_layout_sizes_are_ints_in_eager_mode_and_traced_values_when_tracing():
+    maps = [torch.zeros(1, 2, 12, 10), torch.zeros(1, 2, 6, 5)]
+    layout = LevelLayout.from_features(maps)
+    assert layout.sizes == ((12, 10), (6, 5)) and all(type(v) is int for hw in layout.sizes for v in hw)
+    assert layout.spatial_shapes.tolist() == [[12, 10], [6, 5]] and layout.level_start_index.tolist() == [0, 120]
+
+    def describe(a, b):
+        layout = LevelLayout.from_features([a, b])
+        areas = torch.stack([h * w for h, w in layout.sizes])
+        return areas, layout.spatial_shapes, layout.level_start_index
+
+    traced = torch.jit.trace(describe, tuple(maps), check_trace=False)
+    areas, shapes, starts = traced(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 1, 7))
+    assert areas.tolist() == [12, 7] and shapes.tolist() == [[3, 4], [1, 7]] and starts.tolist() == [0, 12]
 
 
 @pytest.mark.parametrize("variant", ["two_stage", "detr"])
@@ -155,7 +170,7 @@ def test_reference_path_is_traced_during_export():
         traced = torch.jit.trace(Call(), (query, value, refs), check_trace=False)
         return {node.kind() for node in traced.inlined_graph.nodes()}
 
-    with pytorch_deform_attn():
+    with attention_backend(attn, "pytorch"):
         kinds = trace_kinds()
         expected = attn(query, value=value, reference_points=refs, spatial_shapes=shapes, level_start_index=starts)
     assert "aten::grid_sampler" in kinds

@@ -187,3 +187,91 @@ def test_cpu_float32_locations_are_not_rounded(value_dtype):
 def test_empty_queries():
     value, shapes, starts, loc, attn = make_inputs(queries=0)
     assert ms_deform_attn(value, shapes, starts, loc, attn).shape == (2, 0, 8)
+
+
+def non_finite_inputs(dtype=torch.float64, device="cpu"):
+    """Inputs with NaN / infinite locations and weights, on and off the maps, in some rows."""
+    value, shapes, starts, loc, attn = make_inputs(batch=2, heads=2, channels=8, queries=8, points=2, dtype=dtype)
+    nan, inf = float("nan"), float("inf")
+    loc[0, 0, 0, 0, 0, 0] = nan  # x NaN
+    loc[0, 1, 1, 1, 1, 1] = inf  # y +inf
+    loc[1, 2, 0, 0, 1, 0] = -inf
+    loc[1, 3, 1, 0, 0] = nan  # both
+    attn[0, 4, 0, 1, 0] = nan  # weight NaN on the map
+    loc[0, 5, 1, 0, 1] = 3.0  # off the map with a NaN weight: the reference's 0 * NaN
+    attn[0, 5, 1, 0, 1] = nan
+    loc[1, 6, 0, 1, 0] = -2.0  # off the map with an infinite weight: 0 * inf
+    attn[1, 6, 0, 1, 0] = inf
+    loc[1, 7, 1, 0, 0, 0] = 1e30  # finite, far off the map: zero, not NaN
+    return [t.to(device) for t in (value, shapes, starts, loc, attn)]
+
+
+def assert_same_non_finite_semantics(out, grads, ref, ref_grads, tol=1e-10):
+    """NaN in, NaN out: the output's NaN entries are the reference's, and so are the weight
+    gradient's; a location gradient is NaN (both coordinates) where the reference's pair has a
+    NaN; everything else matches."""
+    def close(a, b, what):
+        assert torch.equal(a.isnan(), b.isnan()), f"{what}: NaN positions differ from the reference"
+        keep = ~b.isnan()
+        torch.testing.assert_close(a.double()[keep], b.double()[keep], rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
+
+    assert out.isnan().any(), "the inputs must poison some rows"
+    close(out, ref, "output")
+    close(grads[0], ref_grads[0], "grad value")
+    ref_loc_nan = ref_grads[1].isnan().any(-1, keepdim=True).expand_as(ref_grads[1])
+    close(grads[1], torch.where(ref_loc_nan, float("nan"), ref_grads[1].double()), "grad locations")
+    close(grads[2], ref_grads[2], "grad weights")
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_non_finite_locations_and_weights_match_reference(dtype, tol):
+    inputs = non_finite_inputs(dtype)
+    grad_out = torch.randn(2, 8, 16, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    out, grads = _grads(lambda v, s, i, l, a: ms_deform_attn(v, s, i, l, a), inputs, grad_out)
+    ref, ref_grads = _grads(_reference, inputs, grad_out)
+    assert_same_non_finite_semantics(out, grads, ref, ref_grads, tol)
+
+
+def seam_locations(size: int, dtype=torch.float32):
+    """Locations x in [0, 1] for which loc * size - 0.5 lands in a different bilinear cell when the
+    product is rounded before the subtraction than with one fused multiply-add (nvcc's and GCC's
+    contraction), with the cell the op must pick: floor(fl(fl(x * size) - 0.5))."""
+    import numpy as np
+
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    found, cells = [], []
+    for k in range(1, size):
+        centre = np_dtype((k + 0.5) / size)
+        x = centre
+        for _ in range(8):  # a few ulps either side of the pixel centre
+            for cand in (x, np.nextafter(x, np_dtype(0))):
+                exact = float(cand) * size  # exact in float64 for a float32 cand
+                two_roundings = np.floor(np_dtype(np_dtype(cand * np_dtype(size)) - np_dtype(0.5)))
+                fused = np.floor(np_dtype(exact - 0.5)) if dtype == torch.float32 else None
+                if fused is not None and fused != two_roundings:
+                    found.append(float(cand))
+                    cells.append(int(two_roundings))
+            x = np.nextafter(x, np_dtype(1))
+    return found, cells
+
+
+@needs_ext
+def test_seam_cell_is_the_twice_rounded_one():
+    """A coordinate within an ulp of a pixel centre: the op rounds loc * W, then subtracts 0.5
+    (no fused multiply-add), so the cell, and with it the location gradient, is
+    floor(fl(fl(x * W) - 0.5)) on every machine (the CUDA kernels use __fmul_rn / __fsub_rn)."""
+    width = 167
+    xs, cells = seam_locations(width)
+    assert len(xs) >= 3, "no seam location found: the test could not fail"
+    # One row of pixels with value x^2 at pixel x: each cell has its own slope 2x + 1.
+    value = (torch.arange(width, dtype=torch.float32) ** 2).view(1, width, 1, 1)
+    shapes = torch.tensor([[1, width]])
+    starts = torch.tensor([0])
+    loc = torch.tensor([[x, 0.5] for x in xs], dtype=torch.float32).view(1, len(xs), 1, 1, 1, 2).requires_grad_()
+    attn = torch.ones(1, len(xs), 1, 1, 1)
+    out = ms_deform_attn(value, shapes, starts, loc, attn)
+    (grad_loc,) = torch.autograd.grad(out.sum(), loc)
+    slope = grad_loc[0, :, 0, 0, 0, 0] / width  # value[x0 + 1] - value[x0] = 2 * x0 + 1
+    torch.testing.assert_close(slope, torch.tensor([2.0 * c + 1 for c in cells]), rtol=0, atol=1e-3)
+

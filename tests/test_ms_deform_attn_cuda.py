@@ -5,7 +5,14 @@ import torch
 from detrex_lite.layers import ms_deform_attn_function as msda
 from detrex_lite.layers.ms_deform_attn_function import ms_deform_attn, ms_deform_attn_pytorch
 
-from test_ms_deform_attn import CASES, assert_matches_float64_reference, make_inputs
+from test_ms_deform_attn import (
+    CASES,
+    assert_matches_float64_reference,
+    assert_same_non_finite_semantics,
+    make_inputs,
+    non_finite_inputs,
+    seam_locations,
+)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -134,3 +141,124 @@ def test_cuda_compile():
     compiled = torch.compile(lambda v, l, a: ms_deform_attn(v, shapes, starts, l, a), backend="aot_eager",
                              fullgraph=True)
     torch.testing.assert_close(compiled(value, loc, attn), ms_deform_attn_pytorch(value, shapes, loc, attn))
+
+
+# The model's own kernel instance (L = 4, P = 4, D = 32, M = 8), 2 x 150 queries: many blocks.
+MODEL_SHAPE = dict(batch=2, heads=8, channels=32, queries=150, points=4,
+                   levels=((25, 42), (13, 21), (7, 11), (4, 6)))
+KERNELS = ["auto", "generic", "scalar", "index64"]  # DETREX_LITE_MSDA_CUDA_KERNEL
+MODEL_DTYPES = {  # value dtype, locations/weights dtype, tolerance
+    "float64": (torch.float64, torch.float64, 1e-10),
+    "float32": (torch.float32, torch.float32, 1e-5),
+    "float16": (torch.float16, torch.float16, 1e-2),
+    "bfloat16": (torch.bfloat16, torch.bfloat16, 2e-2),
+    "float16+fp32_locations": (torch.float16, torch.float32, 1e-2),
+    "bfloat16+fp32_locations": (torch.bfloat16, torch.float32, 2e-2),
+}
+
+
+def _raw_op_vs_reference(inputs64, value_dtype, sample_dtype, tol, misalign=False):
+    """The raw operators on rounded inputs against the float64 reference on the same inputs.
+    Location gradients of samples within 1e-4 px of a cell seam are left out (the float64
+    reference may pick the other cell there). `misalign`: value and grad_output are views that
+    start one element into their buffers (buf[1:]), as a slice of a larger tensor may."""
+    value, shapes, starts, loc, attn = inputs64
+    g = torch.Generator(device="cuda").manual_seed(1)
+    grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3], device="cuda",
+                           dtype=torch.float64, generator=g)
+    value_q, loc_q, attn_q, grad_q = value.to(value_dtype), loc.to(sample_dtype), attn.to(sample_dtype), grad_out.to(value_dtype)
+    if misalign:
+        def shifted(t):
+            buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+            view = buf[1:].view(t.shape)
+            view.copy_(t)
+            return view
+        value_q, grad_q = shifted(value_q), shifted(grad_q)
+        assert value_q.data_ptr() % 16 != 0
+    out = torch.ops.detrex_lite.ms_deform_attn_forward(value_q, shapes, starts, loc_q, attn_q, 64)
+    grads = torch.ops.detrex_lite.ms_deform_attn_backward(value_q, shapes, starts, loc_q, attn_q, grad_q, 64)
+    leaves = [t.double().requires_grad_() for t in (value_q, loc_q, attn_q)]
+    ref = ms_deform_attn_pytorch(leaves[0], shapes, leaves[1], leaves[2])
+    ref_grads = torch.autograd.grad(ref, leaves, grad_q.double())
+    assert out.dtype == value_dtype and [g.dtype for g in grads] == [value_dtype, sample_dtype, sample_dtype]
+    scale = max(1.0, ref.abs().max().item())
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=tol, atol=tol * scale)
+    wh = shapes.flip(-1).double()[None, None, None, :, None, :]
+    pixel = loc_q.double() * wh - 0.5
+    on_seam = ((pixel - pixel.round()).abs() < 1e-4).any(-1, keepdim=True).expand_as(pixel)
+    for name, g, r in zip(("value", "locations", "weights"), grads, ref_grads):
+        if name == "locations":
+            g, r = g.double().masked_fill(on_seam, 0), r.masked_fill(on_seam, 0)
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(g.double(), r, rtol=10 * tol, atol=10 * tol * scale,
+                                   msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", sorted(MODEL_DTYPES))
+def test_cuda_model_shape_every_dtype_and_kernel(monkeypatch, kernel, dtype):
+    """L = P = 4, D = 32, M = 8 over many blocks, in every dtype and every kernel instance."""
+    monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", kernel)
+    _raw_op_vs_reference(make_inputs(device="cuda", **MODEL_SHAPE), *MODEL_DTYPES[dtype])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16+fp32_locations", "float64"])
+def test_cuda_model_shape_misaligned_view(monkeypatch, kernel, dtype):
+    """value and grad_output start 1 element into their buffers: the scalar path, no fault."""
+    monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", kernel)
+    _raw_op_vs_reference(make_inputs(device="cuda", **MODEL_SHAPE), *MODEL_DTYPES[dtype], misalign=True)
+
+
+@pytest.mark.parametrize("channels", [48, 64])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16+fp32_locations", "float16"])
+def test_cuda_d48_d64(monkeypatch, channels, kernel, dtype):
+    monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", kernel)
+    _raw_op_vs_reference(make_inputs(device="cuda", **dict(MODEL_SHAPE, channels=channels)), *MODEL_DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_cuda_non_finite_inputs_match_reference(dtype, tol):
+    inputs = non_finite_inputs(dtype, device="cuda")
+    grad_out = torch.randn(2, 8, 16, dtype=dtype, generator=torch.Generator().manual_seed(3)).cuda()
+    out, grads = _run(_native, inputs, grad_out)
+    ref, ref_grads = _run(_reference, inputs, grad_out)
+    assert_same_non_finite_semantics(out, grads, ref, ref_grads, tol)
+
+
+def test_cuda_seam_cell_is_the_twice_rounded_one():
+    """nvcc must not contract loc * W - 0.5 into one FMA (device::mul_sub_rn): the cell next to
+    a pixel centre is the CPU kernel's."""
+    width = 167
+    xs, cells = seam_locations(width)
+    value = (torch.arange(width, dtype=torch.float32, device="cuda") ** 2).view(1, width, 1, 1)
+    loc = torch.tensor([[x, 0.5] for x in xs], dtype=torch.float32, device="cuda").view(1, len(xs), 1, 1, 1, 2)
+    attn = torch.ones(1, len(xs), 1, 1, 1, device="cuda")
+    shapes, starts = torch.tensor([[1, width]], device="cuda"), torch.tensor([0], device="cuda")
+    _, grad_loc, _ = torch.ops.detrex_lite.ms_deform_attn_backward(
+        value, shapes, starts, loc, attn, torch.ones(1, len(xs), 1, device="cuda"), 64)
+    slope = grad_loc[0, :, 0, 0, 0, 0].cpu() / width
+    torch.testing.assert_close(slope, torch.tensor([2.0 * c + 1 for c in cells]), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("layout_device", ["cuda", "cpu"])
+def test_cuda_inconsistent_layout_is_an_error_and_the_gpu_stays_usable(layout_device):
+    """A layout on the GPU is bounds-tested in the kernels (error flag raised after the launch);
+    on the CPU it is checked before the launch. Either way: RuntimeError, no fault, and the next
+    call works (no sticky CUDA error)."""
+    value, shapes, starts, loc, attn = make_inputs(device="cuda", dtype=torch.float32)
+    grad_out = torch.ones(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3], device="cuda")
+    bad = [(torch.tensor([[10_000, 1_000], [3, 5]]), starts.cpu()), (shapes.cpu(), torch.tensor([0, 10**9])),
+           (torch.tensor([[2**40, 2**40], [3, 5]]), starts.cpu()), (shapes.cpu(), torch.tensor([-7, 24]))]
+    for bad_shapes, bad_starts in bad:
+        bad_shapes, bad_starts = bad_shapes.to(layout_device), bad_starts.to(layout_device)
+        with pytest.raises(RuntimeError, match="spatial_shapes|level_start_index"):
+            torch.ops.detrex_lite.ms_deform_attn_forward(value, bad_shapes, bad_starts, loc, attn, 64)
+        with pytest.raises(RuntimeError, match="spatial_shapes|level_start_index"):
+            torch.ops.detrex_lite.ms_deform_attn_backward(value, bad_shapes, bad_starts, loc, attn, grad_out, 64)
+    torch.cuda.synchronize()
+    out = torch.ops.detrex_lite.ms_deform_attn_forward(value, shapes.to(layout_device), starts.to(layout_device),
+                                                        loc, attn, 64)
+    torch.testing.assert_close(out, ms_deform_attn_pytorch(value, shapes, loc, attn), rtol=1e-5, atol=1e-5)
+

@@ -16,14 +16,16 @@ import torch
 from detrex_lite.data.demo_dataset import default_cache_root
 from detrex_lite.layers.ms_deform_attn_function import ms_deform_attn_pytorch
 
-from test_ms_deform_attn import make_inputs
+from test_ms_deform_attn import assert_same_non_finite_semantics, make_inputs, non_finite_inputs, seam_locations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = [
     os.path.join(ROOT, "tests", "cuda_emulation", "emulated_ops.cpp"),
     os.path.join(ROOT, "tests", "cuda_emulation", "emulated_device.h"),
     os.path.join(ROOT, "csrc", "cuda", "ms_deform_attn_kernels.cuh"),
+    os.path.join(ROOT, "csrc", "cuda", "device_primitives.cuh"),
     os.path.join(ROOT, "csrc", "cuda", "pack.h"),
+    os.path.join(ROOT, "csrc", "ms_deform_attn_layout.h"),
 ]
 
 
@@ -43,8 +45,10 @@ def emulated():
         return cpp_extension.load(
             name=f"detrex_lite_cuda_emulation_{digest}",
             sources=[SOURCES[0]],
-            extra_include_paths=[os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "tests", "cuda_emulation")],
-            extra_cflags=["-O1", "-DDETREX_LITE_CUDA_EMULATION"],
+            extra_include_paths=[os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "csrc"),
+                                 os.path.join(ROOT, "tests", "cuda_emulation")],
+            # No contraction: the emulator rounds a * b - c twice, as __fmul_rn / __fsub_rn do.
+            extra_cflags=["-O1", "-ffp-contract=off", "-DDETREX_LITE_CUDA_EMULATION"],
             build_directory=build_dir,
             verbose=False,
         )
@@ -64,6 +68,11 @@ SHAPES = {
     "d33_odd": dict(batch=1, heads=2, channels=33, queries=2, points=2),
     "far_outside": dict(batch=1, heads=2, channels=8, queries=6, points=2, spread=(-2.0, 3.0)),
 }
+
+# The model's own instance: L = 4, P = 4, D = 32, M = 8. `queries` is chosen per test so that the
+# rows just fill two 256-thread blocks (the emulator runs every thread: more would be slow).
+MODEL_SHAPE = dict(batch=1, heads=8, channels=32, queries=1, points=4, levels=((6, 5), (3, 3), (2, 2), (1, 1)))
+THREADS_PER_BLOCK = 256
 
 DTYPES = {  # value dtype, locations/weights dtype, tolerance
     "float64": (torch.float64, torch.float64, 1e-10),
@@ -167,3 +176,95 @@ def test_kernel_choice_typo_is_an_error(emulated, monkeypatch):
     monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", "vectorised")
     with pytest.raises(RuntimeError, match="auto, generic, scalar or index64, got 'vectorised'"):
         emulated.kernel_choice_from_env()
+
+
+def _blocks(emulated, value, loc, choice="auto", misalign=False):
+    _, lanes, _, _ = emulated.plan(value, loc, misalign, choice)
+    rows = value.shape[0] * loc.shape[1] * value.shape[2]
+    return -(-rows * lanes // THREADS_PER_BLOCK)
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_emulated_model_shape_several_blocks(emulated, dtype):
+    """L = P = 4, D = 32, M = 8 (Deformable DETR's kernel instance) over several blocks."""
+    value_dtype = DTYPES[dtype][0]
+    value, _, _, loc, _ = make_inputs(**MODEL_SHAPE)
+    _, lanes, _, _ = emulated.plan(value.to(value_dtype), loc, False, "auto")
+    inputs = make_inputs(**dict(MODEL_SHAPE, queries=THREADS_PER_BLOCK // (lanes * 8) + 1))
+    assert _blocks(emulated, inputs[0].to(value_dtype), inputs[3]) == 2
+    assert emulated.plan(inputs[0].to(value_dtype), inputs[3], False, "auto")[2], "the specialised L=P=4 kernel"
+    _check(emulated, inputs, *DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16+fp32_locations"])
+def test_emulated_index64_several_blocks(emulated, dtype):
+    """The 64-bit-index instance over several blocks (32 lanes per row: 2 blocks here)."""
+    inputs = make_inputs(**dict(MODEL_SHAPE, queries=2))
+    value_dtype = DTYPES[dtype][0]
+    assert emulated.plan(inputs[0].to(value_dtype), inputs[3], False, "index64")[3] is False
+    assert _blocks(emulated, inputs[0].to(value_dtype), inputs[3], "index64") == 2
+    _check(emulated, inputs, *DTYPES[dtype], choice="index64")
+
+
+def _bad_layouts(shapes, starts):
+    """Layouts inconsistent with value's S = 39 (levels (6, 4), (3, 5)) that would index outside value."""
+    return {
+        "huge_level": (torch.tensor([[10_000, 1_000], [3, 5]]), starts),
+        "start_past_S": (shapes, torch.tensor([0, 100])),
+        "negative_start": (shapes, torch.tensor([-5, 24])),
+        "negative_width": (torch.tensor([[6, -4], [3, 5]]), starts),
+        "overflowing_area": (torch.tensor([[2**40, 2**40], [3, 5]]), starts),
+        "h_beyond_int32": (torch.tensor([[2**33, 1], [3, 5]]), starts),
+        "last_level_past_S": (torch.tensor([[6, 4], [4, 5]]), starts),
+    }
+
+
+@pytest.mark.parametrize("layout_check", ["kernel", "host"])
+@pytest.mark.parametrize("choice", ["auto", "index64"])
+def test_emulated_inconsistent_layout_never_leaves_value(emulated, layout_check, choice):
+    """A layout that disagrees with value: with the layout on the GPU ("kernel") the kernels'
+    bounds test skips the level (every access is checked by the emulator: none leaves its
+    tensor) and the host raises the flag after the launch; on the CPU ("host") the host check
+    refuses it before any launch."""
+    value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
+    grad_out = torch.ones(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3])
+    message = "outside value's S" if layout_check == "kernel" else "spatial_shapes|level_start_index"
+    for name, (bad_shapes, bad_starts) in _bad_layouts(shapes, starts).items():
+        with pytest.raises(RuntimeError, match=message) as forward_error:
+            emulated.forward(value, bad_shapes, bad_starts, loc, attn, False, choice, layout_check)
+        with pytest.raises(RuntimeError, match=message) as backward_error:
+            emulated.backward(value, bad_shapes, bad_starts, loc, attn, grad_out, False, choice, layout_check)
+        for error in (forward_error, backward_error):
+            assert "emulated CUDA kernel failed" not in str(error.value), f"{name}: {error.value}"
+    # The consistent layout passes the same way (the flag stays 0).
+    out = emulated.forward(value, shapes, starts, loc, attn, False, choice, layout_check)
+    torch.testing.assert_close(out, ms_deform_attn_pytorch(value, shapes, loc, attn), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_emulated_non_finite_inputs_match_reference(emulated, dtype, tol):
+    """NaN / infinite locations and weights: NaN where the reference gives NaN (docs/ops.md)."""
+    value, shapes, starts, loc, attn = non_finite_inputs(dtype)
+    grad_out = torch.randn(2, 8, 16, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    out = emulated.forward(value, shapes, starts, loc, attn)
+    grads = emulated.backward(value, shapes, starts, loc, attn, grad_out)
+    leaves = [t.clone().requires_grad_() for t in (value, loc, attn)]
+    ref = ms_deform_attn_pytorch(leaves[0], shapes, leaves[1], leaves[2])
+    ref_grads = torch.autograd.grad(ref, leaves, grad_out)
+    assert_same_non_finite_semantics(out, grads, ref.detach(), ref_grads, tol)
+
+
+def test_emulated_seam_cell_is_the_twice_rounded_one(emulated):
+    """The CUDA kernels' pixel coordinate (device::mul_sub_rn: __fmul_rn then __fsub_rn) picks the
+    CPU kernel's cell next to a pixel centre. The emulator rounds as those intrinsics do; whether
+    nvcc keeps them apart is checked on a GPU (tests/test_ms_deform_attn_cuda.py)."""
+    width = 167
+    xs, cells = seam_locations(width)
+    value = (torch.arange(width, dtype=torch.float32) ** 2).view(1, width, 1, 1)
+    loc = torch.tensor([[x, 0.5] for x in xs], dtype=torch.float32).view(1, len(xs), 1, 1, 1, 2)
+    attn = torch.ones(1, len(xs), 1, 1, 1)
+    _, grad_loc, _ = emulated.backward(value, torch.tensor([[1, width]]), torch.tensor([0]), loc, attn,
+                                       torch.ones(1, len(xs), 1))
+    slope = grad_loc[0, :, 0, 0, 0, 0] / width
+    torch.testing.assert_close(slope, torch.tensor([2.0 * c + 1 for c in cells]), rtol=0, atol=1e-3)
+

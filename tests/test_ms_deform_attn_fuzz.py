@@ -1,9 +1,16 @@
-"""Fuzzing of ms_deform_attn's input validation (hypothesis).
+"""Fuzzing of ms_deform_attn's input validation (hypothesis), and of the raw compiled operators.
 
 Random shapes, then at most one corruption of one argument: a corrupted call must raise
 ValueError (never another exception, a crash or an out-of-bounds read), and an uncorrupted
-call, contiguous or not, must equal the pure-PyTorch reference.
+call, contiguous or not, must equal the pure-PyTorch reference. The raw operators
+(torch.ops.detrex_lite.ms_deform_attn_forward / _backward, no Python checks in front) get random
+inconsistent layouts in a subprocess, which must survive.
 """
+import re
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -146,3 +153,68 @@ def test_validation_fuzz(problem):
     # "value_S" with a single 1x1 level and such: every corruption above breaks an invariant.
     with pytest.raises(ValueError, match="ms_deform_attn: "):
         ms_deform_attn(**bad)
+
+
+# Runs in a subprocess: a segfault or heap corruption there fails the test instead of the run.
+RAW_OPS_FUZZ = textwrap.dedent(
+    """
+    import random, sys
+    import torch
+    from detrex_lite.layers import ms_deform_attn_function as msda
+    assert msda.extension_available("cpu")
+    fwd, bwd = torch.ops.detrex_lite.ms_deform_attn_forward, torch.ops.detrex_lite.ms_deform_attn_backward
+    rng = random.Random(int(sys.argv[1]))
+    torch.manual_seed(int(sys.argv[1]))
+    SIZES = [0, 1, 2, 3, 5, -1, -3, 10_000, 10_000_000, 2**31, 2**40, 2**62, -(2**63)]
+    errors = correct = 0
+    for case in range(int(sys.argv[2])):
+        n, m, d, lq, p = (rng.randint(1, 3) for _ in range(5))
+        levels = [(rng.randint(1, 4), rng.randint(1, 4)) for _ in range(rng.randint(1, 3))]
+        s = sum(h * w for h, w in levels)
+        value = torch.randn(n, s, m, d, dtype=torch.float64)
+        loc = torch.rand(n, lq, m, len(levels), p, 2, dtype=torch.float64) * 1.4 - 0.2
+        attn = torch.rand(n, lq, m, len(levels), p, dtype=torch.float64)
+        shapes = torch.tensor(levels, dtype=torch.int64)
+        starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
+        kind = rng.choice(["shape_entry", "start_entry", "both", "swap", "value_S", "none"])
+        if kind in ("shape_entry", "both"):
+            shapes[rng.randrange(len(levels)), rng.randrange(2)] = rng.choice(SIZES)
+        if kind in ("start_entry", "both"):
+            starts[rng.randrange(len(levels))] = rng.choice(SIZES + [s, s - 1, s + 1])
+        if kind == "swap":
+            shapes = shapes.flip(1)
+        if kind == "value_S":
+            value = value[:, : rng.randint(0, s)]
+        consistent = (shapes > 0).all() and int(shapes.prod(1).sum()) == value.shape[1] and torch.equal(
+            starts, torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]]))
+        grad = torch.randn(n, lq, m * d, dtype=torch.float64)
+        try:
+            out = fwd(value, shapes, starts, loc, attn, 64)
+            grads = bwd(value, shapes, starts, loc, attn, grad, 64)
+        except RuntimeError as e:
+            assert "spatial_shapes" in str(e) or "level_start_index" in str(e), (kind, str(e))
+            errors += 1
+            continue
+        assert consistent, f"case {case} ({kind}): {shapes.tolist()} {starts.tolist()} S={value.shape[1]} accepted"
+        ref = msda.ms_deform_attn_pytorch(value, shapes, loc, attn)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        assert all(torch.isfinite(g).all() for g in grads)
+        correct += 1
+    print(f"survived: {errors} errors, {correct} correct results")
+    """
+)
+
+
+def test_raw_ops_survive_inconsistent_layouts():
+    """Issue: an inconsistent spatial_shapes / level_start_index made the raw operators read and
+    write outside their tensors (segfault, heap corruption). Every call must now raise a
+    RuntimeError naming the layout, or, when the layout happens to be consistent, be right."""
+    from detrex_lite.layers import ms_deform_attn_function as msda
+
+    if not msda.extension_available("cpu"):
+        pytest.skip("detrex_lite._C is not built")
+    proc = subprocess.run([sys.executable, "-c", RAW_OPS_FUZZ, "0", "300"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    errors, correct = (int(w) for w in re.findall(r"(\d+) (?:errors|correct)", proc.stdout))
+    assert errors > 150 and correct > 20, proc.stdout
+

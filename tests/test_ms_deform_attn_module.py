@@ -175,14 +175,12 @@ def _spy_on_op(monkeypatch):
     """Records (value, locations, weights, output) dtypes of each ms_deform_attn call the module makes."""
     calls = []
 
-    def spy(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
-        out = msda.ms_deform_attn(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
-        )
+    def spy(value, layout, sampling_locations, attention_weights, im2col_step, backend):
+        out = msda.ms_deform_attn_with_layout(value, layout, sampling_locations, attention_weights, im2col_step, backend)
         calls.append((value.dtype, sampling_locations.dtype, attention_weights.dtype, out.dtype))
         return out
 
-    monkeypatch.setattr(msda_module, "ms_deform_attn", spy)
+    monkeypatch.setattr(msda_module, "ms_deform_attn_with_layout", spy)
     return calls
 
 

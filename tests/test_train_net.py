@@ -160,3 +160,38 @@ def test_two_cpu_processes_with_gloo(tmp_path):
     assert [m["iteration"] for m in read_metrics(out) if "total_loss" in m] == [0, 1, 2, 3]
     assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_final.pth"]
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_num_gpus_below_one_is_an_error(value, capsys, tmp_path):
+    rc = _train_net_module().cli(["--config-file", TOY_CONFIG, "--num-gpus", value, f"train.output_dir={tmp_path}"])
+    assert rc == 2
+    assert capsys.readouterr().err == (
+        f"train_net: error: --num-gpus {value}: expected at least 1 (processes per machine; on a CPU-only "
+        "machine 1 or more CPU processes)\n"
+    )
+    assert not os.listdir(tmp_path)
+
+
+def test_dataset_registered_in_the_config_file(tmp_path):
+    """The simplest way to train on your own data: register it at the top of the config file
+    (train_net runs the file once per process, and registering the same files again is a no-op)."""
+    from tests.test_data_coco import write_coco
+
+    json_file, image_root = write_coco(tmp_path / "data")
+    config = tmp_path / "my_config.py"
+    config.write_text(
+        "from detectron2.config import LazyConfig\n"
+        "from detrex_lite.data import register_coco_dataset\n\n"
+        f"register_coco_dataset('config_file_dataset', {json_file!r}, {image_root!r})\n"
+        f"_base = LazyConfig.load({TOY_CONFIG!r})\n"
+        "model, optimizer, lr_multiplier, train, dataloader = (\n"
+        "    _base.model, _base.optimizer, _base.lr_multiplier, _base.train, _base.dataloader)\n"
+        "dataloader.train.dataset.names = 'config_file_dataset'\n"
+        "dataloader.pop('evaluator')\n"
+    )
+    out = str(tmp_path / "run")
+    proc = run_train_net("--config-file", str(config), f"train.output_dir={out}", "train.max_iter=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
+    assert ckpt["model"]["class_head.weight"].shape[0] == 3 + 1  # the dataset's 3 classes + "no object"

@@ -97,3 +97,125 @@ def test_sigkill_during_save_and_at_random_then_resume(tmp_path):
     assert final_iter == end
     assert _adam_steps(ckpt) == {end + 1}  # one optimizer step per iteration over the three runs
     assert not [n for n in os.listdir(out) if ".tmp." in n]  # the killed runs' temporaries are gone
+
+
+# ------------------------------------------------------------------ SIGTERM / SIGUSR1 / Ctrl-C
+FIXED_BATCH_CONFIG = os.path.join(REPO, "tests", "configs", "toy_detector_fixed_batch.py")
+
+
+def _fixed_cmd(out, *extra, resume=False):
+    return [sys.executable, TRAIN_NET, *(["--resume"] if resume else []), "--config-file", FIXED_BATCH_CONFIG,
+            f"train.output_dir={out}", "train.log_period=1", *extra]
+
+
+def _rows(out):
+    import json
+
+    with open(os.path.join(out, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip() and "total_loss" in line]
+
+
+def _run_until_rows_then_signal(out, signals, *extra, min_rows=4):
+    """Start a long run; once metrics.json has min_rows rows send the first of `signals`, and
+    each next one as soon as the run has printed that it received the previous one (signals
+    sent back to back would merge into one)."""
+    import threading
+
+    proc = subprocess.Popen(_fixed_cmd(out, *extra), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, received = [], threading.Semaphore(0)
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if " received: finishing the current iteration" in line:
+                received.release()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.exists(os.path.join(out, "metrics.json")) and len(_rows(out)) >= min_rows:
+                for i, sig in enumerate(signals):
+                    if i:
+                        assert received.acquire(timeout=60), "the run never acknowledged the signal"
+                    proc.send_signal(sig)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=240)
+        reader.join(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(lines)
+
+
+def test_sigusr1_checkpoints_and_exits_for_requeue(tmp_path):
+    out = str(tmp_path / "run")
+    rc, output = _run_until_rows_then_signal(out, [signal.SIGUSR1])
+    assert rc == 75, output[-3000:]  # REQUEUE_EXIT_CODE
+    iteration, ckpt = _check_last_checkpoint(out)
+    assert iteration == max(r["iteration"] for r in _rows(out)) >= 3
+    assert _adam_steps(ckpt) == {iteration + 1}
+    assert f"SIGUSR1: stopped after iteration {iteration}; checkpoint written to {out}/model_{iteration:07d}.pth" in output
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_resumed_run_continues(tmp_path):
+    sig = signal.SIGTERM
+    out = str(tmp_path / "preempted")
+    rc, output = _run_until_rows_then_signal(out, [sig])
+    assert rc == 75, output[-3000:]  # REQUEUE_EXIT_CODE
+    iteration, ckpt = _check_last_checkpoint(out)
+    # The iteration in progress was finished, then saved: every logged row is in the checkpoint.
+    assert iteration == max(r["iteration"] for r in _rows(out)) >= 3
+    assert _adam_steps(ckpt) == {iteration + 1}
+    path = os.path.join(out, f"model_{iteration:07d}.pth")
+    assert f"{sig.name}: stopped after iteration {iteration}; checkpoint written to {path}" in output
+    assert not os.path.exists(os.path.join(out, "train_net.lock"))
+    end = iteration + 4
+
+    resumed = subprocess.run(_fixed_cmd(out, f"train.max_iter={end}", resume=True), cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming at iteration {iteration + 1}" in resumed.stdout + resumed.stderr
+    rows = _rows(out)
+    assert [r["iteration"] for r in rows] == list(range(end))  # no gap, no repeat
+    # The losses continue the run's descent (a restart would begin again at row 0's loss).
+    assert rows[iteration + 1]["total_loss"] < rows[iteration]["total_loss"] < rows[0]["total_loss"]
+
+    # ... and the weights are those of an uninterrupted run of the same length.
+    straight = str(tmp_path / "straight")
+    proc = subprocess.run(_fixed_cmd(straight, f"train.max_iter={end}"), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
+    b = torch.load(os.path.join(straight, "model_final.pth"), weights_only=False)
+    assert a["iteration"] == b["iteration"] == end - 1
+    for key in b["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5)
+
+
+def test_first_ctrl_c_checkpoints_and_stops(tmp_path):
+    out = str(tmp_path / "run")
+    rc, output = _run_until_rows_then_signal(out, [signal.SIGINT])
+    assert rc == 130, output[-3000:]
+    iteration, _ = _check_last_checkpoint(out)
+    assert iteration == max(r["iteration"] for r in _rows(out))
+    assert "SIGINT received: finishing the current iteration, then writing a checkpoint (Ctrl-C again stops at once)" in output
+    assert f"SIGINT: stopped after iteration {iteration}" in output
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path):
+    out = str(tmp_path / "run")
+    # 8 MB checkpoints: the second Ctrl-C comes during the step or the save.
+    rc, output = _run_until_rows_then_signal(out, [signal.SIGINT, signal.SIGINT], "+model.checkpoint_padding=2000000")
+    assert rc == 130, output[-3000:]
+    assert "train_net: second interrupt: stopping at once" in output
+    assert "train_net: error: interrupted twice: stopped at once" in output
+    assert "Traceback" not in output
+    assert not [n for n in os.listdir(out) if ".tmp." in n]
+    if os.path.exists(os.path.join(out, "last_checkpoint")):  # only if the save finished first
+        _check_last_checkpoint(out)

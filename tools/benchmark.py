@@ -10,7 +10,8 @@ training), so the numbers measure the model, not the data loader. Timings exclud
 iterations and synchronise CUDA before reading the clock. Peak memory is
 ``torch.cuda.max_memory_allocated`` for each measurement on GPU; on CPU it is the process's peak
 resident set size so far (it never goes down, so read it as an upper bound).
-Weights are not loaded (speed does not depend on them); pass ``--opts`` to change the model.
+Weights are not loaded unless ``--checkpoint`` is given (speed does not depend on them; the
+shared strict loader then also checks that they fit the config); ``--opts`` changes the model.
 
 ``--compare-hf`` also builds Hugging Face transformers' ``DeformableDetrForObjectDetection`` with
 the config's architecture (random weights, torchvision-style ResNet from ``ResNetConfig``) and
@@ -38,6 +39,7 @@ from detectron2.config import instantiate  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from detrex_lite.checkpoint import load_weights  # noqa: E402
 from detrex_lite.predictor import load_config  # noqa: E402
 from detrex_lite.utils import json_io  # noqa: E402
 from detrex_lite.utils.logger import setup_logger  # noqa: E402
@@ -66,6 +68,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-hf", action="store_true",
         help="also time transformers' DeformableDetrForObjectDetection with the same architecture",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None,
+        help="weights to load into the model first (strictly, as for prediction); default: random weights",
     )
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value")
     return parser
@@ -339,6 +345,8 @@ def run(args) -> Dict:
     cfg = load_config(args.config_file, args.opts)
     torch.manual_seed(args.seed)
     models = {"detrex_lite": instantiate(cfg.model).to(device)}
+    if args.checkpoint:
+        load_weights(models["detrex_lite"], args.checkpoint, purpose="predict", cfg=cfg)
     num_classes = int(getattr(models["detrex_lite"], "num_classes", 1))
     if args.compare_hf:
         models["hf_transformers"] = build_hf_model(cfg, num_classes, device)

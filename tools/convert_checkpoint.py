@@ -5,9 +5,13 @@
 
 FORMAT is one of official-deformable-detr, official-detr, hf, torchvision-resnet; without --from
 it is detected from the parameter names. IN is a .pth/.bin/.safetensors file or a Hugging Face
-model directory. OUT loads with ``train.init_checkpoint=OUT``. With --check-config the model of
-that config is built on CPU and OUT is loaded into it strictly: any missing, unexpected or
-wrongly-shaped parameter is listed and the command fails.
+model directory. OUT loads with ``train.init_checkpoint=OUT`` and carries the same metadata as a
+checkpoint written by training (architecture from the official ``args`` / the HF ``config.json``
+and the tensors; COCO class names for 80-class heads), so Predictor, demo.py and export_onnx.py
+treat it like a run's checkpoint. With --check-config the model of that config is built on CPU
+and OUT is loaded into it strictly, as evaluation loads it (the shared loader): a mismatch names
+the config option behind it (box refinement, two-stage, levels, layers, queries, hidden size,
+classes). A failed conversion or check leaves no OUT behind and ends in one line (exit 1).
 
 Examples:
     python tools/convert_checkpoint.py r50_deformable_detr-checkpoint.pth out/deformable_detr_r50.pth \
@@ -24,12 +28,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detrex_lite.checkpoint import (  # noqa: E402
     SOURCES,
+    CheckpointError,
+    ConversionError,
     convert_state_dict,
-    load_checkpoint,
-    load_state_dict,
+    load_weights,
+    read_checkpoint,
     save_checkpoint,
 )
-from detrex_lite.checkpoint.io import read_hf_config  # noqa: E402
+from detrex_lite.checkpoint.arch import state_dict_arch  # noqa: E402
+from detrex_lite.checkpoint.io import load_state_dict, read_hf_config  # noqa: E402
+from detrex_lite.checkpoint.run import coco_run_metadata  # noqa: E402
+from detrex_lite.config import ConfigError  # noqa: E402
 
 logger = logging.getLogger("convert_checkpoint")
 
@@ -51,18 +60,81 @@ def describe_variant(state_dict) -> str:
     parts += ["box refinement"] * refine + ["two-stage"] * two_stage
     return (
         f"{', '.join(parts)}, {num_classes} classes "
-        f"(model.num_feature_levels={levels}, model.with_box_refine={refine}, model.as_two_stage={two_stage})"
+        f"(model.transformer.num_feature_levels={levels}, model.with_box_refine={refine}, model.as_two_stage={two_stage})"
     )
 
 
-def check_with_config(path: str, config_file: str, overrides) -> None:
-    from detectron2.config import LazyConfig, instantiate
+# fields of the official repositories' argparse "args" / HF config.json -> our arch names
+_OFFICIAL_ARGS = {
+    "with_box_refine": "with_box_refine", "two_stage": "as_two_stage", "num_feature_levels": "num_feature_levels",
+    "enc_layers": "num_encoder_layers", "dec_layers": "num_decoder_layers", "num_queries": "num_queries",
+    "hidden_dim": "d_model",
+}
+_HF_CONFIG = {
+    "with_box_refine": "with_box_refine", "two_stage": "as_two_stage", "num_feature_levels": "num_feature_levels",
+    "encoder_layers": "num_encoder_layers", "decoder_layers": "num_decoder_layers", "num_queries": "num_queries",
+    "d_model": "d_model",
+}
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), overrides)
+
+def source_arch(converted, official_args=None, hf_config=None) -> dict:
+    """The architecture of converted weights: what the source file states (official ``args``,
+    HF ``config.json``), then what the tensors show (which wins where both tell)."""
+    arch = {}
+    for stated, table in ((vars(official_args) if official_args is not None else {}, _OFFICIAL_ARGS), (hf_config or {}, _HF_CONFIG)):
+        for key, ours in table.items():
+            if stated.get(key) is not None:
+                arch[ours] = stated[key]
+    tensors = state_dict_arch(converted)
+    if "with_box_refine" in arch:
+        tensors.pop("with_box_refine", None)  # identical heads could also be an untrained refine model
+    arch.update(tensors)
+    if arch.get("meta_architecture") == "DETR":
+        for key in ("with_box_refine", "as_two_stage", "num_feature_levels"):
+            arch.pop(key, None)
+    return arch
+
+
+def check_with_config(path: str, config_file: str, overrides, *, partial: bool = False) -> str:
+    """Load ``path`` strictly into the model of ``config_file`` (+ overrides), as evaluation does
+    (as training's init_checkpoint for a bare backbone). Returns the OK line."""
+    from detectron2.config import instantiate
+
+    from detrex_lite.config import apply_overrides_checked, load_config_file
+
+    cfg = apply_overrides_checked(load_config_file(config_file), list(overrides))
     model = instantiate(cfg.model).eval()
-    report = load_checkpoint(model, path, strict=True)
-    note = f", class heads skipped: {len(report.skipped_class_heads)}" if report.skipped_class_heads else ""
-    logger.info(f"OK: {path} loads into the model of {config_file}{note}")
+    load_weights(model, path, purpose="train" if partial else "eval", cfg=cfg)
+    return f"OK: {path} loads into the model of {config_file}"
+
+
+def convert(args, overrides) -> str:
+    """Read, convert, write and check; returns the summary line."""
+    hf_config = read_hf_config(args.input) if os.path.isdir(args.input) or args.source == "hf" else None
+    official_args = None
+    if os.path.isdir(args.input) or args.input.endswith(".safetensors"):
+        state_dict = load_state_dict(args.input)
+    else:
+        raw = read_checkpoint(args.input)
+        state_dict, official_args = raw["model"], raw.get("args")
+    converted, meta = convert_state_dict(
+        state_dict, args.source, class_map=args.class_map, backbone_prefix=args.backbone_prefix
+    )
+    if hf_config and hf_config.get("dilation"):
+        logger.info("the Hugging Face config has dilation=True: evaluate with a DC5 config (res5_dilation=2)")
+    if "partial" not in meta:
+        arch = source_arch(converted, official_args, hf_config)
+        meta["meta"] = coco_run_metadata(arch.get("num_classes"), arch)
+    save_checkpoint(args.output, converted, **meta)
+    summary = f"wrote {args.output}: {len(converted)} tensors, {describe_variant(converted)}"
+    if args.check_config:
+        try:
+            logger.info(summary)
+            summary = check_with_config(args.output, args.check_config, overrides, partial="partial" in meta)
+        except BaseException:
+            os.remove(args.output)  # a file that does not fit is not left for someone to use
+            raise
+    return summary
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -95,18 +167,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args, overrides = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    state_dict = load_state_dict(args.input)
-    hf_config = read_hf_config(args.input) if os.path.isdir(args.input) or args.source == "hf" else None
-    converted, meta = convert_state_dict(
-        state_dict, args.source, class_map=args.class_map, backbone_prefix=args.backbone_prefix
-    )
-    if hf_config and hf_config.get("dilation"):
-        logger.info("the Hugging Face config has dilation=True: evaluate with a DC5 config (res5_dilation=2)")
-    save_checkpoint(args.output, converted, **meta)
-    logger.info(f"wrote {args.output}: {len(converted)} tensors, {describe_variant(converted)}")
-    if args.check_config:
-        check_with_config(args.output, args.check_config, overrides)
+    try:
+        logger.info(convert(args, overrides))
+    except (CheckpointError, ConversionError, ConfigError, OSError, ValueError) as e:
+        print(f"convert_checkpoint: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

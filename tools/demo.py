@@ -5,7 +5,11 @@ r"""Runs a trained detector on images, folders, globs or videos and draws its de
         --input "photos/*.jpg" clip.mp4 --output demo_out --confidence-threshold 0.5 \
         --json --opts train.init_checkpoint=output/model_final.pth
 
-Weights come from ``train.init_checkpoint`` (override it with ``--opts``). One drawn image is
+    python tools/demo.py --run output/run --input photos/ --output demo_out   # a training output folder
+
+Weights come from ``train.init_checkpoint`` (override it with ``--opts``), or with ``--run DIR``
+from DIR's newest complete checkpoint (its config.yaml; class names from the checkpoint, so no
+dataset needs to be registered). One drawn image is
 written per input image (same file name) and one drawn .mp4 per input video; ``--json`` also
 writes ``detections.json`` in COCO results format (plus ``file_name`` and, for videos, ``frame``)
 holding the detections drawn, i.e. those scoring at least ``--confidence-threshold`` (use 0 to
@@ -31,6 +35,7 @@ import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its to
 
 from detectron2.structures import Instances  # noqa: E402
 
+from detrex_lite.checkpoint import CheckpointError  # noqa: E402
 from detrex_lite.predictor import Predictor  # noqa: E402
 from detrex_lite.utils import json_io  # noqa: E402
 from detrex_lite.utils.draw import draw_detections  # noqa: E402
@@ -53,7 +58,11 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=_HelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig .py file (or a run's config.yaml)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config-file", metavar="FILE", help="LazyConfig .py file (or a run's config.yaml)")
+    source.add_argument(
+        "--run", metavar="DIR", help="a training output folder: its config.yaml and newest complete checkpoint"
+    )
     parser.add_argument(
         "--input", nargs="+", required=True, metavar="PATH",
         help="image files, folders (their images, sorted), glob patterns (quote them) or videos",
@@ -293,7 +302,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ground_truth = load_ground_truth(args.dataset)
         except KeyError as err:
             get_parser().error(str(err.args[0]))
-    predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    try:
+        if args.run:
+            predictor = Predictor.from_run(args.run, device=args.device, opts=args.opts)
+        else:
+            predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    except (CheckpointError, FileNotFoundError) as e:  # unusable weights or run folder: one line
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 1
     drawer = Drawer(predictor.metadata, args.scale, args.line_width, args.font_scale, ground_truth)
     os.makedirs(args.output, exist_ok=True)
 

@@ -4,6 +4,10 @@ r"""Exports a trained DETR-family detector to ONNX and checks it against PyTorch
     python tools/export_onnx.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
         --checkpoint output/model_final.pth --output output/model.onnx --check-images a.jpg b.jpg
 
+    python tools/export_onnx.py --run output/run --output output/run/model.onnx   # a training folder
+
+Weights are loaded strictly (a checkpoint of another class count or architecture is refused
+with one line naming the config option), the EMA weights when the config asks for them.
 The graph takes a normalised, zero-padded image batch plus each image's unpadded size, and
 returns top-k ``scores``/``labels``/``boxes`` (``--format detections``) or the raw
 ``pred_logits``/``pred_boxes`` (``--format raw``); batch, height and width are dynamic
@@ -26,11 +30,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
 import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its torch.jit warnings)
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
+from detrex_lite.checkpoint import CheckpointError, load_weights  # noqa: E402
+from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path  # noqa: E402
 from detrex_lite.export.onnx_export import (  # noqa: E402
     check_onnx_parity,
     encoder_tokens,
@@ -46,8 +51,15 @@ logger = logging.getLogger("detrex_lite.export_onnx")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--checkpoint", default=None, help="weights (default: train.init_checkpoint)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config-file", help="LazyConfig .py (or saved .yaml) file")
+    source.add_argument(
+        "--run", metavar="DIR", help="a training output folder: its config.yaml and newest complete checkpoint"
+    )
+    parser.add_argument(
+        "--checkpoint", default=None,
+        help="weights (default: train.init_checkpoint; with --run its newest checkpoint, or this file in DIR)",
+    )
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--format", default="detections", choices=["detections", "raw"], help="graph outputs")
     parser.add_argument(
@@ -103,7 +115,7 @@ def check_other_size(path: str, wrapper, model, canvas: Tuple[int, int], atol: f
     constant of the export size would make onnxruntime fail or disagree here, and this says so
     instead of shipping a broken graph."""
     other = (max(canvas[0] * 3 // 4, 32), max(canvas[1] * 5 // 8, 32))
-    if getattr(model, "as_two_stage", False) and encoder_tokens(model, *other) < model.num_queries:
+    if encoder_tokens(model, *other) < model.min_encoder_tokens:
         other = (canvas[0] * 5 // 4, canvas[1] * 9 // 8)
     generator = torch.Generator().manual_seed(1)
     images = [
@@ -129,16 +141,19 @@ def _format_diffs(diffs: Dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = get_parser().parse_args(argv)
     setup_logger()
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(run_config_path(args.run) if args.run else args.config_file, args.opts)
     model = instantiate(cfg.model).eval()
     checkpoint = args.checkpoint
-    if checkpoint is None:
+    if args.run:
+        checkpoint = find_run_checkpoint(args.run, checkpoint)
+    elif checkpoint is None:
         checkpoint = cfg.train.get("init_checkpoint", "") if "train" in cfg else ""
+    meta: Dict = {}
     if checkpoint:
-        DetectionCheckpointer(model).load(checkpoint)
+        meta = load_weights(model, checkpoint, purpose="export", cfg=cfg).meta
     else:
         logger.warning("No checkpoint: exporting random weights.")
-    augmentations = test_augmentations(cfg)
+    augmentations = test_augmentations(cfg, meta)
     canvas = tuple(args.canvas) if args.canvas else default_canvas(augmentations)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
@@ -171,6 +186,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     return report
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """main() with the exit status: 1 when the parity check fails; a checkpoint that cannot be
+    used (unreadable, another architecture or class count) is one line on stderr, exit 1."""
+    try:
+        result = main(argv)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"export_onnx: error: {e}", file=sys.stderr)
+        return 1
+    return 0 if result.get("max_abs_diff", {"ok": True})["ok"] else 1
+
+
 if __name__ == "__main__":
-    result = main()
-    sys.exit(0 if result.get("max_abs_diff", {"ok": True})["ok"] else 1)
+    sys.exit(cli())

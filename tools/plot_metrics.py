@@ -1,22 +1,36 @@
 #!/usr/bin/env python
-"""Plot training curves (loss and COCO AP against iteration) of one or more training runs.
+"""Plot training curves (losses, lr, gradient norm, speed and COCO AP against iteration) of one
+or more training runs, overlaid with their names.
 
     python tools/plot_metrics.py output/deformable_detr_r18_demo output/detr_r18_demo \
-        --labels "Deformable DETR" DETR --out benchmarks/demo_comparison
+        --labels "Deformable DETR" DETR --out benchmarks/demo_comparison [--log] [--summary]
 
 Each run folder holds the ``metrics.json`` that detectron2's JSONWriter writes (one JSON object
-per line). Writes one PNG per metric into ``--out``: ``loss.png`` (``total_loss``, or the sum of
-the ``loss_*`` keys when a line has no ``total_loss``) and ``AP.png``, ``AP50.png``, ``APs.png``,
-``APm.png``, ``APl.png`` (the evaluator's ``bbox/<metric>``), one line per run. A partial last
-line (a run still writing) is skipped; a run without evaluations yet only gets a loss curve.
-With ``--summary`` it also writes ``summary.json`` and ``summary.md``: each run's AP metrics at
-its last evaluation and its AP at every evaluation.
+per line). Writes one PNG per metric into ``--out``, one line per run:
+
+* ``loss.png``: ``total_loss`` (or the sum of the ``loss_*`` keys when a line has none);
+* ``loss_terms.png``: every loss term (as weighted in the total), one column per term
+  (``loss_class``, ``loss_bbox``, ``loss_giou``, ...) and one row per stage: the final decoder
+  layer, the auxiliary decoder layers (``loss_*_0``, ``loss_*_1``, ..., lighter to darker) and
+  the two-stage encoder proposals (``loss_*_enc``);
+* ``lr.png``, ``grad_norm.png`` (before clipping), ``time.png`` (seconds per iteration, and the
+  data loading part ``data_time`` dashed);
+* ``AP.png``, ``AP50.png``, ``APs.png``, ``APm.png``, ``APl.png`` (the evaluator's
+  ``bbox/<metric>``).
+
+The y axes are linear; ``--log`` makes the loss and gradient-norm axes logarithmic. A partial
+last line (a run still writing) is skipped. A resumed run appends its lines after those of the
+interrupted one: where the training lines' iteration goes back, the earlier lines from that
+iteration on are superseded; each iteration (and each evaluation) keeps its last row. With
+``--summary`` it also writes ``summary.json`` and ``summary.md``: each run's AP metrics at its last evaluation
+and its AP at every evaluation.
 """
 import argparse
 import json
 import logging
 import math
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,7 +38,16 @@ logger = logging.getLogger("detrex_lite.plot_metrics")
 
 LOSS = "loss"
 AP_METRICS = ("AP", "AP50", "APs", "APm", "APl")
+# Scalars the trainer logs every log_period, with their axis labels.
+SCALARS = {
+    "lr": "learning rate",
+    "grad_norm": "gradient norm (before clipping)",
+    "time": "seconds per iteration",
+    "data_time": "data loading, seconds per iteration",
+}
 METRICS = (LOSS,) + AP_METRICS
+# loss_<term>[_<decoder layer>|_enc]: the criterion's stage suffixes.
+LOSS_TERM = re.compile(r"^(loss_\w+?)(?:_(\d+|enc))?$")
 # Evaluators report COCO AP under "<task>/<metric>"; detection runs use "bbox".
 AP_PREFIX = "bbox/"
 
@@ -39,7 +62,7 @@ def read_metrics(path: str) -> List[dict]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"plot_metrics: no metrics file at {path} (is it a training output folder?)")
-    records = []
+    records: List[dict] = []
     with open(path) as f:
         for line_no, line in enumerate(f, start=1):
             line = line.strip()
@@ -52,7 +75,44 @@ def read_metrics(path: str) -> List[dict]:
                 continue
             if isinstance(record, dict) and "iteration" in record:
                 records.append(record)
-    return records
+    return drop_superseded(records)
+
+
+def _is_training_row(record: dict) -> bool:
+    return any(k in SCALARS or k == "total_loss" or k.startswith("loss_") for k in record)
+
+
+def drop_superseded(records: Sequence[dict]) -> List[dict]:
+    """The records of the latest attempt at each iteration.
+
+    A resumed run appends its lines after those of the interrupted attempt, starting again from
+    its checkpoint's iteration. Where a training line (one with losses, lr or timings) goes back
+    to iteration i, every earlier line with iteration >= i belongs to the interrupted attempt and
+    is dropped (also those beyond where the resumed run has reached so far). Evaluation lines
+    never start a new attempt, so they may come in any order; extract_series keeps the last
+    value per iteration.
+    """
+    kept: List[dict] = []
+    last_training = -1
+    for record in records:
+        iteration = int(record["iteration"])
+        if _is_training_row(record):
+            if iteration < last_training:
+                kept = [r for r in kept if int(r["iteration"]) < iteration]
+            last_training = iteration
+        kept.append(record)
+    return kept
+
+
+def split_loss_term(key: str) -> Optional[Tuple[str, str]]:
+    """("loss_class", "final" | "aux_<k>" | "enc") for a criterion loss key, else None."""
+    match = LOSS_TERM.match(key)
+    if match is None:
+        return None
+    base, stage = match.groups()
+    if stage is None:
+        return base, "final"
+    return base, "enc" if stage == "enc" else f"aux_{stage}"
 
 
 def _loss_value(record: dict) -> Optional[float]:
@@ -63,11 +123,12 @@ def _loss_value(record: dict) -> Optional[float]:
 
 
 def extract_series(records: Sequence[dict]) -> Dict[str, Series]:
-    """{metric: (iterations, values)} for every metric in METRICS that the records contain.
+    """{metric: (iterations, values)} for every metric the records contain: "loss" (the total),
+    the AP metrics (from the ``bbox/<metric>`` keys), the SCALARS (lr, grad_norm, time,
+    data_time) and each ``loss_*`` term under its own key.
 
-    The loss is ``total_loss`` or the sum of the ``loss_*`` keys; the AP metrics are the
-    ``bbox/<metric>`` keys. Non-finite values (e.g. AP = NaN with no detections) are dropped.
-    When several lines give the same metric at the same iteration, the last one wins.
+    Non-finite values (e.g. AP = NaN with no detections) are dropped. When several lines give
+    the same metric at the same iteration, the last one wins.
     """
     by_metric: Dict[str, Dict[int, float]] = {m: {} for m in METRICS}
     for record in records:
@@ -79,6 +140,10 @@ def extract_series(records: Sequence[dict]) -> Dict[str, Series]:
             value = record.get(AP_PREFIX + metric)
             if isinstance(value, (int, float)):
                 by_metric[metric][iteration] = float(value)
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if key in SCALARS or split_loss_term(key) is not None:
+                    by_metric.setdefault(key, {})[iteration] = float(value)
     series = {}
     for metric, points in by_metric.items():
         items = sorted((it, v) for it, v in points.items() if math.isfinite(v))
@@ -92,38 +157,128 @@ def load_run(folder: str) -> Dict[str, Series]:
     return extract_series(read_metrics(os.path.join(folder, "metrics.json")))
 
 
-def plot_runs(runs: Dict[str, Dict[str, Series]], out_dir: str) -> List[str]:
-    """One PNG per metric that at least one run has; returns the written paths.
-
-    Args:
-        runs: {label: extract_series(...)}, in legend order.
-        out_dir: created if missing.
-    """
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _colors(runs) -> Dict[str, str]:
+    return {label: f"C{i % 10}" for i, label in enumerate(runs)}
+
+
+def _line_plot(runs, metric: str, ylabel: str, path: str, log: bool, dashed: Optional[str] = None) -> Optional[str]:
+    """One line per run that has ``metric`` (and ``dashed``, drawn dashed in the same colour)."""
+    plt = _pyplot()
+    colors = _colors(runs)
+    labelled = [(label, series) for label, series in runs.items() if metric in series]
+    if not labelled:
+        return None
+    fig, ax = plt.subplots(figsize=(6.0, 3.9), dpi=100)
+    for label, series in labelled:
+        iterations, values = series[metric]
+        marker = "o" if metric in AP_METRICS else None
+        ax.plot(iterations, values, marker=marker, markersize=3, color=colors[label], label=label)
+        if dashed and dashed in series:
+            ax.plot(*series[dashed], color=colors[label], linestyle="--", linewidth=1,
+                    label=f"{label}: {dashed}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _stage_order(stage: str) -> Tuple[int, int]:
+    if stage == "final":
+        return (0, 0)
+    if stage == "enc":
+        return (2, 0)
+    return (1, int(stage.split("_")[1]))
+
+
+def loss_terms(series: Dict[str, Series]) -> Dict[str, Dict[str, str]]:
+    """{base term: {stage: metric key}} of one run's loss terms (see split_loss_term)."""
+    terms: Dict[str, Dict[str, str]] = {}
+    for key in series:
+        parsed = split_loss_term(key)
+        if parsed is not None:
+            terms.setdefault(parsed[0], {})[parsed[1]] = key
+    return terms
+
+
+def plot_loss_terms(runs: Dict[str, Dict[str, Series]], path: str, log: bool = False) -> Optional[str]:
+    """loss_terms.png: columns = loss terms, rows = final layer / auxiliary layers / encoder."""
+    plt = _pyplot()
+    colors = _colors(runs)
+    per_run = {label: loss_terms(series) for label, series in runs.items()}
+    bases = sorted({b for terms in per_run.values() for b in terms},
+                   key=lambda b: (("loss_class", "loss_bbox", "loss_giou") + (b,)).index(b))
+    if not bases:
+        return None
+    groups = [("final", "final decoder layer"), ("aux", "auxiliary decoder layers"), ("enc", "encoder proposals")]
+    present = [(g, title) for g, title in groups if any(
+        (s == g or s.startswith(g + "_")) for terms in per_run.values() for stages in terms.values() for s in stages)]
+    fig, axes = plt.subplots(len(present), len(bases), figsize=(4.2 * len(bases), 2.9 * len(present)), dpi=100,
+                             squeeze=False)
+    for row, (group, title) in enumerate(present):
+        for col, base in enumerate(bases):
+            ax = axes[row, col]
+            for label, terms in per_run.items():
+                stages = sorted((s for s in terms.get(base, {}) if s == group or s.startswith(group + "_")),
+                                key=_stage_order)
+                for i, stage in enumerate(stages):
+                    shade = 0.35 + 0.65 * (i + 1) / len(stages) if group == "aux" else 1.0
+                    name = label if group != "aux" else f"{label}: layer {stage.split('_')[1]}"
+                    ax.plot(*runs[label][terms[base][stage]], color=colors[label], alpha=shade, linewidth=1.2,
+                            label=name)
+            ax.set_title(f"{base}, {title}", fontsize=9)
+            ax.tick_params(labelsize=8)
+            if log:
+                ax.set_yscale("log")
+            ax.grid(True, alpha=0.3)
+            if row == len(present) - 1:
+                ax.set_xlabel("iteration", fontsize=8)
+            if ax.lines:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_runs(runs: Dict[str, Dict[str, Series]], out_dir: str, log: bool = False) -> List[str]:
+    """One PNG per metric that at least one run has (see the module docstring); returns the
+    written paths.
+
+    Args:
+        runs: {label: extract_series(...)}, in legend order.
+        out_dir: created if missing.
+        log: logarithmic y for the losses and the gradient norm.
+    """
     os.makedirs(out_dir, exist_ok=True)
+    plots = [(LOSS, "total loss", log, None)]
+    plots += [(m, SCALARS[m], log and m == "grad_norm", None) for m in ("lr", "grad_norm")]
+    plots += [("time", SCALARS["time"], False, "data_time")]
+    plots += [(m, f"COCO {m}", False, None) for m in AP_METRICS]
     written = []
-    for metric in METRICS:
-        labelled = [(label, series[metric]) for label, series in runs.items() if metric in series]
-        if not labelled:
-            continue
-        fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
-        for label, (iterations, values) in labelled:
-            ax.plot(iterations, values, marker="o" if metric != LOSS else None, markersize=3, label=label)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("total loss" if metric == LOSS else f"COCO {metric}")
-        if metric == LOSS:
-            ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"{metric}.png")
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+    for metric, ylabel, log_axis, dashed in plots:
+        path = _line_plot(runs, metric, ylabel, os.path.join(out_dir, f"{metric}.png"), log_axis, dashed)
+        if path:
+            written.append(path)
+    path = plot_loss_terms(runs, os.path.join(out_dir, "loss_terms.png"), log)
+    if path:
+        written.insert(1, path)
     return written
 
 
@@ -163,11 +318,17 @@ def write_summary(summary: Dict[str, dict], out_dir: str) -> List[str]:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="example:\n  python tools/plot_metrics.py output/deformable_detr_r18_demo output/detr_r18_demo "
+               "--labels 'Deformable DETR' DETR --out output/demo_plots --summary",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("runs", nargs="+", help="training output folders, each with a metrics.json")
     parser.add_argument("--labels", nargs="+", default=None, help="legend labels (default: the folder names)")
     parser.add_argument("--out", default=".", help="folder for the PNGs (default: the current folder)")
     parser.add_argument("--summary", action="store_true", help="also write summary.json and summary.md")
+    parser.add_argument("--log", action="store_true", help="logarithmic y axis for the losses and gradient norm")
     return parser
 
 
@@ -190,7 +351,7 @@ def main(argv=None) -> int:
             return 2
         if not runs[label]:
             logger.warning(f"{folder}: metrics.json has no loss or AP values yet")
-    written = plot_runs(runs, args.out)
+    written = plot_runs(runs, args.out, log=args.log)
     if args.summary:
         written += write_summary(summarize(runs), args.out)
     for path in written:

@@ -4,6 +4,11 @@
 Flags come first, then config overrides (key=value, as many as needed). Every override must
 name an existing key (`+key=value` adds a new one); config mistakes are reported in one line
 (exit code 2) before any model is built. See docs/training.md.
+
+Exit codes: 0 done; 1 a training error reported in one line (non-finite loss, unreadable data,
+a checkpoint that cannot be written); 2 a config or command-line mistake, or the output folder is
+in use by another run; 75 stopped by SIGTERM / SIGUSR1 after writing a checkpoint (requeue and
+--resume); 130 stopped by Ctrl-C. See docs/reliability.md.
 """
 import argparse
 import logging
@@ -16,6 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import detrex_lite.data  # noqa: E402,F401  (first: registers the demo datasets, imports detectron2 quietly)
 from detectron2.utils import comm  # noqa: E402
 
+from detrex_lite.checkpoint import CheckpointError  # noqa: E402
+from detrex_lite.checkpoint.run import find_run_checkpoint, resolve_num_classes, run_config_path  # noqa: E402
 from detrex_lite.solver import schedule_periods  # noqa: E402
 from detrex_lite.utils import json_io  # noqa: E402
 from detrex_lite.config import (  # noqa: E402
@@ -26,33 +33,65 @@ from detrex_lite.config import (  # noqa: E402
     check_structure,
     load_config_file,
 )
+from detrex_lite.data import DatasetError, ImageReadError  # noqa: E402
 from detrex_lite.engine import (  # noqa: E402
+    INTERRUPT_EXIT_CODE,
+    REQUEUE_EXIT_CODE,
+    CheckpointWriteError,
+    NonFiniteLossError,
+    OutputDirBusyError,
+    OutputDirLock,
+    TrainingInterrupted,
     atomic_write,
     build_model,
     default_setup,
     do_test,
-    NonFiniteLossError,
     do_train,
     launch,
     launch_slurm,
     load_for_eval,
 )
+from detrex_lite.engine.preemption import forward_stop_signals_to_children  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.train_net")
 
 
-def setup_config(args):
-    """Load the config, apply the overrides and run every check; raises ConfigError."""
-    cfg = load_config_file(args.config_file)
+def _run_folder_arguments(args):
+    """(config file, overrides) with --run DIR: DIR/config.yaml, its newest complete checkpoint
+    and DIR as the output folder, unless the command line names them."""
     overrides = list(args.opts or [])
     if overrides and overrides[0] == "--":
         overrides = overrides[1:]
+    if not getattr(args, "run", None):
+        return args.config_file, overrides
+    if not args.eval_only:
+        raise ConfigError("--run is for --eval-only (to continue a training use --resume train.output_dir=DIR)")
+    try:
+        config_file = args.config_file or run_config_path(args.run)
+        extra = []
+        if not any(o.startswith("train.init_checkpoint=") for o in overrides):
+            extra.append(f"train.init_checkpoint={find_run_checkpoint(args.run)}")
+        if not any(o.startswith("train.output_dir=") for o in overrides):
+            extra.append(f"train.output_dir={args.run}")
+    except (OSError, CheckpointError) as e:
+        raise ConfigError(str(e)) from None
+    return config_file, extra + overrides
+
+
+def setup_config(args):
+    """Load the config, apply the overrides and run every check; raises ConfigError."""
+    config_file, overrides = _run_folder_arguments(args)
+    cfg = load_config_file(config_file)
     apply_overrides_checked(cfg, overrides)
     check_structure(cfg)
     check_num_classes(cfg, eval_only=args.eval_only)
+    try:  # the saved config.yaml states the class count, loadable without the dataset
+        resolve_num_classes(cfg)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(str(e).strip("'\"")) from None
     resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
     if args.eval_only and not cfg.train.init_checkpoint:
-        raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth")
+        raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth (or --run DIR)")
     if not resuming:
         check_init_checkpoint(cfg.train.init_checkpoint)
     try:
@@ -62,9 +101,11 @@ def setup_config(args):
     return cfg
 
 
-def main(args):
-    """Runs in every process."""
-    cfg = setup_config(args)
+def main(args, cfg=None):
+    """Runs in every process. `cfg`: the config cli() loaded, when this is its process (a config
+    file runs once per process: registering a dataset in it works)."""
+    if cfg is None:
+        cfg = setup_config(args)
     default_setup(cfg, args)  # detrex_lite's: plain-text log.txt, no CUDA_HOME warning on CPU
     if args.eval_only:
         model = build_model(cfg)
@@ -80,6 +121,14 @@ def main(args):
     return None
 
 
+def _spawned_main(args):
+    """main() in a process started by launch(): a run stopped by a signal exits with its code."""
+    try:
+        return main(args)
+    except TrainingInterrupted as e:
+        raise SystemExit(e.exit_code) from None
+
+
 EPILOG = """\
 examples:
   # the demo (synthetic data, CPU, ~10 min)
@@ -90,6 +139,8 @@ examples:
   # evaluate a checkpoint
   python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \\
       --eval-only train.init_checkpoint=output/ddetr/model_final.pth
+  # evaluate a training run's newest complete checkpoint (its config.yaml, no dataset registration)
+  python tools/train_net.py --eval-only --run output/ddetr
   # continue an interrupted run from its last complete checkpoint
   python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \\
       --resume train.output_dir=output/ddetr
@@ -130,6 +181,14 @@ def get_parser() -> argparse.ArgumentParser:
         "SLURM's variables (--num-gpus/--num-machines/--machine-rank/--dist-url are ignored)",
     )
     parser.add_argument(
+        "--run",
+        default=None,
+        metavar="DIR",
+        help="with --eval-only: a training output folder; its config.yaml, its newest complete "
+        "checkpoint and DIR as train.output_dir (each unless given); no dataset registration needed "
+        "beyond the test set's",
+    )
+    parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
         default=None,
@@ -138,6 +197,22 @@ def get_parser() -> argparse.ArgumentParser:
         "(+key=value adds a key)",
     )
     return parser
+
+
+def _check_launch_args(args) -> None:
+    if args.num_gpus < 1:
+        raise ConfigError(f"--num-gpus {args.num_gpus}: expected at least 1 (processes per machine; on a CPU-only machine 1 or more CPU processes)")
+    if args.num_machines < 1:
+        raise ConfigError(f"--num-machines {args.num_machines}: expected at least 1")
+    if not 0 <= args.machine_rank < args.num_machines:
+        raise ConfigError(f"--machine-rank {args.machine_rank}: expected 0..{args.num_machines - 1} (--num-machines {args.num_machines})")
+    if args.num_machines > 1 and args.dist_url == "auto" and not args.slurm:
+        raise ConfigError("--num-machines > 1 needs --dist-url tcp://<machine 0 address>:<port>")
+
+
+def _error(message, code: int) -> int:
+    print(f"train_net: error: {message}", file=sys.stderr)
+    return code
 
 
 def check_flags_before_overrides(parser: argparse.ArgumentParser, opts) -> None:
@@ -159,32 +234,68 @@ def cli(argv=None) -> int:
     try:
         check_flags_before_overrides(parser, args.opts)
         # Checked once here, before any process is spawned or model built.
-        if args.num_machines > 1 and args.dist_url == "auto" and not args.slurm:
-            raise ConfigError("--num-machines > 1 needs --dist-url tcp://<machine 0 address>:<port>")
+        if not args.slurm:
+            _check_launch_args(args)
         cfg = setup_config(args)
     except ConfigError as e:
-        print(f"train_net: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, 2)
+    except (DatasetError, ImageReadError) as e:
+        return _error(e, 1)
+    # The process that launches the run's main process holds the output folder's lock.
+    holds_lock = os.environ.get("SLURM_PROCID", "0") == "0" if args.slurm else args.machine_rank == 0
+    lock = OutputDirLock(cfg.train.output_dir)
+    if holds_lock:
+        try:
+            lock.acquire()
+        except OutputDirBusyError as e:
+            return _error(e, 2)
+        if lock.taken_over:
+            print(f"train_net: warning: {lock.taken_over}", file=sys.stderr)
+    try:
+        return _run(args, cfg)
+    finally:
+        if holds_lock:
+            lock.release()
+
+
+def _run(args, cfg) -> int:
     timeout = timedelta(seconds=float(cfg.train.get("dist_timeout", 1800)))
     device = cfg.train.get("device", "auto")
     use_cuda = None if device == "auto" else device.startswith("cuda")
+    spawns = not args.slurm and args.num_gpus * args.num_machines > 1
     try:
         if args.slurm:
-            launch_slurm(main, args=(args,), timeout=timeout, use_cuda=use_cuda)
+            launch_slurm(main, args=(args, cfg), timeout=timeout, use_cuda=use_cuda)
+        elif not spawns:
+            launch(main, 1, args=(args, cfg), timeout=timeout, use_cuda=use_cuda)
         else:
-            launch(
-                main,
-                args.num_gpus,
-                num_machines=args.num_machines,
-                machine_rank=args.machine_rank,
-                dist_url=args.dist_url,
-                args=(args,),
-                timeout=timeout,
-                use_cuda=use_cuda,
-            )
-    except NonFiniteLossError as e:  # single process; with several, the launcher reports it
-        print(f"train_net: error: {e}", file=sys.stderr)
-        return 1
+            import torch.multiprocessing as mp
+
+            with forward_stop_signals_to_children() as received:
+                try:
+                    launch(
+                        _spawned_main,
+                        args.num_gpus,
+                        num_machines=args.num_machines,
+                        machine_rank=args.machine_rank,
+                        dist_url=args.dist_url,
+                        args=(args,),
+                        timeout=timeout,
+                        use_cuda=use_cuda,
+                    )
+                except mp.ProcessExitedException as e:
+                    if e.exit_code in (REQUEUE_EXIT_CODE, INTERRUPT_EXIT_CODE):
+                        return e.exit_code
+                    raise
+            if received["signum"]:  # the workers were stopped at once by a second Ctrl-C
+                return INTERRUPT_EXIT_CODE
+    except TrainingInterrupted as e:  # logged with the checkpoint's path where it happened
+        return e.exit_code
+    except KeyboardInterrupt:
+        return _error("interrupted twice: stopped at once; files written so far are complete (atomic writes)", INTERRUPT_EXIT_CODE)
+    except (NonFiniteLossError, CheckpointError, CheckpointWriteError, DatasetError, ImageReadError) as e:
+        # single process; with several, the launcher reports the worker's traceback
+        return _error(e, 1)
     return 0
 
 

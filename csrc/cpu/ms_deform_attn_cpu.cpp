@@ -28,9 +28,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "ms_deform_attn.h"
+#include "ms_deform_attn_layout.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define DETREX_LITE_X86_DISPATCH 1
@@ -100,12 +102,36 @@ struct Corners {
   scalar_t ly, lx, hy, hx;
 };
 
+// loc * size - 0.5 with the product rounded before the subtraction, never one fused multiply-add
+// (this file is compiled with -ffp-contract=fast, and the AVX2 copy has FMA): a coordinate within
+// an ulp of an integer then lands in the same bilinear cell as in the CUDA kernels (__fmul_rn /
+// __fsub_rn). The empty asm makes the rounded product opaque to the compiler.
+template <typename scalar_t>
+DETREX_LITE_INLINE scalar_t pixel_coordinate(scalar_t loc, int64_t size) {
+  scalar_t product = loc * static_cast<scalar_t>(size);
+#if defined(__x86_64__)
+  asm("" : "+x"(product));
+#elif defined(__aarch64__)
+  asm("" : "+w"(product));
+#else
+  asm volatile("" : "+m"(product));
+#endif
+  return product - static_cast<scalar_t>(0.5);
+}
+
+// A skipped sample (no corner on the map) makes its output row NaN when its location or weight
+// is NaN or infinite, as the reference's grid_sample does (NaN in, NaN out; 0 * inf = NaN).
+template <typename scalar_t>
+DETREX_LITE_INLINE bool finite_sample(scalar_t loc_x, scalar_t loc_y, scalar_t weight) {
+  return std::isfinite(loc_x) && std::isfinite(loc_y) && std::isfinite(weight);
+}
+
 template <typename scalar_t>
 DETREX_LITE_INLINE bool make_corners(
     scalar_t loc_x, scalar_t loc_y, int64_t H, int64_t W, int64_t col_stride, Corners<scalar_t>& c) {
   // align_corners=False: pixel centres sit at (i + 0.5) / size.
-  const scalar_t x = loc_x * static_cast<scalar_t>(W) - static_cast<scalar_t>(0.5);
-  const scalar_t y = loc_y * static_cast<scalar_t>(H) - static_cast<scalar_t>(0.5);
+  const scalar_t x = pixel_coordinate(loc_x, W);
+  const scalar_t y = pixel_coordinate(loc_y, H);
   if (!(y > -1 && x > -1 && y < H && x < W)) return false;
   const scalar_t yf = std::floor(y), xf = std::floor(x);
   const int64_t y0 = static_cast<int64_t>(yf), x0 = static_cast<int64_t>(xf);
@@ -145,6 +171,7 @@ DETREX_LITE_INLINE void forward_rows_impl(
       } else {
         std::fill(acc, acc + D, scalar_t(0));
       }
+      bool poisoned = false;  // a NaN / infinite location or weight among the skipped samples
       const int64_t sample0 = (row * M + m) * L * P;
       const scalar_t* loc = a.loc + sample0 * 2;
       const scalar_t* attn = a.attn + sample0;
@@ -153,7 +180,10 @@ DETREX_LITE_INLINE void forward_rows_impl(
         const scalar_t* base = a.value + ((n * d.S + a.level_start[l]) * M + m) * D;
         for (int64_t p = 0; p < P; ++p, loc += 2, ++attn) {
           Corners<scalar_t> c;
-          if (!make_corners(loc[0], loc[1], H, W, col_stride, c)) continue;
+          if (!make_corners(loc[0], loc[1], H, W, col_stride, c)) {
+            poisoned = poisoned || !finite_sample(loc[0], loc[1], *attn);
+            continue;
+          }
           const scalar_t aw = *attn;
           const scalar_t* v0 = c.offset[0] >= 0 ? base + c.offset[0] : zeros;
           const scalar_t* v1 = c.offset[1] >= 0 ? base + c.offset[1] : zeros;
@@ -177,6 +207,7 @@ DETREX_LITE_INLINE void forward_rows_impl(
       } else {
         std::copy(acc, acc + D, out);
       }
+      if (poisoned) std::fill(out, out + D, std::numeric_limits<scalar_t>::quiet_NaN());
     }
   }
 }
@@ -203,7 +234,16 @@ DETREX_LITE_INLINE void backward_tasks_impl(
         for (int64_t p = 0; p < P; ++p) {
           const int64_t s = sample0 + l * P + p;
           Corners<scalar_t> c;
-          if (!make_corners(a.loc[2 * s], a.loc[2 * s + 1], H, W, col_stride, c)) continue;  // grads stay 0
+          if (!make_corners(a.loc[2 * s], a.loc[2 * s + 1], H, W, col_stride, c)) {
+            // Grads stay 0, or NaN for a NaN / infinite location or weight (the forward's NaN).
+            if (!finite_sample(a.loc[2 * s], a.loc[2 * s + 1], a.attn[s])) {
+              const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+              const bool finite_location = std::isfinite(a.loc[2 * s]) && std::isfinite(a.loc[2 * s + 1]);
+              a.grad_loc[2 * s] = a.grad_loc[2 * s + 1] = nan;
+              if (!finite_location) a.grad_attn[s] = nan;
+            }
+            continue;
+          }
           const scalar_t aw = a.attn[s];
           const scalar_t* v[4];
           scalar_t* g[4];
@@ -412,6 +452,8 @@ at::Tensor ms_deform_attn_forward_cpu(
     int64_t im2col_step) {
   check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step);
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn_forward_cpu: value must be on the CPU");
+  // The layout's values decide which memory the kernel reads: checked before it runs.
+  check_layout_values_on_host(spatial_shapes, level_start_index, value.size(1));
   if (!needs_float32_copy(value)) {
     // float64 / float32: the check above guarantees one dtype for all three.
     return forward_kernel(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
@@ -433,12 +475,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     int64_t im2col_step) {
   check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step);
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn_backward_cpu: value must be on the CPU");
-  const int64_t out_numel = value.size(0) * sampling_loc.size(1) * value.size(2) * value.size(3);
-  TORCH_CHECK(
-      grad_output.numel() == out_numel && grad_output.scalar_type() == value.scalar_type(),
-      "grad_output must be (N, Lq, M * D) = (", value.size(0), ", ", sampling_loc.size(1), ", ",
-      value.size(2) * value.size(3), ") of value's dtype ", dtype_name(value.scalar_type()), ", got ",
-      grad_output.sizes(), " ", dtype_name(grad_output.scalar_type()));
+  check_grad_output(value, sampling_loc, grad_output);
+  // The layout's values decide which memory the kernel reads and writes: checked before it runs.
+  check_layout_values_on_host(spatial_shapes, level_start_index, value.size(1));
   if (!needs_float32_copy(value)) {
     return backward_kernel(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output);
   }

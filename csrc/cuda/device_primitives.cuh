@@ -1,6 +1,8 @@
-// The few device primitives the deformable-attention kernels use, behind one small interface so
-// that the same kernel source also runs on the CPU under tests/cuda_emulation (which defines
-// DETREX_LITE_CUDA_EMULATION and provides its own versions of everything in this file).
+// The few device primitives the deformable-attention kernels use, behind one small interface.
+// The same file is compiled by nvcc for the GPU and, under tests/cuda_emulation, by a C++ compiler
+// for the CPU: the emulator (emulated_device.h) supplies the CUDA built-ins used here
+// (threadIdx, __shfl_xor_sync, atomicAdd, __fmul_rn, ...) and defines
+// DETREX_LITE_CHECK_ACCESS, so these very functions run in the emulated tests.
 //
 // Every global-memory access of the kernels goes through load / store / atomic_add here; the
 // emulator checks each one for bounds and alignment.
@@ -9,6 +11,11 @@
 #include <cstdint>
 
 #include "pack.h"
+
+// (pointer, bytes, alignment, what): nothing on a GPU; a bounds and alignment check in emulation.
+#ifndef DETREX_LITE_CHECK_ACCESS
+#define DETREX_LITE_CHECK_ACCESS(p, bytes, alignment, what) ((void)0)
+#endif
 
 namespace detrex_lite {
 namespace device {
@@ -22,13 +29,27 @@ __device__ __forceinline__ unsigned lane_in_warp() { return threadIdx.x & 31u; }
 
 template <typename T>
 __device__ __forceinline__ T load(const T* __restrict__ p) {
+  DETREX_LITE_CHECK_ACCESS(p, sizeof(T), alignof(T), "load");
   return *p;
 }
 
 template <typename T>
 __device__ __forceinline__ void store(T* __restrict__ p, const T& v) {
+  DETREX_LITE_CHECK_ACCESS(p, sizeof(T), alignof(T), "store");
   *p = v;
 }
+
+// Records an error for the host to raise after the launch (every writer stores the same 1).
+__device__ __forceinline__ void raise_flag(int* p) {
+  DETREX_LITE_CHECK_ACCESS(p, sizeof(int), alignof(int), "error flag store");
+  *static_cast<volatile int*>(p) = 1;
+}
+
+// a * b - c with the product rounded before the subtraction: nvcc would otherwise contract it
+// into one fused multiply-add, whose single rounding can move a coordinate within an ulp of an
+// integer into the neighbouring bilinear cell (the CPU kernel rounds twice, as here).
+__device__ __forceinline__ float mul_sub_rn(float a, float b, float c) { return __fsub_rn(__fmul_rn(a, b), c); }
+__device__ __forceinline__ double mul_sub_rn(double a, double b, double c) { return __dsub_rn(__dmul_rn(a, b), c); }
 
 // Sum over the lanes of an aligned group of `width` lanes (a power of two <= 32) whose lanes
 // are named by `mask`: a butterfly, so every lane of the group ends with the group's sum.
@@ -38,13 +59,21 @@ __device__ __forceinline__ T group_sum(unsigned mask, T v, int width) {
   return v;
 }
 
-__device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
-__device__ __forceinline__ void atomic_add(double* p, double v) { atomicAdd(p, v); }
+__device__ __forceinline__ void atomic_add(float* p, float v) {
+  DETREX_LITE_CHECK_ACCESS(p, sizeof(float), alignof(float), "atomic add");
+  atomicAdd(p, v);
+}
+__device__ __forceinline__ void atomic_add(double* p, double v) {
+  DETREX_LITE_CHECK_ACCESS(p, sizeof(double), alignof(double), "atomic add");
+  atomicAdd(p, v);
+}
 
 // p[0..V) += v[0..V). On Hopper (sm_90+) four floats at a 16-byte aligned address go in one
 // vector atomic; elsewhere one atomic per element.
 template <int V>
 __device__ __forceinline__ void atomic_add_run(float* p, const float (&v)[V]) {
+  // The emulator checks the 16-byte alignment that the sm_90 vector atomic needs on every build.
+  DETREX_LITE_CHECK_ACCESS(p, sizeof(float) * V, V % 4 == 0 ? 16 : alignof(float), "vector atomic add");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr bool kVector = V % 4 == 0;
 #else
@@ -63,6 +92,7 @@ __device__ __forceinline__ void atomic_add_run(float* p, const float (&v)[V]) {
 
 template <int V>
 __device__ __forceinline__ void atomic_add_run(double* p, const double (&v)[V]) {
+  DETREX_LITE_CHECK_ACCESS(p, sizeof(double) * V, alignof(double), "atomic add run");
 #pragma unroll
   for (int i = 0; i < V; ++i) atomicAdd(p + i, v[i]);
 }

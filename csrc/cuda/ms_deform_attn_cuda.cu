@@ -48,11 +48,15 @@ void check_arch(int device) {
     (void)cudaGetLastError();  // clear the (non-sticky) error so later CUDA calls are unaffected
     cudaDeviceProp prop;
     C10_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    const bool needs_cuda12 = prop.major * 10 + prop.minor < 75;
     TORCH_CHECK(
         false, "detrex_lite._C has no CUDA kernel for this GPU (", prop.name, ", sm_", prop.major, prop.minor,
         "): it was compiled for [", DETREX_LITE_CUDA_ARCHS_STR, "] (", cudaGetErrorString(status),
         "). Rebuild for it: TORCH_CUDA_ARCH_LIST=\"", prop.major, ".", prop.minor,
-        "\" FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .  (in the detrex_lite repository)");
+        "+PTX\" FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .  (in the detrex_lite repository",
+        needs_cuda12 ? ", with a CUDA 12.x toolkit in CUDA_HOME: CUDA 13 cannot build for compute capability < 7.5"
+                     : "",
+        "). A list ending in +PTX also runs on GPUs newer than its last entry.");
   }
   if (device >= 0 && device < 64) checked[device] = true;
 }
@@ -70,8 +74,9 @@ at::Tensor ms_deform_attn_forward_cuda(
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn (CUDA): value must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(value.device());
   check_arch(value.get_device());
-  const auto inputs =
-      msda_cuda::prepare_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  const auto inputs = msda_cuda::prepare_inputs(
+      value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
+      msda_cuda::layout_check_for(spatial_shapes, level_start_index));
   return msda_cuda::forward(
       inputs, StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());
 }
@@ -88,14 +93,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn (CUDA): value must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(value.device());
   check_arch(value.get_device());
-  const int64_t N = value.size(0), M = value.size(2), D = value.size(3), Lq = sampling_loc.size(1);
-  TORCH_CHECK(
-      grad_output.numel() == N * Lq * M * D && grad_output.scalar_type() == value.scalar_type() &&
-          grad_output.device() == value.device(),
-      "grad_output must be (N, Lq, M * D) = (", N, ", ", Lq, ", ", M * D,
-      ") with value's dtype and device, got ", grad_output.sizes(), " ", grad_output.scalar_type());
-  const auto inputs =
-      msda_cuda::prepare_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  check_grad_output(value, sampling_loc, grad_output);
+  const auto inputs = msda_cuda::prepare_inputs(
+      value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
+      msda_cuda::layout_check_for(spatial_shapes, level_start_index));
   return msda_cuda::backward(
       inputs, grad_output, sampling_loc.scalar_type(), attn_weight.scalar_type(),
       StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());

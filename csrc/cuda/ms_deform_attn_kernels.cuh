@@ -2,8 +2,16 @@
 // them. Included by ms_deform_attn_cuda.cu (nvcc) and by tests/cuda_emulation (a C++ compiler,
 // with DETREX_LITE_CUDA_EMULATION defined), so the same source is tested on the CPU.
 //
-// Semantics are those of csrc/cpu/ms_deform_attn_cpu.cpp: pixel = loc * size - 0.5, bilinear
-// with zero padding, a sample is skipped unless -1 < x < W and -1 < y < H (also for NaN).
+// Semantics are those of csrc/cpu/ms_deform_attn_cpu.cpp: pixel = loc * size - 0.5 (rounded after
+// the product and after the subtraction, never one fused multiply-add), bilinear with zero
+// padding, a sample is skipped unless -1 < x < W and -1 < y < H. A skipped sample with a NaN or
+// infinite coordinate or weight makes its (n, q, m) output row NaN, as the reference's
+// grid_sample gives (NaN in, NaN out); in backward its location gradient is NaN, its weight
+// gradient NaN for a non-finite location (0 when only the weight is non-finite).
+//
+// Memory safety: each level's H, W and start are tested in the kernels (level_in_bounds) before
+// they index value; a level that would leave value's S positions reads nothing, contributes
+// zero, and sets the launch's error flag, raised by the host code after the launch.
 //
 // dtypes: value / output / grad_output in scalar_t (float64, float32, float16, bfloat16);
 // sampling locations, attention weights and every sum in acc_t (float64 for float64, else
@@ -26,6 +34,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -38,6 +47,8 @@
 #else
 #include "device_primitives.cuh"
 #endif
+
+#include "ms_deform_attn_layout.h"
 
 namespace detrex_lite {
 namespace msda_cuda {
@@ -63,11 +74,27 @@ struct Corners {
   acc_t ly, lx, hy, hx;
 };
 
+// Whether level (H, W) starting at `start` lies inside value's S positions (int64 arithmetic,
+// no overflow): only then may the level index value. Uniform over a group (same level).
+__device__ __forceinline__ bool level_in_bounds(int64_t H, int64_t W, int64_t start, int64_t S) {
+  constexpr int64_t kIntMax = 0x7fffffff;
+  return H > 0 && W > 0 && H <= kIntMax && W <= kIntMax && start >= 0 && start <= S && H <= S - start &&
+         W <= (S - start) / H;
+}
+
+// A skipped sample (no corner read) poisons its output row when its location or weight is NaN
+// or infinite: the reference's grid_sample returns NaN there, and 0 * w is NaN for w = inf.
+template <typename acc_t>
+__device__ __forceinline__ bool finite_sample(acc_t x, acc_t y, acc_t w) {
+  return isfinite(x) && isfinite(y) && isfinite(w);
+}
+
 template <typename acc_t, typename index_t>
 __device__ __forceinline__ bool make_corners(
     acc_t loc_x, acc_t loc_y, int H, int W, index_t col_stride, Corners<acc_t, index_t>& c) {
-  const acc_t x = loc_x * static_cast<acc_t>(W) - static_cast<acc_t>(0.5);
-  const acc_t y = loc_y * static_cast<acc_t>(H) - static_cast<acc_t>(0.5);
+  // Rounded product, then rounded subtraction (no FMA): the CPU kernel's cell at integer seams.
+  const acc_t x = device::mul_sub_rn(loc_x, static_cast<acc_t>(W), static_cast<acc_t>(0.5));
+  const acc_t y = device::mul_sub_rn(loc_y, static_cast<acc_t>(H), static_cast<acc_t>(0.5));
   if (!(y > -1 && x > -1 && y < H && x < W)) return false;
   const acc_t yf = floor(y), xf = floor(x);
   const int y0 = static_cast<int>(yf), x0 = static_cast<int>(xf);
@@ -128,6 +155,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     const acc_t* __restrict__ loc,
     const acc_t* __restrict__ attn,
     scalar_t* __restrict__ out,
+    int* __restrict__ error,
     const Geometry g) {
   const RowThread<index_t> r = row_thread<index_t>(g);
   if (!r.active) return;
@@ -145,17 +173,26 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     acc_t acc[VEC];
 #pragma unroll
     for (int c = 0; c < VEC; ++c) acc[c] = 0;
+    bool poisoned = false;
 #pragma unroll
     for (int l = 0; l < L; ++l) {
-      const int H = static_cast<int>(device::load(spatial_shapes + 2 * l));
-      const int W = static_cast<int>(device::load(spatial_shapes + 2 * l + 1));
-      const scalar_t* base = value_nm + static_cast<index_t>(device::load(level_start + l)) * col_stride + c0;
+      const int64_t H64 = device::load(spatial_shapes + 2 * l), W64 = device::load(spatial_shapes + 2 * l + 1);
+      const int64_t start = device::load(level_start + l);
+      if (!level_in_bounds(H64, W64, start, g.S)) {
+        device::raise_flag(error);
+        continue;
+      }
+      const int H = static_cast<int>(H64), W = static_cast<int>(W64);
+      const scalar_t* base = value_nm + static_cast<index_t>(start) * col_stride + c0;
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int s = l * P + p;
         const Pack<acc_t, 2> xy = device::load(reinterpret_cast<const Pack<acc_t, 2>*>(loc_row + 2 * s));
         Corners<acc_t, index_t> cr;
-        if (!make_corners<acc_t, index_t>(xy.v[0], xy.v[1], H, W, col_stride, cr)) continue;
+        if (!make_corners<acc_t, index_t>(xy.v[0], xy.v[1], H, W, col_stride, cr)) {
+          poisoned = poisoned || !finite_sample(xy.v[0], xy.v[1], device::load(attn_row + s));
+          continue;
+        }
         const acc_t w = device::load(attn_row + s);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
@@ -170,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     }
     Pack<scalar_t, VEC> o;
 #pragma unroll
-    for (int c = 0; c < VEC; ++c) o.v[c] = static_cast<scalar_t>(acc[c]);
+    for (int c = 0; c < VEC; ++c) o.v[c] = static_cast<scalar_t>(poisoned ? static_cast<acc_t>(NAN) : acc[c]);
     device::store(reinterpret_cast<Pack<scalar_t, VEC>*>(out + row * D + c0), o);
   }
 }
@@ -188,6 +225,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
     acc_t* __restrict__ grad_value,
     acc_t* __restrict__ grad_loc,
     acc_t* __restrict__ grad_attn,
+    int* __restrict__ error,
     const Geometry g) {
   const RowThread<index_t> r = row_thread<index_t>(g);
   // Whole groups leave together, so the shuffles below only involve lanes that are still running.
@@ -219,19 +257,36 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
 
 #pragma unroll 1
   for (int l = 0; l < L; ++l) {
-    const int H = static_cast<int>(device::load(spatial_shapes + 2 * l));
-    const int W = static_cast<int>(device::load(spatial_shapes + 2 * l + 1));
-    const index_t level_base = value_nm + static_cast<index_t>(device::load(level_start + l)) * col_stride;
+    const int64_t H64 = device::load(spatial_shapes + 2 * l), W64 = device::load(spatial_shapes + 2 * l + 1);
+    const int64_t start = device::load(level_start + l);
+    if (!level_in_bounds(H64, W64, start, g.S)) {
+      // Uniform over the group (the same level for every lane): no gradient, the error flag set.
+      if (lane == 0) {
+        device::raise_flag(error);
+        for (int p = 0; p < P; ++p) {
+          device::store(grad_attn_row + l * P + p, acc_t(0));
+          device::store(reinterpret_cast<Pack<acc_t, 2>*>(grad_loc_row + 2 * (l * P + p)), Pack<acc_t, 2>{{0, 0}});
+        }
+      }
+      continue;
+    }
+    const int H = static_cast<int>(H64), W = static_cast<int>(W64);
+    const index_t level_base = value_nm + static_cast<index_t>(start) * col_stride;
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int s = l * P + p;
       const Pack<acc_t, 2> xy = device::load(reinterpret_cast<const Pack<acc_t, 2>*>(loc_row + 2 * s));
       Corners<acc_t, index_t> cr;
       if (!make_corners<acc_t, index_t>(xy.v[0], xy.v[1], H, W, col_stride, cr)) {
-        // Uniform over the group: the same sample for every lane.
+        // Uniform over the group: the same sample for every lane. Zeros, or NaN for a NaN or
+        // infinite location / weight (the reference's derivative of its NaN output).
         if (lane == 0) {
-          device::store(grad_attn_row + s, acc_t(0));
-          device::store(reinterpret_cast<Pack<acc_t, 2>*>(grad_loc_row + 2 * s), Pack<acc_t, 2>{{0, 0}});
+          const acc_t w = device::load(attn_row + s);
+          const bool finite_location = isfinite(xy.v[0]) && isfinite(xy.v[1]);
+          const acc_t nan = static_cast<acc_t>(NAN);
+          const acc_t g_loc = finite_location && isfinite(w) ? acc_t(0) : nan;
+          device::store(grad_attn_row + s, finite_location ? acc_t(0) : nan);
+          device::store(reinterpret_cast<Pack<acc_t, 2>*>(grad_loc_row + 2 * s), Pack<acc_t, 2>{{g_loc, g_loc}});
         }
         continue;
       }
@@ -401,8 +456,21 @@ inline at::Tensor as_acc_contiguous(const at::Tensor& t, at::ScalarType acc) {
   return out;
 }
 
+// Where the layout's values are checked: on the host before the launch (a layout on the CPU),
+// or only by the kernels' bounds test, whose error flag is then read after the launch (one
+// 4-byte device-to-host copy: a synchronisation).
+enum class LayoutCheck { kHost, kKernel };
+
+// A layout on the CPU is checked there; one already on the GPU by the kernels.
+inline LayoutCheck layout_check_for(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
+  return spatial_shapes.device().is_cpu() && level_start_index.device().is_cpu() ? LayoutCheck::kHost
+                                                                                 : LayoutCheck::kKernel;
+}
+
 struct Inputs {
   at::Tensor value, spatial_shapes, level_start, loc, attn;
+  at::Tensor error;  // (1,) int32 on value's device, set by a kernel that met an out-of-range level
+  LayoutCheck layout_check;
 };
 
 // Inputs already checked by check_ms_deform_attn_inputs.
@@ -411,11 +479,31 @@ inline Inputs prepare_inputs(
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_loc,
-    const at::Tensor& attn_weight) {
+    const at::Tensor& attn_weight,
+    LayoutCheck layout_check) {
+  if (layout_check == LayoutCheck::kHost) {
+    check_layout_values_on_host(spatial_shapes, level_start_index, value.size(1));
+  }
   const auto acc = acc_dtype_for(value.scalar_type());
-  return Inputs{value.contiguous(), spatial_shapes.to(value.device()).contiguous(),
-                level_start_index.to(value.device()).contiguous(), as_acc_contiguous(sampling_loc, acc),
-                as_acc_contiguous(attn_weight, acc)};
+  // From the CPU without waiting for the device (the host copy is staged at once).
+  const auto on_device = [&](const at::Tensor& t) { return t.to(value.device(), /*non_blocking=*/true).contiguous(); };
+  return Inputs{value.contiguous(),
+                on_device(spatial_shapes),
+                on_device(level_start_index),
+                as_acc_contiguous(sampling_loc, acc),
+                as_acc_contiguous(attn_weight, acc),
+                at::zeros({1}, value.options().dtype(at::kInt)),
+                layout_check};
+}
+
+// After the launch: a kernel found a level outside value (only possible without the host check).
+inline void raise_if_layout_error(const Inputs& in) {
+  if (in.layout_check == LayoutCheck::kHost) return;
+  TORCH_CHECK(
+      in.error.item<int>() == 0,
+      "ms_deform_attn: spatial_shapes / level_start_index place a level outside value's S = ", in.value.size(1),
+      " positions (each level needs H > 0, W > 0, start >= 0 and start + H * W <= S); those levels were "
+      "skipped and the results are invalid");
 }
 
 template <typename Launcher>
@@ -430,9 +518,11 @@ at::Tensor forward(const Inputs& in, const Launcher& launch, KernelChoice choice
     DETREX_LITE_MSDA_DISPATCH_VARIANT(plan, widest_vec<scalar_t>(), [&] {
       launch(&forward_kernel<scalar_t, acc_t, VEC, kL, kP, index_t>, blocks_for(plan), kThreads,
              v.data_ptr<scalar_t>(), in.spatial_shapes.data_ptr<int64_t>(), in.level_start.data_ptr<int64_t>(),
-             in.loc.data_ptr<acc_t>(), in.attn.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), plan.g);
+             in.loc.data_ptr<acc_t>(), in.attn.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
+             in.error.data_ptr<int>(), plan.g);
     });
   });
+  raise_if_layout_error(in);
   return out;
 }
 
@@ -462,9 +552,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
         launch(&backward_kernel<scalar_t, acc_t, VEC, kL, kP, index_t>, blocks_for(plan), kThreads,
                v.data_ptr<scalar_t>(), in.spatial_shapes.data_ptr<int64_t>(), in.level_start.data_ptr<int64_t>(),
                in.loc.data_ptr<acc_t>(), in.attn.data_ptr<acc_t>(), grad_out.data_ptr<scalar_t>(),
-               grad_value.data_ptr<acc_t>(), grad_loc.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>(), plan.g);
+               grad_value.data_ptr<acc_t>(), grad_loc.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>(),
+               in.error.data_ptr<int>(), plan.g);
       });
     });
+    raise_if_layout_error(in);
   }
   return {grad_value.to(v.scalar_type()), grad_loc.to(loc_dtype), grad_attn.to(attn_dtype)};
 }

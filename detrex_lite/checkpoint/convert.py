@@ -28,6 +28,9 @@ def detect_source(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
         ConversionError: when the keys match no known layout.
     """
     state_dict = strip_prefix(state_dict, "module.")
+    # Checked first: our DETR keeps the official transformer/head names (only the backbone differs).
+    if any(k.startswith("backbone.stem.") for k in state_dict):
+        raise ConversionError("this state dict already has detrex_lite names; load it directly")
     if is_hf_deformable_detr(state_dict):
         return "hf", "deformable_detr"
     if is_hf_detr(state_dict):
@@ -38,8 +41,6 @@ def detect_source(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
         return "official-detr", "detr"
     if is_torchvision_resnet(state_dict) or is_hf_resnet(state_dict):
         return "torchvision-resnet", "resnet"
-    if any(k.startswith("backbone.stem.") for k in state_dict):
-        raise ConversionError("this state dict already has detrex_lite names; load it directly")
     sample = ", ".join(list(state_dict)[:5])
     raise ConversionError(f"unrecognised checkpoint layout (first keys: {sample}); pass --from explicitly")
 

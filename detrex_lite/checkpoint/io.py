@@ -3,30 +3,111 @@ import argparse
 import json
 import logging
 import os
+import re
 from typing import Any, Dict, Optional
 
 import torch
 
-__all__ = ["load_state_dict", "read_hf_config", "save_checkpoint"]
+__all__ = [
+    "CheckpointError", "CheckpointFileError", "load_state_dict", "read_checkpoint", "read_hf_config", "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (unreadable, or does not fit the model). ``str(err)`` is one
+    line naming the file and what to do, for command-line tools to print as it is."""
+
+
+class CheckpointFileError(CheckpointError):
+    """The file is not a checkpoint this project can read (empty, text, damaged, not a dict)."""
+
+
+_WHAT_TO_DO = (
+    "expected a .pth written by tools/train_net.py or tools/convert_checkpoint.py "
+    "(torch.save of a state dict, possibly under 'model')"
+)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
 def _torch_load(path: str) -> Any:
-    # weights_only=True refuses arbitrary pickled objects; the official Deformable-DETR and DETR
-    # checkpoints only add an argparse.Namespace ("args") to tensors and plain containers.
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
+
+    weights_only=True refuses arbitrary pickled objects; the official Deformable-DETR and DETR
+    checkpoints only add an argparse.Namespace ("args") to tensors and plain containers.
+
+    Raises:
+        CheckpointFileError: missing, empty, text, damaged or otherwise unreadable file.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointFileError(f"{path}: checkpoint file not found")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointFileError(f"{path}: the file is empty (an interrupted copy or download?); {_WHAT_TO_DO}")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if _looks_like_text(head):
+        first = head.decode("utf-8").splitlines()[0][:40] if head.strip() else ""
+        raise CheckpointFileError(
+            f"{path}: is a text file, not a checkpoint (it starts with {first!r}); {_WHAT_TO_DO}"
+        )
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle.UnpicklingError and friends
-            raise RuntimeError(
-                f"{path}: cannot be read with torch.load(weights_only=True): {e}\n"
-                "Checkpoints are read without running pickled code; re-save the state dict "
-                "alone (torch.save(torch.load(path, weights_only=False)['model'], new_path)) "
-                "if you trust this file."
-            ) from e
+        except Exception as e:  # pickle.UnpicklingError, RuntimeError from the zip reader, ...
+            message = str(e)
+            unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+            if unsupported:
+                raise CheckpointFileError(
+                    f"{path}: holds pickled Python objects ({unsupported[1]}) that are not loaded, "
+                    "because loading them can run code; if you trust the file, re-save its state "
+                    "dict alone: torch.save(torch.load(path, weights_only=False)['model'], new_path)"
+                ) from None
+            if "zip archive" in message or "central directory" in message:
+                reason = "a truncated or damaged PyTorch file"
+            else:
+                reason = "not a PyTorch checkpoint (random or damaged bytes?)"
+            raise CheckpointFileError(
+                f"{path}: cannot be read: {reason} ({size} bytes); {_WHAT_TO_DO}"
+            ) from None
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """The checkpoint at ``path`` as ``{"model": state_dict, **everything else}``.
+
+    A bare state dict is wrapped; one under "state_dict" is moved to "model".
+
+    Raises:
+        CheckpointFileError: unreadable file, or one that holds no state dict (name -> tensor).
+    """
+    loaded = _torch_load(path)
+    if not isinstance(loaded, dict):
+        raise CheckpointFileError(
+            f"{path}: holds a {type(loaded).__name__}, not a state dict; {_WHAT_TO_DO}"
+        )
+    if isinstance(loaded.get("model"), dict):
+        checkpoint = dict(loaded)
+    elif isinstance(loaded.get("state_dict"), dict):
+        checkpoint = {k: v for k, v in loaded.items() if k != "state_dict"}
+        checkpoint["model"] = loaded["state_dict"]
+    else:
+        checkpoint = {"model": loaded}
+    state = checkpoint["model"]
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not state or bad:
+        what = "is empty" if not state else f"has non-tensor entries ({', '.join(map(str, bad[:3]))})"
+        raise CheckpointFileError(f"{path}: the state dict {what}; {_WHAT_TO_DO}")
+    return checkpoint
 
 
 def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -45,15 +126,7 @@ def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu")
-    loaded = _torch_load(path)
-    if isinstance(loaded, dict):
-        for field in ("model", "state_dict"):
-            if isinstance(loaded.get(field), dict):
-                loaded = loaded[field]
-                break
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), possibly under 'model'")
-    return dict(loaded)
+    return dict(read_checkpoint(path)["model"])
 
 
 def read_hf_config(path: str) -> Optional[Dict[str, Any]]:
@@ -74,5 +147,9 @@ def save_checkpoint(path: str, state_dict: Dict[str, torch.Tensor], **meta: Any)
     payload = {"model": {k: v.contiguous() for k, v in state_dict.items()}, "__author__": "detrex_lite"}
     payload.update(meta)
     tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint under the final name
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # never leave a half-written checkpoint under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

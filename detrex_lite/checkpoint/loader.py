@@ -1,12 +1,17 @@
-"""Loading weights into a model, with every mismatch named.
+"""One weight loader: ``load_weights(model, path, purpose=...)`` for every tool.
 
 detectron2/fvcore's checkpointer skips parameters whose shape differs with a warning and goes on;
 a typo'd config (wrong depth, d_model, number of levels) then "loads" and evaluates to garbage.
-Here a shape mismatch is an error that lists each parameter and both shapes, with one exception:
-the class heads, whose size differs exactly when a checkpoint trained on one dataset is
-fine-tuned on another. Those keep their initialisation and one message says so.
+Here the checkpoint must fit the model exactly: every missing, unexpected or wrongly-shaped
+parameter, a disagreement with the architecture stored in the checkpoint, or tied parameters
+whose checkpoint values differ is one :class:`CheckpointMismatchError` naming the keys and the
+config option that would explain them (``model.with_box_refine``, ...). The one tolerated
+difference is the class count when training starts from a checkpoint (fine-tuning): the class
+heads keep their initialisation and one message says so. In evaluation, prediction and export a
+different class count is an error too.
 """
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -17,64 +22,116 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from fvcore.common.checkpoint import _IncompatibleKeys
 from torch import nn
 
-from .io import _torch_load
-from .rename import format_key_list, strip_prefix
+from .arch import ARCH_OPTIONS, explain_mismatch, keys_point_at, model_arch, state_dict_arch, tied_groups
+from .io import CheckpointError, read_checkpoint
+from .rename import strip_prefix
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "load_model_state", "load_checkpoint", "DetrexCheckpointer"]
+__all__ = [
+    "PURPOSES", "CheckpointMismatchError", "LoadReport", "load_weights", "apply_state_dict",
+    "load_model_state", "load_checkpoint", "DetrexCheckpointer", "ema_requested",
+]
 
 logger = logging.getLogger(__name__)
 
+PURPOSES = ("train", "resume", "eval", "predict", "export")
+
 # Class heads of DETR-family models: their first dimension is the number of classes.
 CLASS_HEAD_RE = re.compile(r"(?:.*\.)?class_embed(?:\.\d+)?\.(?:weight|bias)")
+_LIST_LIMIT = 6
 
 
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint does not fit the model (names or shapes)."""
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint does not fit the model (names, shapes or architecture). ``str(err)`` is
+    one line; ``err.details`` lists every offending key."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 @dataclass
 class LoadReport:
-    missing: List[str] = field(default_factory=list)  # in the model, not in the checkpoint
-    unexpected: List[str] = field(default_factory=list)  # in the checkpoint, not in the model
+    """What :func:`load_weights` did."""
+
+    path: str = ""
+    missing: List[str] = field(default_factory=list)  # in the model, not in the checkpoint (partial files)
+    unexpected: List[str] = field(default_factory=list)  # always empty after a successful load
     skipped_class_heads: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+    ema: bool = False  # the EMA weights of the checkpoint were loaded
+    meta: Dict[str, Any] = field(default_factory=dict)  # checkpoint["meta"] (run metadata), if any
+    warnings: List[str] = field(default_factory=list)
 
 
-def _foreign_format_hint(state_dict: Mapping[str, torch.Tensor]) -> str:
+def _inline(items: List[str], limit: int = _LIST_LIMIT) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _foreign_format_hint(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+    """Why the names do not fit: released weights not converted yet, or detrex_lite weights of
+    another model family."""
     from .convert import detect_source  # local: convert imports the converters
 
     try:
-        source, model = detect_source(state_dict)
+        source, family = detect_source(state_dict)
     except Exception:
+        ours = state_dict_arch(state_dict).get("meta_architecture")
+        if ours and ours != type(model).__name__:
+            return (
+                f"these are detrex_lite {ours} weights and the config builds {type(model).__name__}: "
+                f"use a {ours} config"
+            )
         return ""
-    return (
-        f"\nThese look like {source} ({model}) weights: convert them first with\n"
-        f"  python tools/convert_checkpoint.py --from {source} IN OUT"
-    )
+    return f"these look like {source} ({family}) weights: convert them first with tools/convert_checkpoint.py --from {source} IN OUT"
 
 
-def load_model_state(
+def ema_requested(cfg: Any) -> bool:
+    """Whether a config asks for the EMA weights outside training
+    (``train.model_ema.enabled`` and ``train.model_ema.use_ema_weights_for_eval_only``)."""
+    if cfg is None:
+        return False
+    try:
+        ema = cfg.train.get("model_ema", {}) if "train" in cfg else {}
+    except Exception:
+        return False
+    return bool(ema.get("enabled", False) and ema.get("use_ema_weights_for_eval_only", False))
+
+
+def _class_count(key: str, shape: tuple, model: nn.Module, model_shape: tuple) -> int:
+    """Classes of a class-head tensor, without DETR's no-object row."""
+    extra = model_shape[0] - getattr(model, "num_classes", model_shape[0])
+    return shape[0] - max(extra, 0)
+
+
+def apply_state_dict(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     *,
-    strict: bool = True,
+    purpose: str,
+    meta: Optional[Mapping[str, Any]] = None,
     partial_prefix: Optional[str] = None,
+    source: str = "the checkpoint",
 ) -> LoadReport:
-    """Copy ``state_dict`` into ``model``.
+    """Check ``state_dict`` against ``model`` and copy it in (see the module docstring).
 
     Args:
-        strict: raise on missing keys. Unexpected keys and shape mismatches (other than the
-            class heads) always raise.
-        partial_prefix: the checkpoint only covers parameters under this prefix (e.g. "backbone."
-            for ImageNet weights): the other missing keys are expected and only logged.
+        purpose: "train" (fine-tuning: another class count re-initialises the class heads),
+            "resume", "eval", "predict" or "export" (strict, class count included).
+        meta: the checkpoint's metadata ({"arch": {...}, ...}) when it has some.
+        partial_prefix: the checkpoint only covers parameters under this prefix (a converted
+            ImageNet backbone, "backbone."); only allowed when training.
+        source: how messages name the checkpoint (its path).
 
     Raises:
-        CheckpointMismatchError: naming every offending key (and both shapes).
+        CheckpointMismatchError: one line naming the offending keys and the config option.
     """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    fine_tuning = purpose == "train"
     state_dict = strip_prefix(state_dict, "module.")
     own = model.state_dict()
-    report = LoadReport()
-    wrong_shapes = []
-    to_load = {}
+    report = LoadReport(path=source, meta=dict(meta or {}))
+    wrong_shapes, class_heads, to_load = [], [], {}
     for key, value in state_dict.items():
         if key not in own:
             report.unexpected.append(key)
@@ -83,80 +140,232 @@ def load_model_state(
         if ckpt_shape == model_shape:
             to_load[key] = value
         elif CLASS_HEAD_RE.fullmatch(key) and ckpt_shape[1:] == model_shape[1:]:
-            report.skipped_class_heads.append((key, ckpt_shape, model_shape))
+            class_heads.append((key, ckpt_shape, model_shape))
         else:
-            wrong_shapes.append(f"{key}: {ckpt_shape} in the checkpoint, {model_shape} in the model")
+            wrong_shapes.append((key, ckpt_shape, model_shape))
     report.missing = [k for k in own if k not in state_dict]
+    if partial_prefix and not fine_tuning:
+        raise CheckpointMismatchError(
+            f"{source}: holds only '{partial_prefix}*' weights (an ImageNet backbone): it can start "
+            f"a training (train.init_checkpoint), not {purpose} a detector"
+        )
+    missing = [k for k in report.missing if not (partial_prefix and not k.startswith(partial_prefix))]
+
+    # Architecture: the stored facts (or, without metadata, the ones the tensors tell).
+    model_facts = model_arch(model)
+    stored = dict((meta or {}).get("arch") or {})
+    reasons = []
+    if stored:
+        reasons += explain_mismatch(model_facts, stored, stored=True)
+    if not partial_prefix:
+        tensor_facts = state_dict_arch(state_dict)
+        fields = [f for f in ARCH_OPTIONS if f not in ("num_classes", "with_box_refine") and f not in stored]
+        reasons += explain_mismatch(model_facts, tensor_facts, stored=False, fields=fields)
+        reasons += _tied_reasons(model, state_dict, stored)
+        suspicious = _untied_but_identical(model, state_dict, model_facts, tensor_facts, stored)
+        if suspicious:
+            report.warnings.append(suspicious)
+            logger.warning(f"{source}: {suspicious}")
+    if (missing or report.unexpected or wrong_shapes) and not reasons:
+        hint = _foreign_format_hint(state_dict, model) if report.unexpected else ""
+        if hint:
+            reasons.append(hint)
+        else:
+            options = keys_point_at(missing, report.unexpected)
+            if options:
+                reasons.append(f"check {', '.join(options)}")
 
     problems = []
     if wrong_shapes:
-        problems.append(f"{len(wrong_shapes)} shape mismatch(es):\n{format_key_list(wrong_shapes)}")
+        problems.append(
+            f"{len(wrong_shapes)} shape mismatch(es): "
+            + _inline([f"{k}: {c} in the checkpoint, {m} in the model" for k, c, m in wrong_shapes], 3)
+        )
     if report.unexpected:
-        problems.append(
-            f"{len(report.unexpected)} key(s) in the checkpoint that the model does not have:\n"
-            f"{format_key_list(report.unexpected)}"
+        problems.append(f"{len(report.unexpected)} key(s) the model does not have: {_inline(report.unexpected)}")
+    if missing:
+        problems.append(f"{len(missing)} model key(s) missing from the checkpoint: {_inline(missing)}")
+    if class_heads and not fine_tuning:
+        key, ckpt_shape, model_shape = class_heads[0]
+        n = _class_count(key, ckpt_shape, model, model_shape)
+        reasons.append(
+            f"the checkpoint has {n} classes, the config {getattr(model, 'num_classes', model_shape[0])} "
+            f"(set model.num_classes={n}; a different class count is only accepted when training "
+            "starts from a checkpoint, which re-initialises the class heads)"
         )
-    missing_outside = [k for k in report.missing if not (partial_prefix and not k.startswith(partial_prefix))]
-    if strict and missing_outside:
-        problems.append(
-            f"{len(missing_outside)} model key(s) missing from the checkpoint:\n{format_key_list(missing_outside)}"
+    if reasons or problems:
+        message = f"{source} does not fit the model ({purpose}): " + "; ".join(reasons + problems)
+        details = "\n".join(
+            [f"  shape {k}: {c} in the checkpoint, {m} in the model" for k, c, m in wrong_shapes]
+            + [f"  unexpected {k}" for k in report.unexpected]
+            + [f"  missing {k}" for k in missing]
         )
-    if problems:
-        hint = _foreign_format_hint(state_dict) if report.unexpected else ""
-        raise CheckpointMismatchError("checkpoint does not fit the model: " + "\n".join(problems) + hint)
+        raise CheckpointMismatchError(message, details)
 
     model.load_state_dict(to_load, strict=False)
-    if report.skipped_class_heads:
-        key, ckpt_shape, model_shape = report.skipped_class_heads[0]
-        names = ", ".join(k for k, _, _ in report.skipped_class_heads)
+    if class_heads:
+        report.skipped_class_heads = class_heads
+        key, ckpt_shape, model_shape = class_heads[0]
         logger.warning(
             f"The checkpoint's class heads have {ckpt_shape[0]} outputs, the model's {model_shape[0]} "
             f"(a different class count, e.g. fine-tuning on a new dataset): loaded everything "
-            f"except the class heads, which keep their initialisation: {names}"
+            f"except the class heads, which keep their initialisation: {_inline([k for k, _, _ in class_heads])}"
         )
     if report.missing:
-        level = logging.INFO if partial_prefix and not missing_outside else logging.WARNING
-        logger.log(
-            level,
-            f"{len(report.missing)} model key(s) not in the checkpoint keep their initialisation"
-            + (f" (it only covers '{partial_prefix}*')" if partial_prefix else "")
-            + f":\n{format_key_list(report.missing, 10)}",
+        logger.info(
+            f"{len(report.missing)} model key(s) not in the checkpoint keep their initialisation "
+            f"(it only covers '{partial_prefix}*')"
         )
     return report
 
 
+def _tied_reasons(model: nn.Module, state_dict: Mapping[str, torch.Tensor], stored: Mapping[str, Any]) -> List[str]:
+    """Keys that are one tensor in the model must have equal values in the checkpoint."""
+    reasons = []
+    for keys in tied_groups(model):
+        values = [state_dict[k] for k in keys if k in state_dict]
+        if len(values) < 2 or all(v.shape == values[0].shape and torch.equal(v, values[0]) for v in values[1:]):
+            continue
+        if any(re.match(r"(class_embed|bbox_embed)\.\d+\.", k) for k in keys):
+            if "with_box_refine" in stored:
+                continue  # already explained by the stored architecture
+            reason = (
+                "the checkpoint has a separate class/box head per decoder layer (it was trained with "
+                "model.with_box_refine=True), the config shares one head (model.with_box_refine=False)"
+            )
+        else:
+            reason = f"{_inline(keys, 3)} are one tensor in the model but differ in the checkpoint"
+        if reason not in reasons:
+            reasons.append(reason)
+    return reasons
+
+
+def _untied_but_identical(model, state_dict, model_facts, tensor_facts, stored) -> str:
+    """A box-refinement model given a checkpoint whose per-layer heads are all equal: probably a
+    plain model's (a model saved right after initialisation looks the same, hence a warning; with
+    stored metadata the architecture comparison decides)."""
+    if "with_box_refine" in stored or not model_facts.get("with_box_refine"):
+        return ""
+    if tensor_facts.get("with_box_refine") is False:
+        return (
+            "every decoder layer's class/box head is identical in the checkpoint, as in a model "
+            "trained with model.with_box_refine=False, but the config sets model.with_box_refine=True"
+        )
+    return ""
+
+
+def load_weights(model: nn.Module, path: str, *, purpose: str, cfg: Any = None) -> LoadReport:
+    """Load the weights at ``path`` into ``model`` for ``purpose``.
+
+    Args:
+        model: the detector built from the config (on any device).
+        path: a checkpoint written by training or tools/convert_checkpoint.py (or a bare state
+            dict); URLs and detectron2:// paths are fetched with detectron2's PathManager.
+        purpose: "train" (train.init_checkpoint: a different class count re-initialises the class
+            heads, ImageNet backbone files are accepted), "eval", "predict" or "export" (strict).
+        cfg: the config; its ``train.model_ema`` decides whether the EMA weights are loaded
+            (without a config, the checkpoint's metadata decides).
+
+    Returns:
+        a :class:`LoadReport` (``meta`` holds the run metadata stored with the checkpoint).
+
+    Raises:
+        CheckpointFileError: the file cannot be read as a checkpoint (one line).
+        CheckpointMismatchError: it does not fit the model (one line naming the config option).
+    """
+    if purpose == "resume":
+        raise ValueError("resume through the trainer's checkpointer (DetrexCheckpointer)")
+    local = path
+    if not os.path.isfile(path) and "://" in path:
+        from detectron2.utils.file_io import PathManager
+
+        local = PathManager.get_local_path(path)
+    checkpoint = read_checkpoint(local)
+    meta = dict(checkpoint.get("meta") or {})
+    use_ema = ema_requested(cfg) if cfg is not None else bool(meta.get("use_ema_weights", False))
+    if purpose == "train":
+        use_ema = False  # fine-tuning starts from the trained weights
+    state_dict = checkpoint["model"]
+    if use_ema:
+        ema = checkpoint.get("model_ema")
+        if not isinstance(ema, dict) or not isinstance(ema.get("shadow"), dict):
+            raise CheckpointMismatchError(
+                f"{path}: train.model_ema.use_ema_weights_for_eval_only is set but the file holds no EMA "
+                "weights (it was not trained with train.model_ema.enabled=True); set "
+                "train.model_ema.use_ema_weights_for_eval_only=False"
+            )
+        state_dict = ema["shadow"]
+    report = apply_state_dict(
+        model, state_dict, purpose=purpose, meta=meta, partial_prefix=checkpoint.get("partial"), source=path
+    )
+    report.ema = use_ema
+    logger.info(
+        f"Loaded {'the EMA weights of ' if use_ema else ''}{path} for {purpose}"
+        + (f" ({checkpoint['source']} weights)" if "source" in checkpoint else "")
+    )
+    return report
+
+
+# ------------------------------------------------------------------ earlier entry points
+def load_model_state(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    partial_prefix: Optional[str] = None,
+) -> LoadReport:
+    """Copy a state dict into ``model`` as training does (another class count skips the class
+    heads); ``strict=False`` tolerates missing keys."""
+    if not strict:
+        own = model.state_dict()
+        partial_prefix = partial_prefix or ""
+        state_dict = {**{k: v for k, v in own.items() if k not in state_dict}, **state_dict}
+    return apply_state_dict(model, state_dict, purpose="train", partial_prefix=partial_prefix or None)
+
+
 def load_checkpoint(model: nn.Module, path: str, *, strict: bool = True) -> LoadReport:
-    """Load a detrex_lite checkpoint (e.g. written by tools/convert_checkpoint.py) into ``model``."""
-    loaded = _torch_load(path)
-    meta: Dict[str, Any] = {}
-    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
-        meta = {k: v for k, v in loaded.items() if k != "model"}
-        loaded = loaded["model"]
-    logger.info(f"loading {path} ({meta.get('source', 'detrex_lite')} weights)")
-    return load_model_state(model, loaded, strict=strict, partial_prefix=meta.get("partial"))
+    """Load a detrex_lite checkpoint into ``model`` as training does (``load_weights(...,
+    purpose="train")``)."""
+    return load_weights(model, path, purpose="train")
 
 
 class DetrexCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` whose model loading goes through :func:`load_model_state`:
-    shape mismatches raise with names and shapes, a different class count skips only the class
-    heads (one message), and missing keys raise unless the file says it is partial (converted
-    ImageNet backbones) or uses detectron2's name-matching heuristics (``.pkl`` model zoo files).
+    """``DetectionCheckpointer`` whose model loading goes through :func:`apply_state_dict`:
+    ``train.init_checkpoint`` loads with purpose "train" (another class count re-initialises the
+    class heads, ImageNet backbone files are accepted), a resume (loading every checkpointable)
+    with purpose "resume" (strict). Files are read with :func:`read_checkpoint` (one-line errors);
+    detectron2 ``.pkl`` model-zoo files keep detectron2's name-matching heuristics.
     """
 
     def __init__(self, model, save_dir: str = "", *, strict: bool = True, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+        self._purpose = "train"
+
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        # fvcore: checkpointables=None loads every checkpointable, i.e. a resume
+        self._purpose = "resume" if checkpointables is None and self.checkpointables else "train"
+        return super().load(path, checkpointables=checkpointables)
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        return read_checkpoint(f)
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
         heuristics = bool(checkpoint.get("matching_heuristics", False))
         state_dict = checkpoint.pop("model")
+        partial = checkpoint.get("partial")
         if heuristics:
             self._convert_ndarray_to_tensor(state_dict)
             state_dict = align_and_update_state_dicts(
                 self.model.state_dict(), state_dict, c2_conversion=checkpoint.get("__author__") == "Caffe2"
             )
-        report = load_model_state(
-            self.model, state_dict, strict=self.strict and not heuristics, partial_prefix=checkpoint.get("partial")
+        if heuristics or not self.strict:
+            # detectron2's name matching covers what it covers (an ImageNet backbone): the rest
+            # keeps its initialisation
+            own = self.model.state_dict()
+            state_dict = {**{k: v for k, v in own.items() if k not in state_dict}, **state_dict}
+        apply_state_dict(
+            self.model, state_dict, purpose=self._purpose, meta=checkpoint.get("meta"), partial_prefix=partial
         )
-        # load_model_state already logged what is missing; fvcore would list it again
+        # apply_state_dict already reported what it did; fvcore would list it again
         return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])

@@ -23,8 +23,12 @@ from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_coco_json", "load_coco_detection_json", "register_coco_dataset",
+__all__ = ["DatasetError", "accepted_ground_truth", "read_coco_json", "load_coco_detection_json", "register_coco_dataset",
            "build_coco_evaluator"]
+
+
+class DatasetError(ValueError):
+    """A dataset's annotation file is malformed; the message names the file and the record."""
 
 
 def read_coco_json(json_file):
@@ -35,17 +39,17 @@ def read_coco_json(json_file):
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(
+            raise DatasetError(
                 f"COCO annotation file {json_file} is not valid JSON: {e.msg} at line {e.lineno} "
                 f"column {e.colno} (char {e.pos})"
             ) from e
         except UnicodeDecodeError as e:
-            raise ValueError(f"COCO annotation file {json_file} is not UTF-8 text: {e}") from e
+            raise DatasetError(f"COCO annotation file {json_file} is not UTF-8 text: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{json_file}: expected a JSON object at top level, got {type(data).__name__}")
+        raise DatasetError(f"{json_file}: expected a JSON object at top level, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{json_file}: expected a list under '{key}' (COCO instances format)")
+            raise DatasetError(f"{json_file}: expected a list under '{key}' (COCO instances format)")
     return data
 
 
@@ -54,12 +58,12 @@ def _categories(data, json_file):
     categories = {}
     for category in data["categories"]:
         if "id" not in category or "name" not in category:
-            raise ValueError(f"{json_file}: category {category} needs an 'id' and a 'name'")
+            raise DatasetError(f"{json_file}: category {category} needs an 'id' and a 'name'")
         if category["id"] in categories:
-            raise ValueError(f"{json_file}: category id {category['id']} appears twice")
+            raise DatasetError(f"{json_file}: category id {category['id']} appears twice")
         categories[category["id"]] = category["name"]
     if not categories:
-        raise ValueError(f"{json_file}: 'categories' is empty; a detection dataset needs classes")
+        raise DatasetError(f"{json_file}: 'categories' is empty; a detection dataset needs classes")
     return sorted(categories.items())
 
 
@@ -69,11 +73,61 @@ def _set_class_metadata(dataset_name, categories):
     thing_classes = [name for _, name in categories]
     id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(categories)}
     if getattr(meta, "thing_classes", thing_classes) != thing_classes:
-        raise ValueError(
+        raise DatasetError(
             f"Dataset '{dataset_name}' is registered with thing_classes={meta.thing_classes}, "
             f"but its json has {thing_classes}"
         )
     meta.set(thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=id_map)
+
+
+def _accepted_annotations(data, json_file, id_map, image_sizes):
+    """The checks every annotation goes through, shared by training and evaluation.
+
+    Args:
+        image_sizes: {image id: anything with ["height"] and ["width"]}.
+
+    Returns:
+        (accepted, num_unmatched, num_clipped, dropped_ids): ``accepted`` lists
+        ``(annotation, [x, y, w, h] clipped to its image)`` in json order.
+    """
+    annotation_ids = set()
+    accepted, num_unmatched, num_clipped, dropped_ids = [], 0, 0, []
+    for annotation in data["annotations"]:
+        annotation_id = annotation.get("id")
+        if annotation_id in annotation_ids:
+            raise DatasetError(f"{json_file}: annotation id {annotation_id} appears twice")
+        annotation_ids.add(annotation_id)
+        category_id = annotation.get("category_id")
+        if category_id not in id_map:
+            raise DatasetError(
+                f"{json_file}: annotation id {annotation_id} has category_id {category_id}, "
+                f"which is not among the json's categories (ids {sorted(id_map)})"
+            )
+        record = image_sizes.get(annotation.get("image_id"))
+        if record is None:
+            num_unmatched += 1
+            continue
+        bbox = annotation.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise DatasetError(
+                f"{json_file}: annotation id {annotation_id} has bbox {bbox!r}; expected [x, y, w, h]"
+            )
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise DatasetError(
+                f"{json_file}: annotation id {annotation_id} (image id {annotation.get('image_id')}) has bbox "
+                f"{bbox!r}; expected four numbers [x, y, w, h]"
+            ) from None
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, record["width"]), min(y + h, record["height"])
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or x1 <= x0 or y1 <= y0:
+            dropped_ids.append(annotation_id)  # zero/negative size, or nothing inside the image
+            continue
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            num_clipped += 1
+        accepted.append((annotation, [x0, y0, x1 - x0, y1 - y0]))
+    return accepted, num_unmatched, num_clipped, dropped_ids
 
 
 def load_coco_detection_json(json_file, image_root, dataset_name=None):
@@ -98,50 +152,22 @@ def load_coco_detection_json(json_file, image_root, dataset_name=None):
             image_id, file_name = image["id"], image["file_name"]
             height, width = int(image["height"]), int(image["width"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(
+            raise DatasetError(
                 f"{json_file}: image entry {image} needs 'id', 'file_name', 'height' and 'width'"
             ) from e
         if image_id in by_image_id:
-            raise ValueError(f"{json_file}: image id {image_id} appears twice")
+            raise DatasetError(f"{json_file}: image id {image_id} appears twice")
         record = {"file_name": os.path.join(image_root, file_name), "height": height,
                   "width": width, "image_id": image_id, "annotations": []}
         by_image_id[image_id] = record
         records.append(record)
 
-    annotation_ids = set()
-    num_unmatched, num_clipped, dropped_ids = 0, 0, []
-    for annotation in data["annotations"]:
-        annotation_id = annotation.get("id")
-        if annotation_id in annotation_ids:
-            raise ValueError(f"{json_file}: annotation id {annotation_id} appears twice")
-        annotation_ids.add(annotation_id)
-        category_id = annotation.get("category_id")
-        if category_id not in id_map:
-            raise ValueError(
-                f"{json_file}: annotation id {annotation_id} has category_id {category_id}, "
-                f"which is not among the json's categories (ids {sorted(id_map)})"
-            )
-        record = by_image_id.get(annotation.get("image_id"))
-        if record is None:
-            num_unmatched += 1
-            continue
-        bbox = annotation.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(
-                f"{json_file}: annotation id {annotation_id} has bbox {bbox!r}; expected [x, y, w, h]"
-            )
-        x, y, w, h = (float(v) for v in bbox)
-        x0, y0 = max(x, 0.0), max(y, 0.0)
-        x1, y1 = min(x + w, record["width"]), min(y + h, record["height"])
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or x1 <= x0 or y1 <= y0:
-            dropped_ids.append(annotation_id)  # zero/negative size, or nothing inside the image
-            continue
-        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
-            num_clipped += 1
-        record["annotations"].append({
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
+    accepted, num_unmatched, num_clipped, dropped_ids = _accepted_annotations(data, json_file, id_map, by_image_id)
+    for annotation, bbox in accepted:
+        by_image_id[annotation["image_id"]]["annotations"].append({
+            "bbox": bbox,
             "bbox_mode": BoxMode.XYWH_ABS,
-            "category_id": id_map[category_id],
+            "category_id": id_map[annotation["category_id"]],
             "iscrowd": int(annotation.get("iscrowd", 0)),
         })
 
@@ -175,14 +201,53 @@ def register_coco_dataset(name, json_file, image_root):
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"Dataset '{name}': image folder not found: {image_root}")
     if name in DatasetCatalog.list():
-        raise ValueError(
-            f"Dataset '{name}' is already registered; pick another name or remove it first with "
+        meta = MetadataCatalog.get(name)
+        if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+            return  # the same registration again (e.g. a config file loaded twice): nothing to do
+        raise DatasetError(
+            f"Dataset '{name}' is already registered (json_file={meta.get('json_file')}, "
+            f"image_root={meta.get('image_root')}); pick another name or remove it first with "
             "DatasetCatalog.remove(name) and MetadataCatalog.remove(name)"
         )
     categories = _categories(read_coco_json(json_file), json_file)
     DatasetCatalog.register(name, lambda: load_coco_detection_json(json_file, image_root, name))
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
+                                  annotations_validated=True)
     _set_class_metadata(name, categories)
+
+
+def accepted_ground_truth(json_file):
+    """The COCO json as training sees it: the annotations ``load_coco_detection_json`` accepts,
+    with their boxes clipped to their images (``area`` kept, or w * h when absent).
+
+    Returns:
+        (coco_dict, num_dropped, num_clipped, dropped_ids): a COCO instances dict for pycocotools
+        and what the checks removed or changed.
+    """
+    data = read_coco_json(json_file)
+    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(_categories(data, json_file))}
+    try:
+        sizes = {image["id"]: {"height": int(image["height"]), "width": int(image["width"])}
+                 for image in data["images"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"{json_file}: every image entry needs 'id', 'height' and 'width' ({e})") from e
+    accepted, _, num_clipped, dropped_ids = _accepted_annotations(data, json_file, id_map, sizes)
+    annotations = [dict(a, bbox=bbox, area=a.get("area", bbox[2] * bbox[3])) for a, bbox in accepted]
+    return dict(data, annotations=annotations), len(dropped_ids), num_clipped, dropped_ids
+
+
+def _coco_api(coco_dict):
+    """A pycocotools COCO object from an in-memory dict (quietly: COCO() prints)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        api = COCO()
+        api.dataset = coco_dict
+        api.createIndex()
+    return api
 
 
 def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
@@ -198,7 +263,7 @@ def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
 
     if isinstance(dataset_name, (list, tuple)):
         if len(dataset_name) != 1:
-            raise ValueError(f"COCO evaluation takes one dataset name, got {list(dataset_name)}")
+            raise DatasetError(f"COCO evaluation takes one dataset name, got {list(dataset_name)}")
         dataset_name = dataset_name[0]
     meta = MetadataCatalog.get(dataset_name)
     if dataset_name in DEMO_DATASET_NAMES:
@@ -208,4 +273,17 @@ def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
             f"Dataset '{dataset_name}': annotation file for evaluation not found: {meta.json_file}"
         )
     kwargs.setdefault("tasks", ("bbox",))
-    return COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)
+    evaluator = COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)
+    if meta.get("annotations_validated", False):
+        # Score against what training accepted: a box the loader dropped as invalid (zero size,
+        # NaN, outside its image) would otherwise count as a miss of every model.
+        coco_dict, num_dropped, num_clipped, dropped_ids = accepted_ground_truth(meta.json_file)
+        if num_dropped or num_clipped:
+            evaluator._coco_api = _coco_api(coco_dict)
+            logger.warning(
+                "Evaluating '%s' against the %d annotations the loader accepted: %d dropped as invalid "
+                "(annotation ids %s%s), %d clipped to their image, as in training (%s)",
+                dataset_name, len(coco_dict["annotations"]), num_dropped, dropped_ids[:10],
+                " ..." if num_dropped > 10 else "", num_clipped, meta.json_file,
+            )
+    return evaluator

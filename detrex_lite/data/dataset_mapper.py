@@ -7,14 +7,41 @@ import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetrDatasetMapper", "ImageReadError"]
+__all__ = ["DetrDatasetMapper", "ImageReadError", "read_image"]
+
+# Single-channel 16-bit images (PNG, TIFF). PIL's convert("RGB") clips them at 255 (white).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Modes whose values have no faithful 8-bit reading (range unknown): refused.
+_UNREPRESENTABLE_MODES = {"I": "32-bit integer", "F": "32-bit float"}
 
 
 class ImageReadError(OSError):
     """An image file is missing or cannot be decoded; the message names the file and image id."""
+
+
+def read_image(file_name: str, img_format: str = "RGB") -> np.ndarray:
+    """Read an image as uint8 (H, W, 3) in `img_format` ("RGB" or "BGR"), EXIF orientation applied.
+
+    16-bit single-channel images are scaled to 8 bits (value / 257, rounded: 65535 -> 255);
+    16-bit RGB PNGs are reduced to 8 bits by PIL itself. 32-bit integer or float images raise
+    ValueError naming the mode (no faithful 8-bit reading exists); convert them first.
+    """
+    with PathManager.open(file_name, "rb") as f:
+        image = utils._apply_exif_orientation(Image.open(f))
+        if image.mode in _SIXTEEN_BIT_MODES:
+            gray = np.round(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        if image.mode in _UNREPRESENTABLE_MODES:
+            raise ValueError(
+                f"image mode {image.mode!r} ({_UNREPRESENTABLE_MODES[image.mode]} pixels) has no faithful "
+                "8-bit reading; convert the file to an 8-bit RGB or grayscale image"
+            )
+        return utils.convert_PIL_to_numpy(image, img_format)
 
 
 class DetrDatasetMapper:
@@ -68,7 +95,7 @@ class DetrDatasetMapper:
     def _read_image(self, dataset_dict):
         file_name = dataset_dict["file_name"]
         try:
-            image = utils.read_image(file_name, format=self.img_format)
+            image = read_image(file_name, self.img_format)
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
             message = (
                 f"Cannot read image {file_name} (image_id={dataset_dict.get('image_id')}): "

@@ -13,6 +13,15 @@ from .launch import expand_hostlist, launch, launch_slurm, resolve_device, slurm
 _EXPORTS = {
     "AtomicCheckpointer": "checkpoint",
     "atomic_write": "checkpoint",
+    "CheckpointWriteError": "errors",
+    "GracefulStop": "preemption",
+    "INTERRUPT_EXIT_CODE": "errors",
+    "OutputDirBusyError": "errors",
+    "OutputDirLock": "output_lock",
+    "PeriodicCheckpointer": "checkpoint",
+    "PreemptionCheckpointer": "preemption",
+    "REQUEUE_EXIT_CODE": "errors",
+    "TrainingInterrupted": "errors",
     "build_model": "defaults",
     "create_ddp_model": "defaults",
     "default_setup": "run_setup",
@@ -22,7 +31,7 @@ _EXPORTS = {
     "load_for_eval": "defaults",
     "ModelEMA": "ema",
     "DetrTrainer": "trainer",
-    "NonFiniteLossError": "trainer",
+    "NonFiniteLossError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["expand_hostlist", "launch", "launch_slurm", "resolve_device", "slurm_dist_from_env"]

@@ -6,14 +6,24 @@ in place: a job killed during either write leaves a truncated file that --resume
 temporary name in the same directory, flushed to disk and renamed over the target with
 os.replace, which is atomic on POSIX file systems: readers see the old file or the new one,
 never a partial one. `last_checkpoint` is updated only after the checkpoint it names is complete.
+
+Two more guards: a checkpoint holding a NaN/inf tensor (a diverged run) is never written, so
+`last_checkpoint` always names good weights; and a write that fails (a full disk) raises one
+CheckpointWriteError naming the file and the free space, with nothing replaced.
 """
 import logging
 import os
-from typing import Any, Dict, List
+import re
+import shutil
+from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 
+from detectron2.engine import hooks
+
 from detrex_lite.checkpoint import DetrexCheckpointer
+
+from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +41,17 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write_fn) -> None:
-    """Call write_fn(file_object) on a temporary file beside `path`, then rename it to `path`."""
+def _megabytes(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:.1f} MB"
+
+
+def atomic_write(path: str, write_fn, *, size_hint: int = 0) -> None:
+    """Call write_fn(file_object) on a temporary file beside `path`, then rename it to `path`.
+
+    A failed write (OSError, or torch.save's RuntimeError when the disk fills up) removes the
+    temporary file, leaves `path` as it was and raises CheckpointWriteError naming `path` and the
+    free space of its file system (`size_hint`: bytes the file needs, shown when given).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
     try:
@@ -41,11 +60,58 @@ def atomic_write(path: str, write_fn) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        _remove_quietly(tmp)
+        try:
+            free = _megabytes(shutil.disk_usage(directory).free)
+        except OSError:
+            free = "unknown"
+        need = f", the file needs about {_megabytes(size_hint)}" if size_hint else ""
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointWriteError(
+            f"cannot write {path} ({type(e).__name__}: {reason}); free space in {directory}: {free}{need}; "
+            "nothing was replaced (free some space, then resume with --resume)"
+        ) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise
     _fsync_dir(directory)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _named_tensors(obj, prefix: str = "") -> Iterator[Tuple[str, torch.Tensor]]:
+    """Every tensor in a nested dict / list, with its dotted path."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _named_tensors(value, f"{prefix}.{i}")
+
+
+def non_finite_tensors(data: Dict[str, Any]) -> Tuple[List[str], int]:
+    """Names of the floating-point tensors in `data` (a checkpoint dict: model, optimizer state,
+    EMA, ...) that hold a NaN or inf, and the number of floating-point tensors checked.
+
+    One reduction per tensor and one device-to-host copy per device.
+    """
+    by_device: Dict[torch.device, List[Tuple[str, torch.Tensor]]] = {}
+    for name, t in _named_tensors(data):
+        if t.is_floating_point() and t.numel():
+            by_device.setdefault(t.device, []).append((name, t))
+    bad = []
+    for named in by_device.values():
+        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu().tolist()
+        bad += [name for (name, _), ok in zip(named, finite) if not ok]
+    return bad, sum(len(named) for named in by_device.values())
 
 
 class AtomicCheckpointer(DetrexCheckpointer):
@@ -61,9 +127,20 @@ class AtomicCheckpointer(DetrexCheckpointer):
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
+        bad, checked = non_finite_tensors(data)
+        if bad:
+            shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise NonFiniteLossError(
+                non_finite_message(
+                    "weights", data.get("iteration", -1),
+                    f"{len(bad)} of {checked} tensors ({shown}); {basename} was not written",
+                    self.last_checkpoint_path(),
+                )
+            )
         self._remove_stale_temporaries()
         self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write(save_file, lambda f: torch.save(data, f))
+        size = sum(t.numel() * t.element_size() for _, t in _named_tensors(data))
+        atomic_write(save_file, lambda f: torch.save(data, f), size_hint=size)
         self.tag_last_checkpoint(basename)
 
     def _remove_stale_temporaries(self) -> None:
@@ -72,10 +149,7 @@ class AtomicCheckpointer(DetrexCheckpointer):
         suffix = f".tmp.{os.getpid()}"
         for name in os.listdir(self.save_dir):
             if name.startswith(".") and ".tmp." in name and not name.endswith(suffix):
-                try:
-                    os.remove(os.path.join(self.save_dir, name))
-                except OSError:
-                    pass
+                _remove_quietly(os.path.join(self.save_dir, name))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
@@ -107,3 +181,36 @@ class AtomicCheckpointer(DetrexCheckpointer):
     def last_checkpoint_path(self) -> str:
         """The file `last_checkpoint` names, or "" when nothing was saved yet."""
         return self.get_checkpoint_file() if self.has_checkpoint() else ""
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's PeriodicCheckpointer hook, with `max_to_keep` counting the periodic
+    checkpoints on disk (`<prefix>_XXXXXXX.pth`, earlier runs of the same folder included: a
+    resumed run keeps `max_to_keep` in all), not only the ones this process wrote.
+    `<prefix>_final.pth` and the file `last_checkpoint` names are never removed.
+    """
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        iteration = int(iteration)
+        state = {"iteration": iteration, **kwargs}
+        if (iteration + 1) % self.period == 0:
+            self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", **state)
+            self.remove_old_checkpoints()
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", **state)
+
+    def remove_old_checkpoints(self) -> List[str]:
+        """Delete the oldest periodic checkpoints beyond max_to_keep; returns the removed paths."""
+        if self.max_to_keep is None:
+            return []
+        directory = self.checkpointer.save_dir
+        pattern = re.compile(re.escape(self.file_prefix) + r"_\d{7}\.pth")
+        paths = [os.path.join(directory, n) for n in os.listdir(directory) if pattern.fullmatch(n)]
+        paths.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)  # newest first
+        keep = self.checkpointer.last_checkpoint_path()
+        removed = []
+        for path in paths[self.max_to_keep:]:
+            if os.path.abspath(path) != os.path.abspath(keep):
+                _remove_quietly(path)
+                removed.append(path)
+        return removed

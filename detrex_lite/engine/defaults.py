@@ -2,7 +2,9 @@
 
 tools/train_net.py is a thin command line around `do_train` and `do_test`.
 """
+import copy
 import logging
+import os
 from typing import Optional
 
 import torch
@@ -14,12 +16,15 @@ from detectron2.engine import hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
+from detrex_lite.checkpoint import CheckpointMismatchError, load_weights
+from detrex_lite.checkpoint.run import RunMetadata, run_metadata
 from detrex_lite.solver.param_groups import param_group_summary
 from detrex_lite.solver.schedule import schedule_periods
 
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer
 from .ema import ModelEMA
 from .launch import resolve_device
+from .preemption import GracefulStop, PreemptionCheckpointer
 from .trainer import DetrTrainer
 from .writers import default_writers
 
@@ -47,8 +52,52 @@ def build_model(cfg) -> nn.Module:
     return model
 
 
+def evaluation_output_dir(cfg) -> Optional[str]:
+    """Where the evaluator keeps the predictions: ``<train.output_dir>/inference/<test dataset>``
+    (``coco_instances_results.json`` and ``instances_predictions.pth``), unless the evaluator
+    config names an output_dir itself."""
+    from omegaconf import OmegaConf
+
+    evaluator = cfg.dataloader.evaluator
+    if evaluator.get("output_dir", None) or not cfg.train.get("output_dir", None):
+        return evaluator.get("output_dir", None)
+    name = OmegaConf.select(cfg, "dataloader.evaluator.dataset_name", default=None)
+    if name is None:
+        name = OmegaConf.select(cfg, "dataloader.test.dataset.names", default="test")
+    if not isinstance(name, str):
+        name = "+".join(name)
+    return os.path.join(cfg.train.output_dir, "inference", name)
+
+
+def build_evaluator(cfg):
+    """cfg.dataloader.evaluator, writing its predictions under :func:`evaluation_output_dir`."""
+    evaluator_cfg = copy.deepcopy(cfg.dataloader.evaluator)
+    output_dir = evaluation_output_dir(cfg)
+    if output_dir and "output_dir" in _evaluator_parameters(evaluator_cfg):
+        evaluator_cfg.output_dir = output_dir
+    return instantiate(evaluator_cfg)
+
+
+def _evaluator_parameters(evaluator_cfg) -> set:
+    import inspect
+
+    target = evaluator_cfg.get("_target_", None)
+    if isinstance(target, str):
+        from detectron2.utils.registry import locate
+
+        target = locate(target)
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return set()
+    return set(params) | ({"output_dir"} if any(p.kind == p.VAR_KEYWORD for p in params.values()) else set())
+
+
 def do_test(cfg, model: nn.Module, model_ema: Optional[ModelEMA] = None) -> dict:
     """Evaluate `model` (or its EMA weights) on cfg.dataloader.test with cfg.dataloader.evaluator.
+
+    The evaluator writes its predictions under ``<train.output_dir>/inference/<dataset>/``
+    (``coco_instances_results.json`` in COCO results format, ``instances_predictions.pth``).
 
     Returns:
         {task: {metric: value}} as detectron2's evaluators return it (e.g. {"bbox": {"AP": ...}}),
@@ -57,7 +106,7 @@ def do_test(cfg, model: nn.Module, model_ema: Optional[ModelEMA] = None) -> dict
     if "evaluator" not in cfg.dataloader:
         logger.warning("No dataloader.evaluator in the config: skipping evaluation")
         return {}
-    evaluator = instantiate(cfg.dataloader.evaluator)
+    evaluator = build_evaluator(cfg)
     data_loader = instantiate(cfg.dataloader.test)
     if model_ema is not None:
         with model_ema.apply_to(model):
@@ -66,29 +115,58 @@ def do_test(cfg, model: nn.Module, model_ema: Optional[ModelEMA] = None) -> dict
         ret = inference_on_dataset(model, data_loader, evaluator)
     if comm.is_main_process() and ret:
         print_csv_format(ret)
+        output_dir = evaluation_output_dir(cfg)
+        if output_dir and os.path.isdir(output_dir):
+            logger.info(f"Predictions written to {output_dir}")
     return ret or {}
 
 
 def load_for_eval(cfg, model: nn.Module) -> nn.Module:
-    """Load train.init_checkpoint (the EMA weights in it when model_ema asks for them)."""
-    checkpointer = AtomicCheckpointer(model, save_dir=cfg.train.output_dir)
-    extra = checkpointer.load(cfg.train.init_checkpoint)
-    ema_cfg = cfg.train.get("model_ema", {})
-    if ema_cfg.get("enabled", False) and ema_cfg.get("use_ema_weights_for_eval_only", False):
-        if "model_ema" not in extra:
-            raise KeyError(
-                f"train.model_ema.use_ema_weights_for_eval_only is set but {cfg.train.init_checkpoint} "
-                "holds no EMA weights (it was not trained with train.model_ema.enabled=True)"
-            )
-        ema = ModelEMA(model, decay=ema_cfg.get("decay", 0.9998))
-        ema.load_state_dict(extra["model_ema"])
-        ema.copy_to(model)
+    """Load train.init_checkpoint strictly for evaluation (the EMA weights in it when
+    train.model_ema asks for them); a checkpoint of another class count or architecture raises
+    CheckpointMismatchError, as does one trained on classes other than the test dataset's."""
+    report = load_weights(model, cfg.train.init_checkpoint, purpose="eval", cfg=cfg)
+    _check_class_names(cfg, report.meta, cfg.train.init_checkpoint)
+    if report.ema:
         logger.info("Evaluating the EMA weights of the checkpoint")
     return model
 
 
+def _check_class_names(cfg, meta: dict, path: str) -> None:
+    """The test dataset must have the classes the checkpoint was trained on (same names, same
+    order), when both are known."""
+    from omegaconf import OmegaConf
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    trained = meta.get("thing_classes")
+    names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
+    if not trained or names is None:
+        return
+    for name in [names] if isinstance(names, str) else list(names):
+        if name not in DatasetCatalog.list():
+            continue
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and list(classes) != list(trained):
+            raise CheckpointMismatchError(
+                f"{path}: trained on the classes {list(trained)[:5]}{'...' if len(trained) > 5 else ''} "
+                f"but dataset {name} has {list(classes)[:5]}{'...' if len(classes) > 5 else ''}: "
+                "evaluate on a dataset with the same classes in the same order"
+            )
+
+
 def do_train(cfg, resume: bool = False) -> DetrTrainer:
-    """Train as cfg says; with resume, continue from the last checkpoint in train.output_dir."""
+    """Train as cfg says; with resume, continue from the last checkpoint in train.output_dir.
+
+    SIGTERM / SIGUSR1 / a first Ctrl-C end the run after the current iteration with a checkpoint
+    and TrainingInterrupted (see detrex_lite.engine.preemption).
+    """
+    stop = GracefulStop()
+    with stop.installed():
+        return _do_train(cfg, resume, stop)
+
+
+def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -109,7 +187,7 @@ def do_train(cfg, resume: bool = False) -> DetrTrainer:
         clip_grad_params=dict(clip.params) if clip.get("enabled", False) else None,
         model_ema=model_ema,
     )
-    checkpointables = {"trainer": trainer}
+    checkpointables = {"trainer": trainer, "meta": RunMetadata(run_metadata(cfg, model))}
     if model_ema is not None:
         checkpointables["model_ema"] = model_ema
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, **checkpointables)
@@ -130,9 +208,10 @@ def do_train(cfg, resume: bool = False) -> DetrTrainer:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, periods.checkpoint_period, max_to_keep=max_to_keep)
+            PeriodicCheckpointer(checkpointer, periods.checkpoint_period, max_to_keep=max_to_keep)
             if comm.is_main_process()
             else None,
+            PreemptionCheckpointer(stop, checkpointer, period=periods.checkpoint_period),
             hooks.EvalHook(periods.eval_period, test_fn),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period

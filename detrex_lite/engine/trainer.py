@@ -1,5 +1,6 @@
 """The training step: loss sum, mixed precision, gradient clipping, EMA and a non-finite guard."""
 import logging
+import math
 import time
 from typing import Optional
 
@@ -9,15 +10,26 @@ from torch import nn
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
+from detrex_lite.data import ImageReadError
+
 from .ema import ModelEMA
+from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
 
 logger = logging.getLogger(__name__)
 
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# What detectron2's MapDataset raises when its mapper returned None for every image it has.
+_ALL_SKIPPED = "Sample larger than population"
+# Errors train_net reports in one line: detectron2's loop need not log their tracebacks.
+_ONE_LINE_ERRORS = (NonFiniteLossError, CheckpointWriteError, ImageReadError)
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stops instead of corrupting the weights."""
+class _NoTracebackFor(logging.Filter):
+    """Drops detectron2's "Exception during training" record for the one-line errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, _ONE_LINE_ERRORS)
 
 
 def _device_type(model: nn.Module) -> str:
@@ -32,9 +44,15 @@ class DetrTrainer(SimpleTrainer):
     """detectron2's SimpleTrainer plus what DETR-like training needs.
 
     Each step: forward (under autocast when AMP is on) -> sum of the model's already-weighted
-    losses -> stop with NonFiniteLossError if the sum is NaN/inf (before backward, so the
-    weights and the optimizer state stay those of the last good step) -> backward (scaled for
+    losses -> stop with NonFiniteLossError if the sum is NaN/inf, or if the forward pass raised
+    FloatingPointError (the Hungarian matcher's costs were NaN/inf) -- before backward, so the
+    weights and the optimizer state stay those of the last good step -> backward (scaled for
     float16) -> clip the global gradient norm -> optimizer step -> EMA update.
+
+    On resume (`load_state_dict`), the optimizer's state (moments, step counts) comes from the
+    checkpoint but its hyper-parameters (lr, weight decay, betas of every group) stay those of
+    the config, so `--resume optimizer.lr=...` takes effect; the schedule (lr_multiplier,
+    train.max_iter) always comes from the config.
 
     Args:
         model, data_loader, optimizer: as for SimpleTrainer.
@@ -68,14 +86,30 @@ class DetrTrainer(SimpleTrainer):
         # Set by the caller once the checkpointer exists; named in the non-finite-loss error.
         self.checkpointer = None
 
+    def train(self, start_iter: int, max_iter: int):
+        quiet = _NoTracebackFor()
+        loop_logger = logging.getLogger("detectron2.engine.train_loop")
+        loop_logger.addFilter(quiet)
+        try:
+            super().train(start_iter, max_iter)
+        finally:
+            loop_logger.removeFilter(quiet)
+
     def run_step(self):
         assert self.model.training, "[DetrTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        data = self._next_batch()
         data_time = time.perf_counter() - start
 
-        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_enabled):
-            loss_dict = self.model(data)
+        try:
+            with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_enabled):
+                loss_dict = self.model(data)
+        except FloatingPointError as e:  # the matcher refuses NaN/inf costs
+            if isinstance(e, NonFiniteLossError):
+                raise
+            raise NonFiniteLossError(
+                non_finite_message("matching cost", self.iter, str(e), self._last_checkpoint())
+            ) from e
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
         losses = sum(loss_dict.values())
@@ -89,23 +123,41 @@ class DetrTrainer(SimpleTrainer):
         if self.clip_grad_params is not None:
             self.grad_scaler.unscale_(self.optimizer)
             params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_params)
-            get_event_storage().put_scalar("grad_norm", float(grad_norm), smoothing_hint=True)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_params))
+            if not math.isfinite(grad_norm) and not self.grad_scaler.is_enabled():
+                # (with float16 the scaler skips such steps itself.) Clipping by a NaN norm would
+                # turn every weight into NaN: stop before the optimizer step.
+                terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in loss_dict.items())
+                raise NonFiniteLossError(
+                    non_finite_message("gradient", self.iter, f"grad_norm={grad_norm} (losses {terms})",
+                                       self._last_checkpoint())
+                )
+            get_event_storage().put_scalar("grad_norm", grad_norm, smoothing_hint=True)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         if self.model_ema is not None:
             self.model_ema.update(self.model)
 
+    def _next_batch(self):
+        try:
+            return next(self._data_loader_iter)
+        except ValueError as e:
+            if _ALL_SKIPPED not in str(e):
+                raise
+            raise ImageReadError(
+                "no training image could be read: the mapper skipped every image of the training set "
+                "as unreadable (dataloader.train.mapper.skip_unreadable=True; the warnings above name the "
+                "files); check the dataset's image folder"
+            ) from None
+
+    def _last_checkpoint(self) -> str:
+        return self.checkpointer.last_checkpoint_path() if self.checkpointer is not None else ""
+
     def _check_finite(self, losses: torch.Tensor, loss_dict: dict) -> None:
         if bool(torch.isfinite(losses)):
             return
         terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in loss_dict.items())
-        last = self.checkpointer.last_checkpoint_path() if self.checkpointer is not None else ""
-        raise NonFiniteLossError(
-            f"non-finite loss at iteration {self.iter}: {terms}; last good checkpoint: "
-            f"{last or 'none saved yet'} (resume from it with --resume, e.g. with a lower lr or "
-            "train.amp.enabled=False)"
-        )
+        raise NonFiniteLossError(non_finite_message("loss", self.iter, terms, self._last_checkpoint()))
 
     def state_dict(self):
         ret = super().state_dict()
@@ -114,6 +166,33 @@ class DetrTrainer(SimpleTrainer):
         return ret
 
     def load_state_dict(self, state_dict):
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         super().load_state_dict(state_dict)
         if self.grad_scaler.is_enabled() and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        self._keep_configured_hyperparameters(configured)
+
+    def _keep_configured_hyperparameters(self, configured) -> None:
+        """Put the config's hyper-parameters back after loading the optimizer's state.
+
+        torch's Optimizer.load_state_dict restores every group's lr / weight decay / betas from
+        the checkpoint, which would silently ignore `--resume optimizer.lr=...`. The base lr
+        ("initial_lr", which the lr scheduler multiplies) becomes the config's lr.
+        """
+        changes = []
+        for i, (group, wanted) in enumerate(zip(self.optimizer.param_groups, configured)):
+            saved_base = group.get("initial_lr", group["lr"])
+            base = wanted.get("initial_lr", wanted["lr"])
+            if saved_base != base:
+                changes.append(f"group {i} lr {saved_base:.6g} -> {base:.6g}")
+            for key, value in wanted.items():
+                if key not in ("lr", "initial_lr") and group.get(key) != value:
+                    changes.append(f"group {i} {key} {group.get(key)} -> {value}")
+                group[key] = value
+            group["initial_lr"] = base
+            group["lr"] = base  # the lr scheduler sets the multiplied value before the first step
+        if changes:
+            logger.info(
+                "Resuming with the config's optimizer settings instead of the checkpoint's: "
+                + "; ".join(changes[:8]) + (" ..." if len(changes) > 8 else "")
+            )

@@ -1,11 +1,14 @@
 """Parameter and FLOP counting for detrex_lite models (fvcore, through detectron2's tracing
-adapter), with a FLOP handle for multi-scale deformable attention.
+adapter), with FLOP handles for multi-scale deformable attention.
 
-FLOPs follow fvcore's convention: one fused multiply-add counts as one FLOP.
+FLOPs follow fvcore's convention: one fused multiply-add counts as one FLOP. The trace runs the
+deformable attention with the compiled operator when it is built for the model's device (one
+``detrex_lite::ms_deform_attn_forward`` node per layer, counted by
+:func:`ms_deform_attn_flop_jit`), else with the ``grid_sample`` reference (counted by
+:func:`grid_sample_attention_flop_jit`); both give the same number.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from collections import OrderedDict
@@ -19,9 +22,8 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 __all__ = [
-    "MS_DEFORM_ATTN_OP_NAMES",
-    "MSDeformAttnFlopProbe",
-    "deform_attn_as_one_op",
+    "MS_DEFORM_ATTN_OP_NAME",
+    "grid_sample_attention_flop_jit",
     "ms_deform_attn_flops",
     "ms_deform_attn_flop_jit",
     "model_flop_analysis",
@@ -32,13 +34,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# How a trace names the deformable attention sampling: the compiled op as registered with the
-# dispatcher (csrc/vision.cpp), and the probe below (fvcore names autograd.Functions
-# "prim::PythonOp.<class name>").
-MS_DEFORM_ATTN_OP_NAMES = (
-    "detrex_lite::ms_deform_attn_forward",
-    "prim::PythonOp.MSDeformAttnFlopProbe",
-)
+# How a trace names the compiled deformable attention op (registered in csrc/vision.cpp).
+MS_DEFORM_ATTN_OP_NAME = "detrex_lite::ms_deform_attn_forward"
 
 
 def ms_deform_attn_flops(value_shape: Sequence[int], sampling_locations_shape: Sequence[int]) -> int:
@@ -78,45 +75,32 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return leading * length * source * (q[-1] + v[-1])
 
 
-class MSDeformAttnFlopProbe(torch.autograd.Function):
-    """Wraps the deformable attention sampling so a trace records it as one node
-    (``prim::PythonOp.MSDeformAttnFlopProbe``) with all its inputs, whichever implementation
-    (compiled op or grid_sample reference) computes it."""
-
-    @staticmethod
-    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        from detrex_lite.layers.ms_deform_attn_function import ms_deform_attn
-
-        return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-
-
-@contextlib.contextmanager
-def deform_attn_as_one_op():
-    """Inside the block, :class:`MultiScaleDeformableAttention` calls go through
-    :class:`MSDeformAttnFlopProbe` (for FLOP counting only: it has no backward)."""
-    from detrex_lite.layers import multi_scale_deform_attn as msda
-
-    def probe(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step=64):
-        return MSDeformAttnFlopProbe.apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-
-    original = msda.ms_deform_attn
-    msda.ms_deform_attn = probe
-    try:
-        yield
-    finally:
-        msda.ms_deform_attn = original
+def grid_sample_attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """fvcore handle for ``aten::grid_sampler`` as the deformable attention reference uses it:
+    the output (N*M, D, Lq, P) holds one bilinear sample per channel, query, head and point of
+    one level; 4 multiply-adds for the corners plus the attention weighting that follows (fvcore
+    counts no elementwise op), so that the total equals :func:`ms_deform_attn_flops`."""
+    return int(np.prod(get_shape(outputs[0]))) * 5
 
 
 def model_flop_analysis(model: nn.Module, inputs: List[Dict]) -> FlopCountAnalysis:
     """detectron2's ``FlopCountAnalysis`` on ``model(inputs)`` with the deformable attention
-    counted by :func:`ms_deform_attn_flop_jit`, the trace taken now. The model should be in
-    eval mode."""
+    counted (module docstring), the trace taken now. The model should be in eval mode.
+
+    ``aten::grid_sampler`` is counted as the deformable attention's reference uses it: a model
+    that calls ``grid_sample`` elsewhere gets 5 instead of 4 FLOPs per sample there."""
+    from detrex_lite.layers import attention_backend
+    from detrex_lite.layers.ms_deform_attn_function import extension_available
+
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    backend = "compiled" if extension_available(device.type) else "pytorch"
     analysis = FlopCountAnalysis(model, inputs)
-    analysis.set_op_handle(**{name: ms_deform_attn_flop_jit for name in MS_DEFORM_ATTN_OP_NAMES})
+    analysis.set_op_handle(MS_DEFORM_ATTN_OP_NAME, ms_deform_attn_flop_jit)
+    analysis.set_op_handle("aten::grid_sampler", grid_sample_attention_flop_jit)
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
-    with deform_attn_as_one_op(), warnings.catch_warnings():
+    with attention_backend(model, backend), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings
         analysis.total()  # fvcore traces lazily: trace inside the context
     return analysis

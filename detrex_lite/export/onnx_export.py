@@ -18,16 +18,16 @@ Outputs (``output="detections"``, the default)
 Outputs (``output="raw"``)
     ``pred_logits`` (B, Q, K or K+1) and ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h).
 
-The deformable attention runs through its pure-PyTorch path (``grid_sample``, opset >= 16)
-during export, see :func:`pytorch_deform_attn`. Every size inside the graph (feature-map sizes,
+The graph runs the model's own hooks (:meth:`DETRBase.forward_heads`,
+:meth:`DETRBase.select_detections`) on an already padded batch. The deformable attention runs
+through its pure-PyTorch backend (``grid_sample``, opset >= 16) during export, chosen with
+:func:`detrex_lite.layers.attention_backend`. Every size inside the graph (feature-map sizes,
 ``spatial_shapes``, reference points, two-stage proposals, padding masks) is computed from the
 input's shape; the models keep Python numbers in eager mode and switch to traced values only
-while tracing (``torch.jit.is_tracing()``, see ``level_shapes``).
+while tracing (``torch.jit.is_tracing()``, see :meth:`LevelLayout.from_features`).
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
 import math
 import warnings
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from detrex_lite.modeling.meta_arch import select_topk
+from detrex_lite.layers import attention_backend
+from detrex_lite.modeling.meta_arch import DETRBase
 from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy
 
 __all__ = [
@@ -46,35 +47,11 @@ __all__ = [
     "encoder_tokens",
     "export_onnx",
     "prepare_export_inputs",
-    "pytorch_deform_attn",
 ]
 
 logger = logging.getLogger(__name__)
 
 MIN_OPSET = 16  # GridSample
-
-
-@contextlib.contextmanager
-def pytorch_deform_attn():
-    """Routes :class:`MultiScaleDeformableAttention` through the pure-PyTorch reference
-    (``F.grid_sample``) inside the block, whatever the compiled extension offers, so that tracing
-    and ONNX export see standard ops instead of ``torch.ops.detrex_lite.ms_deform_attn_forward``.
-
-    The module's reference to ``ms_deform_attn`` is swapped and restored on exit; the op module
-    itself (and its fallback warning) is left untouched.
-    """
-    from detrex_lite.layers import multi_scale_deform_attn as msda
-    from detrex_lite.layers.ms_deform_attn_function import ms_deform_attn_pytorch
-
-    def reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step=64):
-        return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
-
-    original = msda.ms_deform_attn
-    msda.ms_deform_attn = reference
-    try:
-        yield
-    finally:
-        msda.ms_deform_attn = original
 
 
 def level_masks(
@@ -108,61 +85,26 @@ def encoder_tokens(model: nn.Module, height: int, width: int) -> int:
     return sum(math.ceil(height / s) * math.ceil(width / s) for s in model.feature_strides)
 
 
-def _min_tokens(model: nn.Module) -> int:
-    # Two-stage queries are the top-k of the encoder proposals: the traced k is a constant, valid
-    # only while there are at least num_queries tokens.
-    return int(model.num_queries) if getattr(model, "as_two_stage", False) else 1
-
-
-def _topk_detections(
-    logits: torch.Tensor, boxes: torch.Tensor, num_classes: int, k: int
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The models' own post-processing, in tensors: (scores (B, k), labels (B, k), boxes (B, k, 4)).
-
-    K-way sigmoid heads (Deformable DETR): top-k over all (query, class) pairs.
-    (K+1)-way softmax heads (DETR): the no-object column is dropped, each query keeps its most
-    likely class, top-k over queries.
-    """
-    if logits.shape[-1] == num_classes + 1:
-        scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-        scores, query_idx = scores.topk(min(k, scores.shape[1]), dim=1)
-        labels = torch.gather(labels, 1, query_idx)
-    else:
-        scores, labels, query_idx = select_topk(logits.sigmoid(), k)
-    return scores, labels, torch.gather(boxes, 1, query_idx[..., None].expand(-1, -1, 4))
-
-
-def _takes_single_level(model: nn.Module) -> bool:
-    # DETR's _predict(feature, mask) takes its one level as tensors, Deformable DETR's
-    # _predict(features, masks) takes lists.
-    params = list(inspect.signature(model._predict).parameters)
-    return params[:1] == ["feature"]
-
-
 class ExportableDETR(nn.Module):
     """A DETR-family model as a tensor-in/tensor-out module (see the module docstring).
 
-    It runs the same parts as the model's eval forward (backbone, neck, ``_predict``, top-k)
-    but on an already normalised, padded batch, with masks computed from ``image_sizes``.
+    It runs the model's eval path (backbone, neck, :meth:`DETRBase.forward_heads`,
+    :meth:`DETRBase.select_detections`) on an already normalised, padded batch, with masks
+    computed from ``image_sizes``.
 
     Args:
-        model: a :class:`DETRBase` subclass whose ``_predict(features, masks)`` returns
-            ``{"pred_logits", "pred_boxes"}`` (DeformableDETR, DETR).
+        model: a :class:`DETRBase` (DeformableDETR, DETR).
         output: "detections" (top-k scores/labels/boxes) or "raw" (logits, normalised boxes).
-        topk: detections per image; default: the model's ``select_box_nums_for_evaluation``.
     """
 
-    def __init__(self, model: nn.Module, output: str = "detections", topk: Optional[int] = None):
+    def __init__(self, model: DETRBase, output: str = "detections"):
         super().__init__()
         if output not in ("detections", "raw"):
             raise ValueError(f"output must be 'detections' or 'raw', got {output!r}")
-        for attr in ("backbone", "neck", "feature_strides", "_predict", "num_classes"):
-            if not hasattr(model, attr):
-                raise TypeError(f"ExportableDETR: {type(model).__name__} has no {attr!r} (expected a DETRBase model)")
+        if not isinstance(model, DETRBase):
+            raise TypeError(f"ExportableDETR: expected a DETRBase model, got {type(model).__name__}")
         self.model = model
         self.output = output
-        self.topk = int(topk or getattr(model, "select_box_nums_for_evaluation", 100))
-        self.single_level = _takes_single_level(model)
 
     @property
     def output_names(self) -> List[str]:
@@ -173,14 +115,10 @@ class ExportableDETR(nn.Module):
         model = self.model
         features = model.neck(model.backbone(images))
         masks = level_masks(image_sizes, features, model.feature_strides)
-        if self.single_level:
-            outputs = model._predict(features[0], masks[0])
-        else:
-            outputs = model._predict(features, masks)
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        outputs = model.forward_heads(features, masks)
         if self.output == "raw":
-            return logits, boxes
-        topk_scores, labels, topk_boxes = _topk_detections(logits, boxes, model.num_classes, self.topk)
+            return outputs["pred_logits"], outputs["pred_boxes"]
+        topk_scores, labels, topk_boxes = model.select_detections(outputs)
         hw = image_sizes.to(topk_boxes.dtype)
         scale = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None]
         # Clipped to the image as detectron2's detector_postprocess does.
@@ -242,10 +180,10 @@ def export_onnx(
         raise ValueError(f"opset {opset} < {MIN_OPSET}: GridSample (deformable attention) needs opset >= {MIN_OPSET}")
     model = model.eval().cpu()
     wrapper = ExportableDETR(model, output=output).eval()
-    if encoder_tokens(model, *canvas) < _min_tokens(model):
+    if encoder_tokens(model, *canvas) < model.min_encoder_tokens:
         raise ValueError(
             f"export canvas {tuple(canvas)} gives {encoder_tokens(model, *canvas)} encoder tokens, fewer than the "
-            f"{_min_tokens(model)} queries that two-stage selects from them: use a larger canvas"
+            f"{model.min_encoder_tokens} queries that two-stage selects from them: use a larger canvas"
         )
     # A sample with one image smaller than the canvas, so padding masks are exercised.
     generator = torch.Generator().manual_seed(0)
@@ -268,7 +206,7 @@ def export_onnx(
             dynamic_axes["image_sizes"] = {0: "batch"}
             for name in wrapper.output_names:
                 dynamic_axes[name] = {0: "batch"}
-    with pytorch_deform_attn(), torch.no_grad(), warnings.catch_warnings():
+    with attention_backend(model, "pytorch"), torch.no_grad(), warnings.catch_warnings():
         # The remaining tracer warnings are about sizes that are fixed by the model (last dims of
         # reference points, the query count), not by the image size.
         warnings.simplefilter("ignore")
@@ -361,7 +299,7 @@ def check_onnx_parity(
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {"images": images.numpy(), "image_sizes": image_sizes.numpy()})
     # PyTorch runs what was exported (the grid_sample path of the deformable attention).
-    with torch.no_grad(), pytorch_deform_attn():
+    with torch.no_grad(), attention_backend(wrapper, "pytorch"):
         torch_out = [t.numpy() for t in wrapper(images, image_sizes)]
     diffs: Dict[str, float] = {}
     if wrapper.output == "raw":

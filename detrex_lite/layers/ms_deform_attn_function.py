@@ -7,8 +7,13 @@ Two implementations with one meaning:
   here with autograd, a fake (meta) implementation for ``torch.compile`` and an autocast rule;
 * :func:`ms_deform_attn_pytorch`, a pure-PyTorch reference built on ``F.grid_sample``.
 
-:func:`ms_deform_attn` is the public entry: it validates its inputs, then runs the compiled
-operator when it is built for the input's device, else the reference (warning once).
+:func:`ms_deform_attn` is the public entry for raw tensors (the official signature): it
+validates its inputs, reading ``spatial_shapes`` / ``level_start_index`` back to check them, then
+runs the compiled operator when it is built for the input's device, else the reference (warning
+once). :class:`~detrex_lite.layers.MultiScaleDeformableAttention` calls
+:func:`ms_deform_attn_with_layout` instead, with the :class:`~detrex_lite.layers.LevelLayout` its
+model built from the feature shapes: the same checks on shapes, no read-back (no host-device
+synchronisation), and an explicit backend ("auto", "compiled" or "pytorch").
 
 dtypes: ``value`` is float64, float32, float16 or bfloat16; ``sampling_locations`` and
 ``attention_weights`` each have value's dtype, or float32 when value is float16/bfloat16 (what
@@ -26,22 +31,29 @@ from __future__ import annotations
 
 import logging
 import warnings
-import weakref
-from typing import Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from .level_layout import LevelLayout
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BACKENDS",
     "ms_deform_attn",
     "ms_deform_attn_pytorch",
+    "ms_deform_attn_with_layout",
     "extension_available",
     "extension_info",
     "level_shapes",
-    "level_layout",
 ]
+
+# "auto": the compiled operator when it is built for the device, else the reference (warning
+# once); "compiled": the compiled operator or an error; "pytorch": the grid_sample reference
+# (what tracing / ONNX export needs: standard ops only).
+BACKENDS = ("auto", "compiled", "pytorch")
 
 BUILD_HINT = (
     "build it with `pip install --no-build-isolation --no-deps -e .` in the detrex_lite "
@@ -58,20 +70,29 @@ def _load_extension():
     return _C
 
 
-# Tests replace this with None to simulate a build without the extension.
+def _kernel_devices(ext) -> frozenset:
+    """Device types ("cpu", "cuda") that the extension ``ext`` has kernels for (empty for None)."""
+    if ext is None:
+        return frozenset()
+    return frozenset({"cpu", "cuda"} if ext.with_cuda() else {"cpu"})
+
+
+# Build facts, read once at import: plain Python values, so that a function traced by
+# torch.compile(fullgraph=True) never calls into the compiled module (dynamo cannot trace a
+# pybind11 function and would stop with "Attempted to call function marked as skipped").
+# Tests replace _C with None to simulate a build without the extension.
 _C = _load_extension()
+_KERNEL_DEVICES = _kernel_devices(_C)
 _fallback_warned = False
 
 
 def extension_available(device_type: str = "cpu") -> bool:
-    """Whether the compiled operator exists for ``device_type`` ("cpu" or "cuda")."""
-    if _C is None:
-        return False
-    if device_type == "cpu":
-        return True
-    if device_type == "cuda":
-        return bool(_C.with_cuda())
-    return False
+    """Whether the compiled operator has a kernel for ``device_type`` ("cpu" or "cuda").
+
+    A plain Python value decided when this module is imported (no call into ``detrex_lite._C``),
+    so it is safe inside ``torch.compile(fullgraph=True)``.
+    """
+    return _C is not None and device_type in _KERNEL_DEVICES
 
 
 def extension_info() -> dict:
@@ -168,16 +189,14 @@ if _C is not None:
 def level_shapes(spatial_shapes: torch.Tensor) -> list:
     """(H_l, W_l) of each level of ``spatial_shapes`` (L, 2), for Python loops over the levels.
 
-    Python ints in eager mode. While tracing (``torch.jit.trace`` and the TorchScript-based ONNX
+    Python ints in eager mode, read from the tensor (a synchronisation on a GPU: the model passes
+    a :class:`LevelLayout` whose ``sizes`` are known on the host instead). While tracing (``torch.jit.trace`` and the TorchScript-based ONNX
     exporter) 0-dim tensors sliced from ``spatial_shapes`` instead: ``tolist()`` would record the
     trace-time sizes as constants, and a graph exported with a dynamic image size would then fail
     at any other size. Ops that take sizes (``arange``, ``reshape``, ``split``) accept both.
     """
     if torch.jit.is_tracing():
         return [(hw[0], hw[1]) for hw in spatial_shapes.unbind(0)]
-    known = _known_level_shapes(spatial_shapes)
-    if known is not None:  # built by level_layout() or checked before: no read-back
-        return list(known)
     return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
 
 
@@ -199,9 +218,16 @@ def ms_deform_attn_pytorch(
     Returns:
         (N, Lq, M * D). Samples outside the map read zeros.
     """
+    return _grid_sample_attention(value, level_shapes(spatial_shapes), sampling_locations, attention_weights)
+
+
+def _grid_sample_attention(
+    value: torch.Tensor, shapes: Sequence[Tuple[int, int]], sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`ms_deform_attn_pytorch` with the levels' (H_l, W_l) given on the host."""
     n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    shapes = level_shapes(spatial_shapes)
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
     # grid_sample wants [-1, 1]; with align_corners=False, -1 and 1 are the outer pixel edges.
     grids = 2 * sampling_locations - 1
@@ -239,7 +265,15 @@ def _validate(
     attention_weights: torch.Tensor,
     im2col_step: int,
     check_dtypes: bool,
-) -> None:
+    sizes: Sequence[Tuple[int, int]] = None,
+) -> List[Tuple[int, int]]:
+    """Raises ValueError naming the argument at fault. ``sizes``: the layout's host-side
+    (H_l, W_l) when the caller built it (a :class:`LevelLayout`); None reads and checks the
+    values of ``spatial_shapes`` / ``level_start_index`` (raw tensors from an outside caller).
+
+    Returns:
+        the levels' (H_l, W_l), or None under torch.compile / tracing (values not read).
+    """
     tensors = {
         "value": value,
         "spatial_shapes": spatial_shapes,
@@ -306,113 +340,22 @@ def _validate(
 
     # Checks that read tensor values: eager only (under torch.compile they would be
     # data-dependent and break the graph).
-    if torch.compiler.is_compiling():
-        return
-    shapes = _known_level_shapes(spatial_shapes, level_start_index)
-    if shapes is None:
-        shapes = _check_layout_values(value, spatial_shapes, level_start_index)
-        _remember_layout(spatial_shapes, level_start_index, shapes)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    shapes = _check_layout_values(value, spatial_shapes, level_start_index) if sizes is None else sizes
     total = sum(h * w for h, w in shapes)
     if total != s:
         _fail(
             "spatial_shapes",
             f"{shapes} cover sum(H*W) = {total} positions but value {tuple(value.shape)} has S = {s}",
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Level layouts known on the host.
-#
-# Reading spatial_shapes / level_start_index back from a CUDA tensor is a host-device
-# synchronisation. Layouts built by level_layout() (the transformer builds its layout from the
-# feature maps' sizes) or already checked once are remembered with their (H, W) list, so that
-# level_shapes() and the input checks of all 12 attention layers read nothing back.
-# Keyed by id(spatial_shapes); an entry counts only while both tensors are alive, the same
-# objects and unmodified (their version counters; inference tensors have none and count by
-# identity alone).
-# ---------------------------------------------------------------------------------------------
-_known_layouts: dict = {}
-_MAX_KNOWN_LAYOUTS = 64
-
-
-def _version(t: torch.Tensor):
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors do not track versions
-        return None
-
-
-def _known_level_shapes(spatial_shapes: torch.Tensor, level_start_index: Optional[torch.Tensor] = None):
-    """The remembered [(H, W), ...] of ``spatial_shapes`` (and ``level_start_index``, when
-    given, must be its remembered partner), else None."""
-    entry = _known_layouts.get(id(spatial_shapes))
-    if entry is None:
-        return None
-    shapes_ref, starts_ref, versions, shapes = entry
-    if shapes_ref() is not spatial_shapes or versions[0] != _version(spatial_shapes):
-        return None
-    if level_start_index is not None and (
-        starts_ref() is not level_start_index or versions[1] != _version(level_start_index)
-    ):
-        return None
-    return shapes
-
-
-def _remember_layout(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, shapes: list) -> None:
-    if len(_known_layouts) >= _MAX_KNOWN_LAYOUTS:
-        _known_layouts.clear()
-    _known_layouts[id(spatial_shapes)] = (
-        weakref.ref(spatial_shapes),
-        weakref.ref(level_start_index),
-        (_version(spatial_shapes), _version(level_start_index)),
-        shapes,
-    )
-
-
-def _all_positive(shapes: list) -> bool:
-    return all(h > 0 and w > 0 for h, w in shapes)
-
-
-def _level_starts(shapes: list) -> list:
-    """Offset of each level in the flattened S axis: the exclusive cumulative sum of H * W."""
-    starts = [0]
-    for h, w in shapes[:-1]:
-        starts.append(starts[-1] + h * w)
-    return starts
-
-
-def level_layout(sizes: Sequence[Tuple[int, int]], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``spatial_shapes`` (L, 2) and ``level_start_index`` (L,) int64 on ``device`` from the
-    host-side (H_l, W_l) of each level, remembered so that :func:`level_shapes` and the input
-    checks of :func:`ms_deform_attn` never read them back from the device.
-
-    Raises:
-        ValueError: a size is not a positive int.
-    """
-    shapes = [(int(h), int(w)) for h, w in sizes]
-    if not shapes or not _all_positive(shapes):
-        _fail("sizes", f"must be a non-empty list of positive (H, W), got {list(sizes)}")
-    starts = _level_starts(shapes)
-    spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)
-    level_start_index = torch.tensor(starts, dtype=torch.int64, device=device)
-    _remember_layout(spatial_shapes, level_start_index, shapes)
-    return spatial_shapes, level_start_index
+    return list(shapes)
 
 
 def _check_layout_values(value, spatial_shapes, level_start_index) -> list:
     """Reads the layout (a synchronisation on the GPU) and checks positive sizes and
     level_start_index == the offsets they imply; returns [(H, W), ...]."""
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    if not _all_positive(shapes):
-        _fail("spatial_shapes", f"must hold positive (H, W), got {shapes}")
-    starts = _level_starts(shapes)
-    starts_given = level_start_index.tolist()
-    if starts_given != starts:
-        _fail(
-            "level_start_index",
-            f"must be the level offsets {starts} implied by spatial_shapes, got {starts_given}",
-        )
-    return shapes
+    return list(LevelLayout.from_tensors(spatial_shapes, level_start_index, caller="ms_deform_attn").sizes)
 
 
 def _warn_fallback(reason: str) -> None:
@@ -423,7 +366,7 @@ def _warn_fallback(reason: str) -> None:
             f"detrex_lite: {reason}; ms_deform_attn falls back to the slower pure-PyTorch "
             f"implementation. To use the compiled operator, {BUILD_HINT}.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -457,16 +400,75 @@ def ms_deform_attn(
     if not isinstance(value, torch.Tensor):  # value.device is read before _validate runs
         _fail("value", f"must be a torch.Tensor, got {type(value).__name__}")
     autocast = autocast_enabled(value.device)
-    _validate(
+    shapes = _validate(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step,
         check_dtypes=not autocast,
     )
+    return _run(
+        value, spatial_shapes, level_start_index, shapes, sampling_locations, attention_weights, im2col_step,
+        backend="auto", autocast=autocast,
+    )
+
+
+def ms_deform_attn_with_layout(
+    value: torch.Tensor,
+    layout: LevelLayout,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    im2col_step: int = 64,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`ms_deform_attn` on a :class:`LevelLayout` built by the caller from the feature
+    shapes (what :class:`~detrex_lite.layers.MultiScaleDeformableAttention` uses).
+
+    The layout is trusted: its ``sizes`` are the host-side truth, so nothing is read back from
+    the device (no host-device synchronisation). Every shape and dtype is checked as in
+    :func:`ms_deform_attn`, and S against ``layout.sizes``.
+
+    Args:
+        value, sampling_locations, attention_weights, im2col_step: as :func:`ms_deform_attn`.
+        layout: the levels of ``value``'s S axis.
+        backend: "auto" (compiled operator when built for the device, else the reference with a
+            one-time warning), "compiled" (RuntimeError when not built for the device) or
+            "pytorch" (the grid_sample reference: standard ops, e.g. for ONNX export).
+
+    Returns:
+        (N, Lq, M * D), as :func:`ms_deform_attn`.
+    """
+    if backend not in BACKENDS:
+        _fail("backend", f"must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(value, torch.Tensor):
+        _fail("value", f"must be a torch.Tensor, got {type(value).__name__}")
+    autocast = autocast_enabled(value.device)
+    if not torch.jit.is_tracing():  # the traced sizes of an export are the model's own
+        _validate(
+            value, layout.spatial_shapes, layout.level_start_index, sampling_locations, attention_weights,
+            im2col_step, check_dtypes=not autocast, sizes=layout.sizes,
+        )
+    return _run(
+        value, layout.spatial_shapes, layout.level_start_index, layout.sizes, sampling_locations, attention_weights,
+        im2col_step, backend=backend, autocast=autocast,
+    )
+
+
+def _run(
+    value, spatial_shapes, level_start_index, sizes, sampling_locations, attention_weights, im2col_step, *,
+    backend: str, autocast: bool,
+) -> torch.Tensor:
+    """The op on validated inputs; ``sizes``: host-side (H_l, W_l), or None to read them from
+    ``spatial_shapes`` (reference path only)."""
     device_type = value.device.type
     if autocast:
         value, sampling_locations, attention_weights = _autocast_inputs(
             device_type, value, sampling_locations, attention_weights
         )
-    if extension_available(device_type):
+    compiled = extension_available(device_type)
+    if backend == "compiled" and not compiled:
+        raise RuntimeError(
+            f"ms_deform_attn: backend='compiled' but detrex_lite._C has no kernel for {device_type} tensors; "
+            f"{BUILD_HINT}, or use backend='auto' or 'pytorch'"
+        )
+    if compiled and backend != "pytorch":
         return torch.ops.detrex_lite.ms_deform_attn_forward(
             value.contiguous(),
             spatial_shapes.to(value.device).contiguous(),
@@ -475,14 +477,15 @@ def ms_deform_attn(
             attention_weights.contiguous(),
             im2col_step,
         )
-    if _C is None:
-        _warn_fallback("the compiled extension detrex_lite._C is not built")
-    else:
-        _warn_fallback(f"detrex_lite._C was built without a kernel for {device_type} tensors")
+    if backend == "auto":
+        if _C is None:
+            _warn_fallback("the compiled extension detrex_lite._C is not built")
+        else:
+            _warn_fallback(f"detrex_lite._C was built without a kernel for {device_type} tensors")
     # grid_sample needs one dtype: the compiled operator's compute dtype, cast back at the end.
     compute_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
-    out = ms_deform_attn_pytorch(
-        value.to(compute_dtype), spatial_shapes, sampling_locations.to(compute_dtype),
-        attention_weights.to(compute_dtype),
+    out = _grid_sample_attention(
+        value.to(compute_dtype), level_shapes(spatial_shapes) if sizes is None else sizes,
+        sampling_locations.to(compute_dtype), attention_weights.to(compute_dtype),
     )
     return out.to(value.dtype)

@@ -1,16 +1,24 @@
 """The multi-scale deformable attention module of Deformable DETR (Zhu et al. 2021, sec. 4.1)."""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
-from .ms_deform_attn_function import autocast_enabled, ms_deform_attn
+from .level_layout import LevelLayout
+from .ms_deform_attn_function import BACKENDS, autocast_enabled, ms_deform_attn_with_layout
 from .position_embedding import with_pos_embed
 
-__all__ = ["MultiScaleDeformableAttention"]
+__all__ = ["MultiScaleDeformableAttention", "attention_backend"]
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"MultiScaleDeformableAttention: backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -30,6 +38,11 @@ class MultiScaleDeformableAttention(nn.Module):
         batch_first: queries/values are (N, Lq, C) when True, (Lq, N, C) when False.
         add_identity: return ``identity + dropout(output_proj(out))``; when False return
             ``output_proj(out)`` (for layers that add their own residual and dropout).
+        backend: how the sampling runs: "auto" (the compiled operator when it is built for the
+            input's device, else the pure-PyTorch reference with a one-time warning),
+            "compiled" (the operator, or an error) or "pytorch" (the ``grid_sample`` reference,
+            standard ops only: what tracing and ONNX export need). Not saved in checkpoints;
+            switch a whole model with :func:`attention_backend`.
     """
 
     def __init__(
@@ -42,6 +55,7 @@ class MultiScaleDeformableAttention(nn.Module):
         dropout: float = 0.1,
         batch_first: bool = True,
         add_identity: bool = True,
+        backend: str = "auto",
     ):
         super().__init__()
         if embed_dim % num_heads != 0:
@@ -53,6 +67,7 @@ class MultiScaleDeformableAttention(nn.Module):
         self.im2col_step = im2col_step
         self.batch_first = batch_first
         self.add_identity = add_identity
+        self.backend = _check_backend(backend)
 
         self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
@@ -91,6 +106,7 @@ class MultiScaleDeformableAttention(nn.Module):
         reference_points: Optional[torch.Tensor] = None,
         spatial_shapes: Optional[torch.Tensor] = None,
         level_start_index: Optional[torch.Tensor] = None,
+        layout: Optional[LevelLayout] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -103,8 +119,11 @@ class MultiScaleDeformableAttention(nn.Module):
             key_padding_mask: (N, S) bool, True where ``value`` is padding (zeroed).
             reference_points: (N, Lq, L, 2) normalised (x, y) in [0, 1], or (N, Lq, L, 4)
                 normalised boxes (cx, cy, w, h).
-            spatial_shapes: (L, 2) int64, (H_l, W_l) of each level.
-            level_start_index: (L,) int64, offset of each level in S.
+            layout: the levels of ``value``'s S axis, built once per forward by the model
+                (:meth:`LevelLayout.from_features`): nothing is read back from the device.
+            spatial_shapes, level_start_index: instead of ``layout``, raw (L, 2) / (L,) int64
+                tensors as in the official module; their values are read and checked on every
+                call (a host-device synchronisation on a GPU).
 
         Returns:
             Same layout as ``query``: ``identity + dropout(output_proj(out))`` when
@@ -118,8 +137,13 @@ class MultiScaleDeformableAttention(nn.Module):
         if not self.batch_first:
             query = query.transpose(0, 1)
             value = value.transpose(0, 1)
-        if reference_points is None or spatial_shapes is None or level_start_index is None:
-            raise ValueError("reference_points, spatial_shapes and level_start_index are required")
+        if layout is None:
+            if spatial_shapes is None or level_start_index is None:
+                raise ValueError("MultiScaleDeformableAttention: give layout (or spatial_shapes and level_start_index)")
+            layout = LevelLayout.from_tensors(spatial_shapes, level_start_index, caller="MultiScaleDeformableAttention")
+        if reference_points is None:
+            raise ValueError("MultiScaleDeformableAttention: reference_points are required")
+        spatial_shapes = layout.spatial_shapes
 
         n, num_queries, _ = query.shape
         _, num_value, _ = value.shape
@@ -162,12 +186,36 @@ class MultiScaleDeformableAttention(nn.Module):
             sample_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
             sampling_locations = sampling_locations.to(sample_dtype)
             weights = weights.to(sample_dtype)
-        out = ms_deform_attn(
-            value, spatial_shapes, level_start_index, sampling_locations, weights, self.im2col_step
-        )
+        out = ms_deform_attn_with_layout(value, layout, sampling_locations, weights, self.im2col_step, self.backend)
         out = self.output_proj(out)
         if not self.batch_first:
             out = out.transpose(0, 1)
         if not self.add_identity:
             return out
         return identity + self.dropout(out)
+
+
+@contextlib.contextmanager
+def attention_backend(model: nn.Module, backend: str) -> Iterator[nn.Module]:
+    """Runs every :class:`MultiScaleDeformableAttention` in ``model`` with ``backend`` inside
+    the block and restores each module's previous backend on exit (also on an exception).
+
+    Example (what ONNX export does: standard ops instead of the compiled operator)::
+
+        with attention_backend(model, "pytorch"):
+            torch.onnx.export(model, ...)
+
+    Args:
+        model: any module; those without deformable attention are left as they are.
+        backend: "auto", "compiled" or "pytorch" (see :class:`MultiScaleDeformableAttention`).
+    """
+    _check_backend(backend)
+    modules = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
+    previous = [m.backend for m in modules]
+    for m in modules:
+        m.backend = backend
+    try:
+        yield model
+    finally:
+        for m, b in zip(modules, previous):
+            m.backend = b

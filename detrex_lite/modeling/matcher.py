@@ -98,7 +98,13 @@ class HungarianMatcher(nn.Module):
         if degenerate[1]:
             raise ValueError("HungarianMatcher: target boxes have x1 < x0 or y1 < y0 (expected cxcywh, w, h >= 0)")
         if degenerate[0] or not torch.isfinite(cost).all():
-            raise FloatingPointError("HungarianMatcher: the matching cost has inf/nan (diverged predictions?)")
+            # Only on this failure path: name the terms at fault (the trainer reports them).
+            terms = [name for name, c in (("class", cost_class), ("bbox", cost_bbox), ("giou", cost_giou))
+                     if not bool(torch.isfinite(c).all())]
+            what = f"{', '.join(terms)} cost" if terms else "cost"
+            if degenerate[0]:
+                what += ", predicted boxes with x1 < x0 or y1 < y0"
+            raise FloatingPointError(f"HungarianMatcher: inf/nan in the {what} (diverged predictions)")
 
         indices = []
         for i, block in enumerate(cost.split(sizes, -1)):

@@ -1,6 +1,13 @@
-"""DETRBase: what every DETR-like detector shares (inputs, masks, targets, post-processing)."""
+"""DETRBase: what every DETR-like detector shares, and the one path through it.
+
+``forward``: inputs -> :meth:`~DETRBase.preprocess_image` -> :meth:`~DETRBase.extract_features`
+(backbone + neck, exact padding masks) -> :meth:`~DETRBase.forward_heads` (the model's transformer
+and heads) -> training: the criterion on :meth:`~DETRBase.prepare_targets`; eval:
+:meth:`~DETRBase.select_detections` (how the model scores boxes) ->
+:meth:`~DETRBase.detections_to_instances` (boxes to the original image size).
+"""
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.modeling.postprocessing import detector_postprocess
@@ -10,7 +17,7 @@ from torch.nn import functional as F
 
 from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
-__all__ = ["DETRBase", "select_topk"]
+__all__ = ["DETRBase", "gather_queries", "select_topk"]
 
 
 def select_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -29,18 +36,28 @@ def select_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tenso
     return topk_scores, topk_idx % num_classes, torch.div(topk_idx, num_classes, rounding_mode="floor")
 
 
+def gather_queries(x: torch.Tensor, query_idx: torch.Tensor) -> torch.Tensor:
+    """x (B, Q, C) at query indices (B, k) -> (B, k, C)."""
+    return torch.gather(x, 1, query_idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class DETRBase(nn.Module):
     """Base class of DETR-family detectors on detectron2 inputs.
 
-    Subclasses implement ``forward`` using the helpers here:
-    :meth:`preprocess_image` -> :meth:`extract_features` (backbone + neck, exact per-level padding
-    masks) -> their transformer and heads -> the criterion on :meth:`prepare_targets` (training)
-    or :meth:`postprocess` (inference).
+    :meth:`forward` is the one path (module docstring). A model implements two hooks:
+
+    * :meth:`forward_heads` ``(features, masks) -> outputs``: its transformer and prediction
+      heads on the neck's levels (a list for every model), criterion-style outputs;
+    * :meth:`select_detections` ``(outputs) -> (scores, labels, boxes)``: how it scores boxes.
+
+    Export, the predictor, FLOP counting and the tests call the same hooks.
 
     Args:
         backbone: a detectron2 ``Backbone`` (dict of named feature maps).
         neck: maps the backbone's dict to a list of levels (finest first) and has
             ``output_shape()`` giving each level's stride (e.g. :class:`ChannelMapper`).
+        criterion: ``(outputs, targets) -> dict of weighted losses`` (e.g. :class:`SetCriterion`).
+        select_box_nums_for_evaluation: detections kept per image in eval.
         pixel_mean, pixel_std: per-channel normalisation in the input's RGB 0-255 scale.
         batch_invariant_inference: in eval mode run backbone + neck on each image unpadded, then
             zero-pad the feature maps, so that results do not depend on the test batch size
@@ -54,6 +71,8 @@ class DETRBase(nn.Module):
         *,
         backbone: nn.Module,
         neck: nn.Module,
+        criterion: nn.Module,
+        select_box_nums_for_evaluation: int = 100,
         pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
         pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
         batch_invariant_inference: bool = True,
@@ -62,6 +81,8 @@ class DETRBase(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.neck = neck
+        self.criterion = criterion
+        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
         self.batch_invariant_inference = batch_invariant_inference
@@ -141,42 +162,84 @@ class DETRBase(nn.Module):
         masks = [m.to(self.device) for m in self.feature_masks(images.image_sizes, shapes, self.feature_strides)]
         return features, masks
 
+    # ---- the path -----------------------------------------------------------------------
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: detectron2 inputs ("image" uint8 (3, H, W) RGB, "height", "width",
+                "instances" when training).
+
+        Returns:
+            training: dict of weighted losses; eval: [{"instances": Instances}] per image at
+            its original size, ``select_box_nums_for_evaluation`` boxes by descending score.
+        """
+        images = self.preprocess_image(batched_inputs)
+        features, masks = self.extract_features(images)
+        outputs = self.forward_heads(features, masks)
+        if self.training:
+            return self.criterion(outputs, self.prepare_targets(batched_inputs))
+        scores, labels, boxes = self.select_detections(outputs)
+        return self.detections_to_instances(scores, labels, boxes, batched_inputs, images.image_sizes)
+
+    def forward_heads(self, features: List[torch.Tensor], masks: List[torch.Tensor]) -> Dict:
+        """The model's transformer and heads.
+
+        Args:
+            features: per level (N, C, H_l, W_l), finest first (the neck's output).
+            masks: per level (N, H_l, W_l) bool, True at padding.
+
+        Returns:
+            criterion-style outputs: "pred_logits" (N, Q, K or K + 1), "pred_boxes" (N, Q, 4)
+            normalised cxcywh of the last decoder layer; in training also what the losses need
+            ("aux_outputs": earlier layers, first first; "enc_outputs": two-stage proposals).
+            In eval only the last layer's heads are computed.
+        """
+        raise NotImplementedError
+
+    def select_detections(self, outputs: Dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``select_box_nums_for_evaluation`` best detections per image.
+
+        Args:
+            outputs: :meth:`forward_heads`' eval outputs.
+
+        Returns:
+            scores (B, k) descending, labels (B, k) int64 class indices, boxes (B, k, 4)
+            normalised cxcywh.
+        """
+        raise NotImplementedError
+
+    @property
+    def min_encoder_tokens(self) -> int:
+        """The fewest transformer tokens (sum over levels of H_l * W_l) an input must give
+        (a two-stage model selects its queries among them); 1 by default."""
+        return 1
+
     # ---- outputs -------------------------------------------------------------------------
-    def postprocess(
+    def detections_to_instances(
         self,
         scores: torch.Tensor,
+        labels: torch.Tensor,
         boxes: torch.Tensor,
         batched_inputs: List[Dict],
         image_sizes: Sequence[Tuple[int, int]],
-        topk: int,
-        labels: Optional[torch.Tensor] = None,
     ) -> List[Dict[str, Instances]]:
-        """Top-k (query, class) pairs per image, boxes to the original image size.
+        """Detections to detectron2 results at the original image size.
 
         Args:
-            scores: (B, Q, K) class probabilities (sigmoid or softmax without no-object).
-            boxes: (B, Q, 4) normalised cxcywh relative to the unpadded image.
+            scores, labels: (B, k); boxes: (B, k, 4) normalised cxcywh relative to the unpadded
+                image (:meth:`select_detections`).
             batched_inputs: the model inputs ("height", "width" give the output size).
             image_sizes: the unpadded (h, w) of each input image.
-            topk: detections per image.
-            labels: (B, Q) int64: one class per query (DETR's softmax argmax); then ``scores``
-                is (B, Q) and the top-k is over queries, so each query gives at most one box.
 
         Returns:
             [{"instances": Instances(pred_boxes abs xyxy, scores, pred_classes)}] per image.
         """
-        if labels is None:
-            topk_scores, labels, query_idx = select_topk(scores, topk)
-        else:
-            topk_scores, query_idx = scores.topk(min(topk, scores.shape[1]), dim=1)
-            labels = torch.gather(labels, 1, query_idx)
-        topk_boxes = torch.gather(boxes, 1, query_idx[..., None].expand(-1, -1, 4))
         results = []
         for i, (x, (h, w)) in enumerate(zip(batched_inputs, image_sizes)):
             inst = Instances((h, w))
-            scale = torch.tensor([w, h, w, h], dtype=topk_boxes.dtype, device=topk_boxes.device)
-            inst.pred_boxes = Boxes(box_cxcywh_to_xyxy(topk_boxes[i]) * scale)
-            inst.scores = topk_scores[i]
+            scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+            inst.pred_boxes = Boxes(box_cxcywh_to_xyxy(boxes[i]) * scale)
+            inst.scores = scores[i]
             inst.pred_classes = labels[i]
             out_h, out_w = x.get("height", h), x.get("width", w)
             results.append({"instances": detector_postprocess(inst, out_h, out_w)})

@@ -25,6 +25,7 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -289,57 +290,52 @@ void launch(void (*kernel)(KernelArgs...), unsigned blocks, int threads, Args&&.
 
 }  // namespace emulation
 
-// ---- what csrc/cuda/device_primitives.cuh provides on a GPU -------------------------------
+// ---- the CUDA built-ins that csrc/cuda/device_primitives.cuh uses ---------------------------
+// That file itself is compiled below: its load / store / atomics / group_sum run here as on a GPU,
+// with DETREX_LITE_CHECK_ACCESS checking every access.
 
-namespace device {
-
-template <typename index_t>
-inline index_t global_thread_index() {
-  const auto& c = emulation::context();
-  return static_cast<index_t>(c.block_idx.x) * static_cast<index_t>(emulation::current_launch()->block.x) +
-         static_cast<index_t>(c.thread_idx.x);
-}
-
-inline unsigned lane_in_warp() { return emulation::context().thread_idx.x & 31u; }
-
-template <typename T>
-inline T load(const T* p) {
-  emulation::check_access(p, sizeof(T), alignof(T), "load");
-  return *p;
-}
-
-template <typename T>
-inline void store(T* p, const T& v) {
-  emulation::check_access(p, sizeof(T), alignof(T), "store");
-  *p = v;
-}
-
-template <typename T>
-inline T group_sum(unsigned mask, T v, int width) {
-  for (int offset = width >> 1; offset > 0; offset >>= 1) v += emulation::shuffle_xor(mask, v, offset, width);
-  return v;
-}
-
-template <typename T>
-inline void atomic_add(T* p, T v) {
-  emulation::check_access(p, sizeof(T), alignof(T), "atomic add");
-  std::lock_guard<std::mutex> lock(emulation::atomic_mutex());
-  *p += v;
-}
-
-// Checks the alignment the GPU's vector atomic would need (16 bytes for runs of 4 floats).
-template <int V, typename T>
-inline void atomic_add_run(T* p, const T (&v)[V]) {
-  const size_t alignment = (std::is_same<T, float>::value && V % 4 == 0) ? 16 : alignof(T);
-  emulation::check_access(p, sizeof(T) * V, alignment, "vector atomic add");
-  std::lock_guard<std::mutex> lock(emulation::atomic_mutex());
-  for (int i = 0; i < V; ++i) p[i] += v[i];
-}
-
-}  // namespace device
 }  // namespace detrex_lite
 
-// threadIdx / blockIdx / blockDim, for kernel code that reads them directly.
 #define threadIdx (::detrex_lite::emulation::context().thread_idx)
 #define blockIdx (::detrex_lite::emulation::context().block_idx)
 #define blockDim (::detrex_lite::emulation::current_launch()->block)
+#define DETREX_LITE_CHECK_ACCESS(p, bytes, alignment, what) \
+  ::detrex_lite::emulation::check_access((p), (bytes), (alignment), (what))
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return ::detrex_lite::emulation::shuffle_xor(mask, v, lane_mask, width);
+}
+
+// Atomics are serialised by one mutex (the order of float additions is one a GPU may pick).
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+  std::lock_guard<std::mutex> lock(::detrex_lite::emulation::atomic_mutex());
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float4 atomicAdd(float4* p, float4 v) {
+  ::detrex_lite::emulation::check_access(p, sizeof(float4), 16, "float4 atomic add");
+  std::lock_guard<std::mutex> lock(::detrex_lite::emulation::atomic_mutex());
+  const float4 old = *p;
+  *p = float4{old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w};
+  return old;
+}
+
+// Round-to-nearest products and differences. This file is compiled with -ffp-contract=off, so
+// the emulator rounds twice as the GPU's __fmul_rn / __fsub_rn do; whether nvcc contracts is
+// not something the emulator can see (docs/ops.md).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+
+using std::isfinite;
+
+#include "device_primitives.cuh"

@@ -29,27 +29,37 @@ at::Tensor tracked(const at::Tensor& t, int64_t offset) {
   return out;
 }
 
+// `layout_check`: "host" (a layout on the CPU, checked before the launch) or "kernel" (a layout
+// on the GPU: only the kernels' bounds test and the error flag read after the launch).
+msda::LayoutCheck parse_layout_check(const std::string& name) {
+  TORCH_CHECK(name == "host" || name == "kernel", "layout_check must be host or kernel, got ", name);
+  return name == "host" ? msda::LayoutCheck::kHost : msda::LayoutCheck::kKernel;
+}
+
 msda::Inputs tracked_inputs(
     const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts, const at::Tensor& loc,
-    const at::Tensor& attn, bool misalign) {
+    const at::Tensor& attn, bool misalign, const std::string& layout_check) {
   const int64_t offset = misalign ? 1 : 0;
   return msda::prepare_inputs(
-      tracked(value, offset), tracked(shapes, 0), tracked(starts, 0), tracked(loc, offset), tracked(attn, offset));
+      tracked(value, offset), tracked(shapes, 0), tracked(starts, 0), tracked(loc, offset), tracked(attn, offset),
+      parse_layout_check(layout_check));
 }
 
 at::Tensor forward(
     const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts, const at::Tensor& loc,
-    const at::Tensor& attn, bool misalign, const std::string& choice) {
+    const at::Tensor& attn, bool misalign, const std::string& choice, const std::string& layout_check) {
   emu::AllocatorScope scope;
   return msda::forward(
-      tracked_inputs(value, shapes, starts, loc, attn, misalign), EmulatedLauncher{}, msda::parse_kernel_choice(choice));
+      tracked_inputs(value, shapes, starts, loc, attn, misalign, layout_check), EmulatedLauncher{},
+      msda::parse_kernel_choice(choice));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts, const at::Tensor& loc,
-    const at::Tensor& attn, const at::Tensor& grad_output, bool misalign, const std::string& choice) {
+    const at::Tensor& attn, const at::Tensor& grad_output, bool misalign, const std::string& choice,
+    const std::string& layout_check) {
   emu::AllocatorScope scope;
-  const auto inputs = tracked_inputs(value, shapes, starts, loc, attn, misalign);
+  const auto inputs = tracked_inputs(value, shapes, starts, loc, attn, misalign, layout_check);
   return msda::backward(
       inputs, tracked(grad_output, misalign ? 1 : 0), loc.scalar_type(), attn.scalar_type(), EmulatedLauncher{},
       msda::parse_kernel_choice(choice));
@@ -101,8 +111,12 @@ int64_t kernel_choice_from_env() { return static_cast<int64_t>(msda::kernel_choi
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kernel_choice_from_env", &kernel_choice_from_env, "KernelChoice from the environment");
-  m.def("forward", &forward, "emulated CUDA forward");
-  m.def("backward", &backward, "emulated CUDA backward");
+  m.def("forward", &forward, "emulated CUDA forward", py::arg("value"), py::arg("shapes"), py::arg("starts"),
+        py::arg("loc"), py::arg("attn"), py::arg("misalign") = false, py::arg("choice") = "auto",
+        py::arg("layout_check") = "host");
+  m.def("backward", &backward, "emulated CUDA backward", py::arg("value"), py::arg("shapes"), py::arg("starts"),
+        py::arg("loc"), py::arg("attn"), py::arg("grad_output"), py::arg("misalign") = false,
+        py::arg("choice") = "auto", py::arg("layout_check") = "host");
   m.def("plan", &plan, "launch plan: (vec, lanes, specialised, index32)");
   m.def("run_faulty", &run_faulty, "launch a kernel that breaks a rule");
 }

@@ -1,15 +1,14 @@
 """Deformable DETR (Zhu et al. 2021): one-stage, box refinement and two-stage variants."""
 import copy
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from detrex_lite.layers import MLP
-from detrex_lite.modeling.meta_arch import DETRBase
+from detrex_lite.modeling.meta_arch import DETRBase, gather_queries, select_topk
 
-from .deformable_layers import inverse_sigmoid
 from .deformable_transformer import DeformableTransformer
 
 __all__ = ["DeformableDETR"]
@@ -55,8 +54,10 @@ class DeformableDETR(DETRBase):
         size_divisibility: int = 0,
     ):
         super().__init__(
-            backbone=backbone, neck=neck, pixel_mean=pixel_mean, pixel_std=pixel_std,
-            batch_invariant_inference=batch_invariant_inference, size_divisibility=size_divisibility,
+            backbone=backbone, neck=neck, criterion=criterion,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation, pixel_mean=pixel_mean,
+            pixel_std=pixel_std, batch_invariant_inference=batch_invariant_inference,
+            size_divisibility=size_divisibility,
         )
         if transformer.two_stage != as_two_stage:
             raise ValueError(f"DeformableDETR: as_two_stage={as_two_stage} but transformer.two_stage={transformer.two_stage}")
@@ -75,11 +76,9 @@ class DeformableDETR(DETRBase):
         self.transformer = transformer
         self.num_classes = num_classes
         self.num_queries = num_queries
-        self.criterion = criterion
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
-        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
         if not as_two_stage:
             self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
 
@@ -104,60 +103,38 @@ class DeformableDETR(DETRBase):
             for head in self.bbox_embed:
                 nn.init.constant_(head.layers[-1].bias[2:], 0.0)
 
-    def _predict(self, features: List[torch.Tensor], masks: List[torch.Tensor]) -> Dict:
-        """Transformer + heads -> criterion-style outputs dict."""
+    def forward_heads(self, features: List[torch.Tensor], masks: List[torch.Tensor]) -> Dict:
+        """Transformer + heads (see :meth:`DETRBase.forward_heads`). The box heads run inside
+        the decoder (they refine its references with box refinement), the class heads here;
+        each once, and in eval only the last layer's."""
         pos_embeds = [self.position_embedding(m).to(f.dtype) for f, m in zip(features, masks)]
-        query_embed = None if self.as_two_stage else self.query_embed.weight
         num_layers = self.transformer.decoder.num_layers
+        all_layers = self.training and self.aux_loss
         out = self.transformer(
-            features, masks, pos_embeds, query_embed,
-            bbox_embed=self.bbox_embed if self.with_box_refine else None,
+            features, masks, pos_embeds, None if self.as_two_stage else self.query_embed.weight,
+            bbox_embed=self.bbox_embed, refine=self.with_box_refine,
             # The proposal heads are the extra last entries (index num_decoder_layers), as official.
             proposal_heads=(self.class_embed[num_layers], self.bbox_embed[num_layers]) if self.as_two_stage else None,
+            all_layers=all_layers, encoder_outputs=self.training,
         )
-
-        outputs_classes, outputs_coords = [], []
-        for lvl in range(out.hs.shape[0]):
-            reference = out.init_reference if lvl == 0 else out.inter_references[lvl - 1]
-            reference = inverse_sigmoid(reference)
-            logits = self.class_embed[lvl](out.hs[lvl])
-            delta = self.bbox_embed[lvl](out.hs[lvl])
-            if reference.shape[-1] == 4:
-                coord = (delta + reference).sigmoid()
-            else:
-                coord = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1).sigmoid()
-            outputs_classes.append(logits)
-            outputs_coords.append(coord)
-
-        outputs = {"pred_logits": outputs_classes[-1], "pred_boxes": outputs_coords[-1]}
-        if self.aux_loss:
-            outputs["aux_outputs"] = [
-                {"pred_logits": c, "pred_boxes": b} for c, b in zip(outputs_classes[:-1], outputs_coords[:-1])
-            ]
-        if self.as_two_stage:
+        first = num_layers - out.hs.shape[0]  # index of the first layer returned
+        logits = [self.class_embed[first + i](hs) for i, hs in enumerate(out.hs)]
+        outputs = {"pred_logits": logits[-1], "pred_boxes": out.boxes[-1]}
+        if all_layers:
+            outputs["aux_outputs"] = [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], out.boxes[:-1])]
+        if out.enc_outputs_class is not None:
             outputs["enc_outputs"] = {
                 "pred_logits": out.enc_outputs_class,
                 "pred_boxes": out.enc_outputs_coord_unact.sigmoid(),
             }
         return outputs
 
-    def forward(self, batched_inputs: List[Dict]):
-        """
-        Args:
-            batched_inputs: detectron2 inputs ("image" uint8 (3, H, W) RGB, "height", "width",
-                "instances" when training).
+    def select_detections(self, outputs: Dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sigmoid scores, top-k over all (query, class) pairs (a query may give several boxes)."""
+        scores, labels, query_idx = select_topk(outputs["pred_logits"].sigmoid(), self.select_box_nums_for_evaluation)
+        return scores, labels, gather_queries(outputs["pred_boxes"], query_idx)
 
-        Returns:
-            training: dict of weighted losses; eval: [{"instances": Instances}] per image at
-            its original size.
-        """
-        images = self.preprocess_image(batched_inputs)
-        features, masks = self.extract_features(images)
-        outputs = self._predict(features, masks)
-        if self.training:
-            targets = self.prepare_targets(batched_inputs)
-            return self.criterion(outputs, targets)
-        return self.postprocess(
-            outputs["pred_logits"].sigmoid(), outputs["pred_boxes"], batched_inputs, images.image_sizes,
-            self.select_box_nums_for_evaluation,
-        )
+    @property
+    def min_encoder_tokens(self) -> int:
+        # Two-stage selects its num_queries queries among the encoder tokens.
+        return self.num_queries if self.as_two_stage else 1

@@ -3,19 +3,20 @@
 Sequences are batch-first: (N, S, C). Reference points are normalised (x, y) or (cx, cy, w, h)
 in [0, 1] of each level's padded map (the caller scales the valid-image ones by valid ratios).
 """
-from typing import Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from detrex_lite.layers import MultiScaleDeformableAttention, with_pos_embed
-from detrex_lite.layers.ms_deform_attn_function import level_shapes
+from detrex_lite.layers import LevelLayout, MultiScaleDeformableAttention, with_pos_embed
 
 __all__ = [
     "DeformableTransformerEncoderLayer",
     "DeformableTransformerEncoder",
     "DeformableTransformerDecoderLayer",
     "DeformableTransformerDecoder",
+    "DecoderOutput",
+    "box_from_delta",
     "inverse_sigmoid",
 ]
 
@@ -24,6 +25,21 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """log(x / (1 - x)) with x clamped to [eps, 1 - eps] (the official helper)."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def box_from_delta(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """A box head's output relative to a reference: sigmoid(delta + inverse_sigmoid(reference)).
+
+    Args:
+        delta: (..., 4) box head output (pre-sigmoid offsets of cx, cy, w, h).
+        reference: (..., 4) normalised boxes, or (..., 2) points (then w, h are delta's alone).
+
+    Returns:
+        (..., 4) normalised (cx, cy, w, h).
+    """
+    if reference.shape[-1] == 4:
+        return (delta + inverse_sigmoid(reference)).sigmoid()
+    return torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1).sigmoid()
 
 
 def _activation(name: str) -> nn.Module:
@@ -61,11 +77,11 @@ class DeformableTransformerEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
+    def forward(self, src, pos, reference_points, layout: LevelLayout, padding_mask=None):
         """src, pos: (N, S, C); reference_points: (N, S, L, 2) normalised; padding_mask (N, S)."""
         attn = self.self_attn(
             query=src, value=src, query_pos=pos, key_padding_mask=padding_mask,
-            reference_points=reference_points, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            reference_points=reference_points, layout=layout,
         )
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
@@ -79,12 +95,12 @@ class DeformableTransformerEncoder(nn.Module):
         self.num_layers = num_layers
 
     @staticmethod
-    def get_reference_points(spatial_shapes: torch.Tensor, valid_sizes: torch.Tensor) -> torch.Tensor:
+    def get_reference_points(layout: LevelLayout, valid_sizes: torch.Tensor) -> torch.Tensor:
         """Pixel centres of every level, normalised by the valid size of their own level, then
         expressed in every level's padded coordinates.
 
         Args:
-            spatial_shapes: (L, 2) int64 (H_l, W_l) of the padded maps.
+            layout: the padded maps' (H_l, W_l).
             valid_sizes: (N, L, 2) float (valid W_l, valid H_l).
 
         Returns:
@@ -92,7 +108,7 @@ class DeformableTransformerEncoder(nn.Module):
         """
         refs = []
         device = valid_sizes.device
-        for lvl, (h, w) in enumerate(level_shapes(spatial_shapes)):
+        for lvl, (h, w) in enumerate(layout.sizes):
             ref_y, ref_x = torch.meshgrid(
                 torch.arange(h, dtype=torch.float32, device=device) + 0.5,
                 torch.arange(w, dtype=torch.float32, device=device) + 0.5,
@@ -102,13 +118,14 @@ class DeformableTransformerEncoder(nn.Module):
             ref_y = ref_y.reshape(-1)[None] / valid_sizes[:, None, lvl, 1]
             refs.append(torch.stack((ref_x, ref_y), -1))
         reference_points = torch.cat(refs, 1)
-        valid_ratios = valid_sizes / spatial_shapes.flip(-1)[None].to(valid_sizes)
+        valid_ratios = valid_sizes / layout.spatial_shapes.flip(-1)[None].to(valid_sizes)
         return reference_points[:, :, None] * valid_ratios[:, None]
 
-    def forward(self, src, spatial_shapes, level_start_index, valid_sizes, pos=None, padding_mask=None):
-        reference_points = self.get_reference_points(spatial_shapes, valid_sizes)
+    def forward(self, src, layout: LevelLayout, valid_sizes, pos=None, padding_mask=None):
+        """src, pos: (N, S, C); valid_sizes: (N, L, 2) (valid W_l, H_l); padding_mask: (N, S)."""
+        reference_points = self.get_reference_points(layout, valid_sizes)
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            src = layer(src, pos, reference_points, layout, padding_mask)
         return src
 
 
@@ -145,25 +162,42 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, query_pos, reference_points, src, spatial_shapes, level_start_index, src_padding_mask=None):
+    def forward(self, tgt, query_pos, reference_points, src, layout: LevelLayout, src_padding_mask=None):
         """tgt, query_pos: (N, Q, C); reference_points: (N, Q, L, 2 or 4); src: (N, S, C)."""
         q = k = with_pos_embed(tgt, query_pos)
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
         attn = self.cross_attn(
             query=tgt, value=src, query_pos=query_pos, key_padding_mask=src_padding_mask,
-            reference_points=reference_points, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            reference_points=reference_points, layout=layout,
         )
         tgt = self.norm1(tgt + self.dropout1(attn))
         ffn = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(ffn))
 
 
-class DeformableTransformerDecoder(nn.Module):
-    """Stack of decoder layers returning every layer's output and reference points.
+class DecoderOutput(NamedTuple):
+    """What :class:`DeformableTransformerDecoder` returns for the K layers asked for (every
+    layer, or only the last one).
 
-    With ``bbox_embed`` set (box refinement, Sec. 4.1 "Iterative Bounding Box Refinement"), each
-    layer's box head refines the references: r_{d} = sigmoid(delta_d + inverse_sigmoid(r_{d-1})),
-    detached before being fed to the next layer.
+    hs: (K, N, Q, C) the layers' output states.
+    references: K tensors (N, Q, 2 or 4), the reference each layer's boxes are relative to (its
+        input reference points: the initial ones, or with refinement the previous layer's boxes;
+        one-stage initial references are points, refined ones boxes).
+    boxes: (K, N, Q, 4) the layers' boxes, normalised (cx, cy, w, h):
+        ``box_from_delta(bbox_embed[l](hs[l]), references[l])``.
+    """
+
+    hs: torch.Tensor
+    references: List[torch.Tensor]
+    boxes: torch.Tensor
+
+
+class DeformableTransformerDecoder(nn.Module):
+    """Stack of decoder layers; applies the detector's box heads, each once.
+
+    With ``refine`` (box refinement, Sec. 4.1 "Iterative Bounding Box Refinement") each layer's
+    box head refines the references: r_{d} = sigmoid(delta_d + inverse_sigmoid(r_{d-1})),
+    detached before being fed to the next layer; layer d's predicted boxes are r_d itself.
     """
 
     def __init__(self, num_layers: int = 6, **layer_kwargs):
@@ -172,37 +206,36 @@ class DeformableTransformerDecoder(nn.Module):
         self.num_layers = num_layers
 
     def forward(
-        self, tgt, reference_points, src, spatial_shapes, level_start_index, valid_ratios,
-        query_pos=None, src_padding_mask=None, bbox_embed: Optional[nn.ModuleList] = None,
-    ):
+        self, tgt, reference_points, src, layout: LevelLayout, valid_ratios, query_pos=None, src_padding_mask=None,
+        *, bbox_embed: nn.ModuleList, refine: bool = False, all_layers: bool = True,
+    ) -> DecoderOutput:
         """
         Args:
             tgt, query_pos: (N, Q, C).
             reference_points: (N, Q, 2) or (N, Q, 4) normalised (cx, cy[, w, h]) of the valid image.
-            src: (N, S, C) encoder memory; valid_ratios: (N, L, 2) (w, h) valid / padded size.
-            bbox_embed: per-layer box heads for iterative refinement (None: no refinement). The
-                heads belong to the detector (``bbox_embed.{i}``); passing them here instead of
-                registering them twice keeps each parameter under one name.
-
-        Returns:
-            hs: (num_layers, N, Q, C); references: (num_layers, N, Q, 2 or 4), the reference
-            points after each layer (equal to the input ones without refinement).
+            src: (N, S, C) encoder memory; layout: its levels; valid_ratios: (N, L, 2) (w, h)
+                valid / padded size.
+            bbox_embed: one box head per layer (the detector's ``bbox_embed.{i}``: passing them
+                here instead of registering them twice keeps each parameter under one name).
+            refine: iterative box refinement.
+            all_layers: return every layer (auxiliary losses); False: only the last layer, and
+                without refinement only its box head runs.
         """
-        hs, references = [], []
+        hs, references, boxes = [], [], []
         output = tgt
         for lid, layer in enumerate(self.layers):
             if reference_points.shape[-1] == 4:
                 ref_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             else:
                 ref_input = reference_points[:, :, None] * valid_ratios[:, None]
-            output = layer(output, query_pos, ref_input, src, spatial_shapes, level_start_index, src_padding_mask)
-            if bbox_embed is not None:
-                delta = bbox_embed[lid](output)
-                if reference_points.shape[-1] == 4:
-                    new_ref = (delta + inverse_sigmoid(reference_points)).sigmoid()
-                else:
-                    new_ref = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1).sigmoid()
-                reference_points = new_ref.detach()
-            hs.append(output)
-            references.append(reference_points)
-        return torch.stack(hs), torch.stack(references)
+            output = layer(output, query_pos, ref_input, src, layout, src_padding_mask)
+            keep = all_layers or lid == self.num_layers - 1
+            if keep or refine:
+                box = box_from_delta(bbox_embed[lid](output), reference_points)
+            if keep:
+                hs.append(output)
+                references.append(reference_points)
+                boxes.append(box)
+            if refine:
+                reference_points = box.detach()
+        return DecoderOutput(torch.stack(hs), references, torch.stack(boxes))

@@ -10,9 +10,9 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from detrex_lite.layers import MultiScaleDeformableAttention
-from detrex_lite.layers.ms_deform_attn_function import level_layout, level_shapes
+from detrex_lite.layers import LevelLayout, MultiScaleDeformableAttention
 
 from .deformable_layers import DeformableTransformerDecoder, DeformableTransformerEncoder, inverse_sigmoid
 
@@ -22,35 +22,19 @@ __all__ = ["DeformableTransformer", "TransformerOutput"]
 class TransformerOutput(NamedTuple):
     """What :class:`DeformableTransformer` returns.
 
-    hs: (num_decoder_layers, N, Q, C) decoder outputs.
-    init_reference: (N, Q, 2) one-stage / (N, Q, 4) two-stage normalised references of layer 0.
-    inter_references: (num_decoder_layers, N, Q, 2 or 4) references after each layer.
-    enc_outputs_class: (N, S, K) proposal logits (two-stage only, else None).
-    enc_outputs_coord_unact: (N, S, 4) proposal boxes before sigmoid (two-stage only, else None;
+    hs: (K, N, Q, C) decoder outputs of the K layers asked for (all, or the last one).
+    references: K tensors (N, Q, 2 or 4), the references their boxes are relative to.
+    boxes: (K, N, Q, 4) their boxes, normalised (cx, cy, w, h).
+    enc_outputs_class: (N, S, K) proposal logits (two-stage, when asked for; else None).
+    enc_outputs_coord_unact: (N, S, 4) proposal boxes before sigmoid (as enc_outputs_class;
         +inf at padded / invalid positions).
     """
 
     hs: torch.Tensor
-    init_reference: torch.Tensor
-    inter_references: torch.Tensor
+    references: List[torch.Tensor]
+    boxes: torch.Tensor
     enc_outputs_class: Optional[torch.Tensor] = None
     enc_outputs_coord_unact: Optional[torch.Tensor] = None
-
-
-def _level_layout(srcs: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``spatial_shapes`` (L, 2) int64 (H_l, W_l) of the maps ``srcs`` (N, C, H_l, W_l) and
-    ``level_start_index`` (L,), on their device.
-
-    Eager: built from the host-side sizes with :func:`level_layout`, so no layer ever reads them
-    back from the GPU. While tracing, the sizes are traced values (``torch.as_tensor`` of them
-    would be recorded as constants of the export size), so that an ONNX graph with a dynamic
-    image size stays valid.
-    """
-    if not torch.jit.is_tracing():
-        return level_layout([tuple(src.shape[-2:]) for src in srcs], srcs[0].device)
-    spatial_shapes = torch.stack([torch.stack(list(src.shape[-2:])) for src in srcs]).to(srcs[0].device)
-    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-    return spatial_shapes, level_start_index
 
 
 class DeformableTransformer(nn.Module):
@@ -122,7 +106,7 @@ class DeformableTransformer(nn.Module):
         pos = pos[:, :, :, None] / dim_t
         return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)
 
-    def gen_encoder_output_proposals(self, memory, memory_padding_mask, spatial_shapes, valid_sizes):
+    def gen_encoder_output_proposals(self, memory, memory_padding_mask, layout: LevelLayout, valid_sizes):
         """One proposal per encoder token: its pixel centre with size 0.05 * 2^level (Sec. A.4).
 
         Returns:
@@ -133,7 +117,7 @@ class DeformableTransformer(nn.Module):
         """
         n = memory.shape[0]
         proposals = []
-        for lvl, (h, w) in enumerate(level_shapes(spatial_shapes)):
+        for lvl, (h, w) in enumerate(layout.sizes):
             grid_y, grid_x = torch.meshgrid(
                 torch.arange(h, dtype=torch.float32, device=memory.device),
                 torch.arange(w, dtype=torch.float32, device=memory.device),
@@ -158,16 +142,24 @@ class DeformableTransformer(nn.Module):
         masks: List[torch.Tensor],
         pos_embeds: List[torch.Tensor],
         query_embed: Optional[torch.Tensor] = None,
-        bbox_embed: Optional[nn.ModuleList] = None,
-        proposal_heads: Optional[Tuple[nn.Module, nn.Module]] = None,
+        *,
+        bbox_embed: nn.ModuleList,
+        refine: bool = False,
+        proposal_heads: Optional[Tuple[nn.Linear, nn.Module]] = None,
+        all_layers: bool = True,
+        encoder_outputs: bool = True,
     ) -> TransformerOutput:
         """
         Args:
             srcs: L maps (N, C, H_l, W_l); masks: L (N, H_l, W_l) bool (True = padding);
             pos_embeds: L (N, C, H_l, W_l).
             query_embed: (Q, 2C) learned (query_pos | tgt) embeddings (one-stage only).
-            bbox_embed: per-decoder-layer box heads for iterative refinement, or None.
+            bbox_embed: one box head per decoder layer; refine: iterative box refinement.
             proposal_heads: (class head, box head) scoring the encoder proposals (two-stage only).
+            all_layers: return every decoder layer (auxiliary losses), else only the last.
+            encoder_outputs: return the two-stage proposal logits and boxes of every token (the
+                encoder loss); else only the proposals' objectness and the selected boxes are
+                computed.
         """
         if len(srcs) != self.num_feature_levels:
             raise ValueError(f"DeformableTransformer: got {len(srcs)} feature levels, expected num_feature_levels={self.num_feature_levels}")
@@ -179,29 +171,42 @@ class DeformableTransformer(nn.Module):
         src_flatten = torch.cat(src_flatten, 1)
         mask_flatten = torch.cat(mask_flatten, 1)
         pos_flatten = torch.cat(pos_flatten, 1)
-        spatial_shapes, level_start_index = _level_layout(srcs)
+        # Built once from the maps' shapes and passed to every layer: nothing reads it back.
+        layout = LevelLayout.from_features(srcs)
         # Valid (w, h) of every level from the exact masks, and their ratio to the padded size.
         valid_sizes = torch.stack(
             [torch.stack([(~m[:, 0, :]).sum(1), (~m[:, :, 0]).sum(1)], -1) for m in masks], 1
         ).to(src_flatten.dtype)
-        valid_ratios = valid_sizes / spatial_shapes.flip(-1)[None].to(valid_sizes)
+        valid_ratios = valid_sizes / layout.spatial_shapes.flip(-1)[None].to(valid_sizes)
 
-        memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_sizes, pos_flatten, mask_flatten)
+        memory = self.encoder(src_flatten, layout, valid_sizes, pos_flatten, mask_flatten)
 
         bs, _, c = memory.shape
         enc_outputs_class = enc_outputs_coord_unact = None
         if self.two_stage:
-            output_memory, output_proposals, valid = self.gen_encoder_output_proposals(memory, mask_flatten, spatial_shapes, valid_sizes)
             if proposal_heads is None:
                 raise ValueError("DeformableTransformer: two-stage needs proposal_heads=(class head, box head)")
-            enc_outputs_class = proposal_heads[0](output_memory)
-            enc_outputs_coord_unact = proposal_heads[1](output_memory) + output_proposals
+            class_head, box_head = proposal_heads
+            output_memory, output_proposals, valid = self.gen_encoder_output_proposals(memory, mask_flatten, layout, valid_sizes)
+            if encoder_outputs:
+                enc_outputs_class = class_head(output_memory)
+                enc_outputs_coord_unact = box_head(output_memory) + output_proposals
+                objectness = enc_outputs_class[..., 0]
+            else:  # the selection only needs the first class's logit
+                objectness = F.linear(output_memory, class_head.weight[:1], class_head.bias[:1])[..., 0]
             # Unlike the official code, padded/invalid tokens can never be selected, so the
             # selection does not depend on how much padding the batch has.
-            objectness = enc_outputs_class[..., 0].masked_fill(~valid, float("-inf"))
+            objectness = objectness.masked_fill(~valid, float("-inf"))
             topk = min(self.two_stage_num_proposals, objectness.shape[1])
             topk_idx = torch.topk(objectness, topk, dim=1)[1]
-            topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_idx[..., None].expand(-1, -1, 4)).detach()
+            if encoder_outputs:
+                topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_idx[..., None].expand(-1, -1, 4))
+            else:  # box head on the selected tokens only
+                selected = torch.gather(output_memory, 1, topk_idx[..., None].expand(-1, -1, c))
+                topk_coords_unact = box_head(selected) + torch.gather(
+                    output_proposals, 1, topk_idx[..., None].expand(-1, -1, 4)
+                )
+            topk_coords_unact = topk_coords_unact.detach()
             reference_points = topk_coords_unact.sigmoid()
             pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords_unact, c // 2)))
             query_pos, tgt = torch.split(pos_trans_out, c, dim=2)
@@ -212,10 +217,9 @@ class DeformableTransformer(nn.Module):
             query_pos = query_pos[None].expand(bs, -1, -1)
             tgt = tgt[None].expand(bs, -1, -1)
             reference_points = self.reference_points(query_pos).sigmoid()
-        init_reference = reference_points
 
-        hs, inter_references = self.decoder(
-            tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, query_pos, mask_flatten,
-            bbox_embed=bbox_embed,
+        decoded = self.decoder(
+            tgt, reference_points, memory, layout, valid_ratios, query_pos, mask_flatten,
+            bbox_embed=bbox_embed, refine=refine, all_layers=all_layers,
         )
-        return TransformerOutput(hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact)
+        return TransformerOutput(*decoded, enc_outputs_class, enc_outputs_coord_unact)

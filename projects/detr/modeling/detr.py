@@ -1,13 +1,13 @@
 """DETR (Carion et al. 2020): a transformer over single-scale backbone features, set prediction
 with a softmax classifier that has a no-object class."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
 from torch import nn
 
 from detrex_lite.layers import MLP
-from detrex_lite.modeling.meta_arch import DETRBase
+from detrex_lite.modeling.meta_arch import DETRBase, gather_queries
 
 from .transformer import DetrTransformer
 
@@ -78,8 +78,10 @@ class DETR(DETRBase):
     ):
         neck = _SingleFeature(backbone.output_shape(), in_feature)
         super().__init__(
-            backbone=backbone, neck=neck, pixel_mean=pixel_mean, pixel_std=pixel_std,
-            batch_invariant_inference=batch_invariant_inference, size_divisibility=size_divisibility,
+            backbone=backbone, neck=neck, criterion=criterion,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation, pixel_mean=pixel_mean,
+            pixel_std=pixel_std, batch_invariant_inference=batch_invariant_inference,
+            size_divisibility=size_divisibility,
         )
         if getattr(criterion, "loss_class_type", "ce_loss") != "ce_loss":
             raise ValueError(f"DETR: the criterion must use loss_class_type='ce_loss', got {criterion.loss_class_type!r}")
@@ -94,21 +96,20 @@ class DETR(DETRBase):
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.num_classes = num_classes
         self.num_queries = num_queries
-        self.criterion = criterion
         self.aux_loss = aux_loss
-        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
 
-    def _predict(self, feature: torch.Tensor, mask: torch.Tensor) -> Dict:
-        """
+    def forward_heads(self, features: List[torch.Tensor], masks: List[torch.Tensor]) -> Dict:
+        """See :meth:`DETRBase.forward_heads`; DETR reads its one level.
+
         Args:
-            feature: (N, C_backbone, H, W) backbone map, zero at padding.
-            mask: (N, H, W) bool, True at padding.
+            features: [(N, C_backbone, H, W)] the backbone map, zero at padding.
+            masks: [(N, H, W)] bool, True at padding.
 
         Returns:
-            criterion-style outputs: "pred_logits" (N, Q, K + 1), "pred_boxes" (N, Q, 4)
-            normalised cxcywh of the last decoder layer; in training with aux_loss also
-            "aux_outputs", the same for the earlier layers (first layer first).
+            "pred_logits" (N, Q, K + 1), "pred_boxes" (N, Q, 4) normalised cxcywh of the last
+            decoder layer; in training with aux_loss also "aux_outputs" (first layer first).
         """
+        (feature,), (mask,) = features, masks
         src = self.input_proj(feature)
         pos = self.position_embedding(mask).to(src.dtype)
         states = self.transformer(src, mask, self.query_embed.weight, pos).decoder_states  # (L, N, Q, d)
@@ -121,26 +122,9 @@ class DETR(DETRBase):
             outputs["aux_outputs"] = [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])]
         return outputs
 
-    def forward(self, batched_inputs: List[Dict]):
-        """
-        Args:
-            batched_inputs: detectron2 inputs ("image" uint8 (3, H, W) RGB, "height", "width",
-                "instances" when training).
-
-        Returns:
-            training: dict of weighted losses; eval: [{"instances": Instances}] per image at its
-            original size, ``select_box_nums_for_evaluation`` boxes by descending score.
-        """
-        images = self.preprocess_image(batched_inputs)
-        features, masks = self.extract_features(images)
-        outputs = self._predict(features[0], masks[0])
-        if self.training:
-            return self.criterion(outputs, self.prepare_targets(batched_inputs))
-        # Official post-processing: each query is one detection, its class the most likely real
-        # class (the no-object probability is dropped, not renormalised).
-        prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]
-        scores, labels = prob.max(-1)
-        return self.postprocess(
-            scores, outputs["pred_boxes"].float(), batched_inputs, images.image_sizes,
-            self.select_box_nums_for_evaluation, labels=labels,
-        )
+    def select_detections(self, outputs: Dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Official post-processing: each query is one detection, its class the most likely real
+        class (the no-object probability is dropped, not renormalised); top-k over queries."""
+        scores, labels = outputs["pred_logits"].float().softmax(-1)[..., :-1].max(-1)
+        scores, query_idx = scores.topk(min(self.select_box_nums_for_evaluation, scores.shape[1]), dim=1)
+        return scores, torch.gather(labels, 1, query_idx), gather_queries(outputs["pred_boxes"].float(), query_idx)

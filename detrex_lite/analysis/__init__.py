@@ -1,0 +1,30 @@
+"""Looking at data and results: ground truth and predictions of a registered dataset as COCO
+objects, per-image matches and the COCO error analysis from pycocotools' COCOeval, confusion
+matrices, and the drawing used by the tools (browse_dataset, visualize_results,
+analyze_results)."""
+from .coco_results import (
+    AnalysisError,
+    dataset_coco_gt,
+    dataset_image_files,
+    load_predictions,
+    predictions_coco,
+    quiet_cocoeval,
+)
+from .matching import ImageMatches, confusion_matrix, match_detections
+from .error_analysis import ERROR_TYPES, ErrorAnalysis, error_analysis, per_class_ap
+
+__all__ = [
+    "AnalysisError",
+    "ERROR_TYPES",
+    "ErrorAnalysis",
+    "ImageMatches",
+    "confusion_matrix",
+    "dataset_coco_gt",
+    "dataset_image_files",
+    "error_analysis",
+    "load_predictions",
+    "match_detections",
+    "per_class_ap",
+    "predictions_coco",
+    "quiet_cocoeval",
+]

@@ -1,0 +1,211 @@
+"""A training output folder is a model: what inference needs is saved with the run.
+
+Training stores ``checkpoint["meta"]`` in every checkpoint (class names, the dataset id mapping,
+pixel mean/std, test-time resize, whether the EMA weights are the ones to use, the architecture)
+and a ``config.yaml`` whose class count is a number, not a call on a dataset that only the
+training process registered. So ``Predictor.from_run(dir)``, ``tools/demo.py --run``,
+``tools/export_onnx.py --run`` and ``tools/train_net.py --eval-only --run`` work in a fresh
+process that has registered nothing. Hugging Face models carry ``id2label`` the same way.
+"""
+import logging
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+from torch import nn
+
+from .arch import model_arch
+from .io import CheckpointFileError
+
+__all__ = [
+    "RunMetadata", "run_metadata", "resolve_num_classes", "find_run_checkpoint", "run_config_path",
+    "metadata_from_meta", "test_resize_of", "coco_run_metadata",
+]
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_RE = re.compile(r"model_(\d+)\.pth")
+
+
+def _is_num_classes_call(node: Any) -> bool:
+    from detrex_lite.config.dataset_meta import num_classes_from_dataset
+
+    try:
+        target = node.get("_target_", None)
+    except Exception:
+        return False
+    if target is num_classes_from_dataset:
+        return True
+    name = target if isinstance(target, str) else getattr(target, "__qualname__", "")
+    return isinstance(name, str) and name.rsplit(".", 1)[-1] == "num_classes_from_dataset"
+
+
+def resolve_num_classes(cfg: Any) -> List[str]:
+    """Replace, in place, every ``L(num_classes_from_dataset)(names=...)`` in ``cfg`` by the number
+    it gives (the datasets must be registered now). Returns the dotted keys replaced.
+
+    The saved ``config.yaml`` then states the class count as an int and loads in a process that
+    registered nothing.
+    """
+    from detectron2.config import instantiate
+    from omegaconf import DictConfig, ListConfig
+
+    replaced = []
+
+    def walk(node, prefix):
+        items = node.items() if isinstance(node, DictConfig) else enumerate(node)
+        for key, value in list(items):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, DictConfig) and _is_num_classes_call(value):
+                node[key] = int(instantiate(value))
+                replaced.append(path)
+            elif isinstance(value, (DictConfig, ListConfig)):
+                walk(value, path)
+
+    walk(cfg, "")
+    return replaced
+
+
+def test_resize_of(augmentations) -> Optional[Dict[str, Any]]:
+    """``{"short_edge_length": [..], "max_size": ..}`` of the first ResizeShortestEdge, or None."""
+    from detectron2.data import transforms as T
+
+    for aug in augmentations or []:
+        if isinstance(aug, T.ResizeShortestEdge):
+            return {"short_edge_length": [int(s) for s in aug.short_edge_length], "max_size": int(aug.max_size)}
+    return None
+
+
+def _dataset_metadata(cfg: Any) -> Dict[str, Any]:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from omegaconf import OmegaConf
+
+    names = OmegaConf.select(cfg, "dataloader.train.dataset.names", default=None)
+    if names is None:
+        return {}
+    name = names if isinstance(names, str) else list(names)[0]
+    if name not in DatasetCatalog.list():
+        return {}
+    meta = MetadataCatalog.get(name)
+    out: Dict[str, Any] = {"dataset": name}
+    if meta.get("thing_classes", None) is not None:
+        out["thing_classes"] = list(meta.thing_classes)
+    id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if id_map is not None:
+        out["thing_dataset_id_to_contiguous_id"] = {int(k): int(v) for k, v in id_map.items()}
+    return out
+
+
+def run_metadata(cfg: Any, model: nn.Module) -> Dict[str, Any]:
+    """The facts inference needs, for ``checkpoint["meta"]`` (plain Python values only, so the
+    file stays loadable with ``torch.load(weights_only=True)``)."""
+    from detectron2.config import instantiate
+    from omegaconf import OmegaConf
+
+    from .loader import ema_requested
+
+    arch = model_arch(model)
+    meta: Dict[str, Any] = {"num_classes": arch.get("num_classes"), "arch": arch}
+    meta.update(_dataset_metadata(cfg))
+    for name in ("pixel_mean", "pixel_std"):
+        value = getattr(model, name, None)
+        if value is not None:
+            meta[name] = [round(float(v), 4) for v in value.flatten().tolist()]
+    augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentation", default=None)
+    if augs is not None:
+        try:
+            built = instantiate(augs)
+            resize = test_resize_of(built if isinstance(built, (list, tuple)) else [built])
+        except Exception as e:  # the metadata is a convenience; never stop training for it
+            logger.warning(f"run metadata: cannot read the test-time resize ({type(e).__name__}: {e})")
+            resize = None
+        if resize:
+            meta["test_resize"] = resize
+    meta["use_ema_weights"] = ema_requested(cfg)
+    return meta
+
+
+class RunMetadata:
+    """A checkpointable that writes the run metadata into every checkpoint
+    (``checkpointables["meta"] = RunMetadata(run_metadata(cfg, model))``); loading is a no-op."""
+
+    def __init__(self, meta: Dict[str, Any]):
+        self.meta = dict(meta)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return dict(self.meta)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass  # the current config's facts are written on the next save
+
+
+def run_config_path(run_dir: str) -> str:
+    """``run_dir/config.yaml``; one-line FileNotFoundError when it is not a training folder."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"--run {run_dir}: no such folder")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--run {run_dir}: no config.yaml in it (is it a train_net output folder?)")
+    return path
+
+
+def find_run_checkpoint(run_dir: str, name: Optional[str] = None) -> str:
+    """The checkpoint of a run to use: ``name`` (a file in ``run_dir`` or a path) when given, else
+    the newest complete one: the file ``last_checkpoint`` names (written only after the file is
+    complete), else ``model_final.pth``, else the ``model_<iter>.pth`` of the highest iteration."""
+    if name:
+        path = name if os.path.isfile(name) else os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            raise CheckpointFileError(f"{name}: no such checkpoint (in {run_dir} or as a path)")
+        return path
+    last = os.path.join(run_dir, "last_checkpoint")
+    if os.path.isfile(last):
+        with open(last) as f:
+            named = os.path.join(run_dir, f.read().strip())
+        if os.path.isfile(named):
+            return named
+        logger.warning(f"{last} names {named}, which does not exist; using the newest other checkpoint")
+    final = os.path.join(run_dir, "model_final.pth")
+    if os.path.isfile(final):
+        return final
+    numbered = sorted(
+        (int(m[1]), m[0]) for m in map(_CHECKPOINT_RE.fullmatch, os.listdir(run_dir) if os.path.isdir(run_dir) else []) if m
+    )
+    if not numbered:
+        raise CheckpointFileError(f"{run_dir}: no checkpoint (model_final.pth or model_<iteration>.pth) in it")
+    return os.path.join(run_dir, numbered[-1][1])
+
+
+def metadata_from_meta(meta: Dict[str, Any], name: str = "checkpoint"):
+    """A detectron2 ``Metadata`` (class names, dataset ids) built from ``checkpoint["meta"]``,
+    without touching the global MetadataCatalog; None when the meta has no class names."""
+    from detectron2.data.catalog import Metadata
+
+    if not meta.get("thing_classes"):
+        return None
+    fields = {"thing_classes": list(meta["thing_classes"])}
+    if meta.get("thing_dataset_id_to_contiguous_id"):
+        fields["thing_dataset_id_to_contiguous_id"] = dict(meta["thing_dataset_id_to_contiguous_id"])
+    return Metadata(name=meta.get("dataset", name), **fields)
+
+
+def coco_run_metadata(num_classes: int, arch: Dict[str, Any]) -> Dict[str, Any]:
+    """Run metadata for released COCO weights (tools/convert_checkpoint.py): detectron2's COCO
+    class names and ids, ImageNet pixel statistics and the 800/1333 test resize of the papers."""
+    from detectron2.data import MetadataCatalog
+    import detectron2.data.datasets  # noqa: F401  (registers the builtin COCO metadata)
+
+    coco = MetadataCatalog.get("coco_2017_val")
+    meta: Dict[str, Any] = {
+        "num_classes": num_classes,
+        "arch": dict(arch),
+        "pixel_mean": [123.675, 116.280, 103.530],
+        "pixel_std": [58.395, 57.120, 57.375],
+        "test_resize": {"short_edge_length": [800], "max_size": 1333},
+        "use_ema_weights": False,
+    }
+    if num_classes == len(coco.thing_classes):
+        meta["dataset"] = "coco_2017_val"
+        meta["thing_classes"] = list(coco.thing_classes)
+        meta["thing_dataset_id_to_contiguous_id"] = dict(coco.thing_dataset_id_to_contiguous_id)
+    return meta

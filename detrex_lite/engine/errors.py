@@ -1,0 +1,58 @@
+"""The training errors that tools/train_net.py reports in one line (no traceback).
+
+Each message names what went wrong, where (iteration, file) and what to do about it.
+"""
+
+# sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry later". A run that
+# stopped on SIGTERM / SIGUSR1 after writing a checkpoint exits with it; tools/submit_slurm.sh
+# requeues the job on this code (and `RequeueExit=75` in slurm.conf does the same cluster-wide).
+REQUEUE_EXIT_CODE = 75
+# What a shell reports for a program stopped by Ctrl-C (128 + SIGINT): not requeued.
+INTERRUPT_EXIT_CODE = 130
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss, the matching cost or the weights became NaN or infinite; training stops before
+    anything non-finite is stepped into the optimizer or written to a checkpoint."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); nothing was replaced."""
+
+
+class TrainingInterrupted(BaseException):
+    """Training stopped on a signal after writing a checkpoint.
+
+    A BaseException (like KeyboardInterrupt), so that detectron2's training loop does not log it
+    as a crash; its hooks' after_train still run.
+
+    Attributes:
+        signal_name: "SIGTERM", "SIGUSR1" or "SIGINT".
+        iteration: the last finished iteration (the checkpoint's "iteration").
+        checkpoint: path of the checkpoint written (on the main process; "" elsewhere).
+        exit_code: REQUEUE_EXIT_CODE for SIGTERM / SIGUSR1, INTERRUPT_EXIT_CODE for SIGINT.
+    """
+
+    def __init__(self, signal_name: str, iteration: int, checkpoint: str, exit_code: int):
+        super().__init__(f"{signal_name}: stopped after iteration {iteration}, checkpoint {checkpoint or '(main process)'}")
+        self.signal_name = signal_name
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+        self.exit_code = exit_code
+
+
+def non_finite_message(what: str, iteration: int, details: str, last_checkpoint: str) -> str:
+    """The one line of every non-finite stop: iteration, the terms at fault, the last good
+    checkpoint and what works from there (--resume honours optimizer.lr overrides)."""
+    if last_checkpoint:
+        advice = (
+            f"last good checkpoint: {last_checkpoint} (resume from it with --resume and a lower "
+            "optimizer.lr, or with train.amp.enabled=False)"
+        )
+    else:
+        advice = "last good checkpoint: none saved yet (start again with a lower optimizer.lr, or with train.amp.enabled=False)"
+    return f"non-finite {what} at iteration {iteration}: {details}; {advice}"
+
+
+class OutputDirBusyError(RuntimeError):
+    """Another live run holds the output folder's lock."""

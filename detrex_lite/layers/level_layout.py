@@ -1,0 +1,119 @@
+"""The level layout of a flattened multi-scale feature sequence, built once per forward.
+
+Multi-scale deformable attention reads L feature maps flattened into one sequence of
+S = sum_l H_l * W_l positions. Every layer needs the same facts about that sequence: the (H, W)
+of each level on the host (to loop over levels, build reference points, split the sequence) and
+the same numbers as device tensors (for the compiled kernel). :class:`LevelLayout` carries both,
+built from the feature maps' shapes, so that no layer reads sizes back from the device (a
+host-device synchronisation on a GPU) and nothing is remembered between forwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+
+__all__ = ["LevelLayout", "level_starts"]
+
+
+def level_starts(sizes: Sequence[Tuple[int, int]]) -> List[int]:
+    """Offset of each level in the flattened S axis: the exclusive cumulative sum of H * W."""
+    starts = [0]
+    for h, w in list(sizes)[:-1]:
+        starts.append(starts[-1] + h * w)
+    return starts
+
+
+@dataclass(frozen=True)
+class LevelLayout:
+    """Where each feature level lies in a flattened (N, S, ...) sequence.
+
+    Attributes:
+        sizes: ((H_0, W_0), ..., (H_{L-1}, W_{L-1})), Python ints (finest level first). While
+            tracing (``torch.jit.trace``, the ONNX exporter) 0-dim traced tensors instead, so that
+            a graph exported with a dynamic image size computes them from its input.
+        spatial_shapes: (L, 2) int64 on the features' device, the same (H_l, W_l).
+        level_start_index: (L,) int64 on the same device, offset of each level in S.
+
+    Build it with :meth:`from_features` (the model) or :meth:`from_sizes`; a layout is never
+    modified afterwards.
+    """
+
+    sizes: Tuple[Tuple[int, int], ...]
+    spatial_shapes: torch.Tensor
+    level_start_index: torch.Tensor
+
+    @classmethod
+    def from_sizes(cls, sizes: Sequence[Tuple[int, int]], device: torch.device) -> "LevelLayout":
+        """A layout from host-side (H_l, W_l) of each level.
+
+        Raises:
+            ValueError: ``sizes`` is empty or holds a non-positive or non-integer size.
+        """
+        try:
+            shapes = tuple((int(h), int(w)) for h, w in sizes)
+        except (TypeError, ValueError):
+            shapes = ()
+        if not shapes or not all(h > 0 and w > 0 for h, w in shapes):
+            raise ValueError(f"LevelLayout: sizes must be a non-empty list of positive int (H, W), got {list(sizes)}")
+        return cls(
+            sizes=shapes,
+            spatial_shapes=torch.tensor(shapes, dtype=torch.int64, device=device),
+            level_start_index=torch.tensor(level_starts(shapes), dtype=torch.int64, device=device),
+        )
+
+    @classmethod
+    def from_features(cls, features: Sequence[torch.Tensor]) -> "LevelLayout":
+        """The layout of the maps ``features`` (each (N, C, H_l, W_l)), on their device."""
+        if not torch.jit.is_tracing():
+            return cls.from_sizes([tuple(f.shape[-2:]) for f in features], features[0].device)
+        # While tracing, f.shape[-2] is a traced value: torch.tensor() of it would record the
+        # trace-time size as a constant and the exported graph would fail at any other size.
+        spatial_shapes = torch.stack([torch.stack(list(f.shape[-2:])) for f in features]).to(features[0].device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        sizes = tuple((hw[0], hw[1]) for hw in spatial_shapes.unbind(0))
+        return cls(sizes=sizes, spatial_shapes=spatial_shapes, level_start_index=level_start_index)
+
+    @classmethod
+    def from_tensors(
+        cls, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, caller: str = "LevelLayout"
+    ) -> "LevelLayout":
+        """A layout from raw tensors given by an outside caller: reads their values back (a
+        host-device synchronisation on a GPU) and checks them. ``caller`` starts the error
+        messages.
+
+        Raises:
+            ValueError: not (L, 2) / (L,) int64 tensors, non-positive sizes, or level_start_index
+                not the offsets that spatial_shapes implies.
+        """
+        for name, t, rank in (("spatial_shapes", spatial_shapes, 2), ("level_start_index", level_start_index, 1)):
+            if not isinstance(t, torch.Tensor) or t.dim() != rank or t.dtype != torch.int64:
+                got = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{caller}: {name} must be an int64 tensor of shape {'(L, 2)' if rank == 2 else '(L,)'}, got {got}")
+        if spatial_shapes.shape[-1] != 2 or level_start_index.shape[0] != spatial_shapes.shape[0]:
+            raise ValueError(
+                f"{caller}: spatial_shapes (L, 2) and level_start_index (L,) disagree: shapes "
+                f"{tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}"
+            )
+        if torch.jit.is_tracing():
+            sizes = tuple((hw[0], hw[1]) for hw in spatial_shapes.unbind(0))
+            return cls(sizes=sizes, spatial_shapes=spatial_shapes, level_start_index=level_start_index)
+        sizes = tuple((int(h), int(w)) for h, w in spatial_shapes.tolist())
+        if not all(h > 0 and w > 0 for h, w in sizes):
+            raise ValueError(f"{caller}: spatial_shapes must hold positive (H, W), got {list(sizes)}")
+        if level_start_index.tolist() != level_starts(sizes):
+            raise ValueError(
+                f"{caller}: level_start_index must be the level offsets {level_starts(sizes)} implied by "
+                f"spatial_shapes, got {level_start_index.tolist()}"
+            )
+        return cls(sizes=sizes, spatial_shapes=spatial_shapes, level_start_index=level_start_index)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def num_positions(self) -> int:
+        """S = sum_l H_l * W_l (a traced value while tracing)."""
+        return sum(h * w for h, w in self.sizes)

@@ -1,0 +1,273 @@
+"""The one weight loader, `load_weights(model, path, purpose=...)`: strict everywhere a wrong load
+would give silent garbage, with the config option behind each mismatch named; a different class
+count only when training starts from a checkpoint; EMA weights when the config asks; one-line
+errors for files that are not checkpoints."""
+import logging
+
+import pytest
+import torch
+from detectron2.config import instantiate
+
+from detrex_lite.checkpoint import (
+    CheckpointFileError,
+    CheckpointMismatchError,
+    convert_state_dict,
+    load_weights,
+)
+from detrex_lite.checkpoint.arch import model_arch
+from tools_tiny_models import tiny_deformable_detr_config, tiny_detr_config
+
+STRICT = ("eval", "predict", "export")
+
+
+def _model(variant="one_stage", **overrides):
+    cfg = tiny_deformable_detr_config(variant, num_classes=overrides.pop("num_classes", 6))
+    for key, value in overrides.items():
+        node = cfg.model
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    torch.manual_seed(0)
+    return instantiate(cfg.model).eval()
+
+
+def _trained(model, seed=1):
+    """Perturb every parameter independently, as training does (per-layer heads then differ)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # a shared head is one parameter: it stays shared
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def _save(tmp_path, model, name="ckpt.pth", *, meta=True, **extra):
+    path = str(tmp_path / name)
+    payload = {"model": model.state_dict(), **extra}
+    if meta:
+        payload["meta"] = {"arch": model_arch(model)}
+    torch.save(payload, path)
+    return path
+
+
+def _one_line(err) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ------------------------------------------------------------------ the hard case: box refinement
+@pytest.mark.parametrize("meta", [True, False], ids=["with_metadata", "tensors_only"])
+@pytest.mark.parametrize("purpose", ["train", *STRICT])
+def test_box_refine_checkpoint_into_plain_model_fails(tmp_path, meta, purpose):
+    """Same keys and shapes: the plain model repeats one head, so only the stored architecture or
+    the tied-head values can tell."""
+    two_layers = {"transformer.num_decoder_layers": 2}  # with one layer both models are the same function
+    refine = _trained(_model("box_refine", **two_layers))
+    plain = _model("one_stage", **two_layers)
+    assert sorted(refine.state_dict()) == sorted(plain.state_dict())
+    path = _save(tmp_path, refine, meta=meta)
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_weights(plain, path, purpose=purpose)
+    message = _one_line(err)
+    assert path in message and "model.with_box_refine=True" in message, message
+    assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())  # nothing half-loaded
+
+
+def test_box_refine_hf_checkpoint_into_plain_model_fails():
+    """The same through the HF converter (transformers' own box-refinement model)."""
+    pytest.importorskip("transformers")
+    from detrex_lite.checkpoint import apply_state_dict
+    from test_convert_parity import _hf_deformable, _our_deformable
+
+    converted, _ = convert_state_dict(_hf_deformable(num_labels=7, with_box_refine=True).state_dict())
+    with pytest.raises(CheckpointMismatchError, match=r"model\.with_box_refine=True"):
+        apply_state_dict(_our_deformable(num_classes=7), converted, purpose="predict")
+    apply_state_dict(_our_deformable(num_classes=7, with_box_refine=True), converted, purpose="predict")
+
+
+def test_plain_checkpoint_into_box_refine_model(tmp_path, caplog):
+    """With metadata: an error naming the option. Without: the identical per-layer heads give a
+    warning (an untrained box-refinement model has identical heads too)."""
+    two_layers = {"transformer.num_decoder_layers": 2}
+    plain = _trained(_model("one_stage", **two_layers))
+    with pytest.raises(CheckpointMismatchError, match=r"model\.with_box_refine=False, the config has True"):
+        load_weights(_model("box_refine", **two_layers), _save(tmp_path, plain), purpose="predict")
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.checkpoint.loader"):
+        bare = _save(tmp_path, plain, "bare.pth", meta=False)
+        report = load_weights(_model("box_refine", **two_layers), bare, purpose="predict")
+    assert report.warnings and "model.with_box_refine=False" in report.warnings[0]
+    assert any("identical" in r.getMessage() for r in caplog.records)
+
+
+def test_matching_checkpoint_loads_exactly(tmp_path):
+    for variant in ("one_stage", "box_refine", "two_stage"):
+        source = _trained(_model(variant))
+        target = _model(variant)
+        report = load_weights(target, _save(tmp_path, source, f"{variant}.pth"), purpose="eval")
+        assert report.missing == [] and report.unexpected == [] and not report.warnings
+        for key, value in source.state_dict().items():
+            assert torch.equal(target.state_dict()[key], value), key
+
+
+# ------------------------------------------------------------------ other architecture options
+@pytest.mark.parametrize(
+    "source_kwargs, target_kwargs, option",
+    [
+        (dict(variant="two_stage"), dict(variant="box_refine"), "model.as_two_stage=True"),
+        (dict(variant="one_stage"), dict(**{"transformer.num_feature_levels": 3, "neck.num_outs": 3}),
+         "model.transformer.num_feature_levels=4"),
+        (dict(variant="one_stage"), dict(**{"transformer.num_encoder_layers": 2}), "model.transformer.num_encoder_layers=1"),
+        (dict(variant="one_stage"), dict(**{"transformer.num_decoder_layers": 2}), "model.transformer.num_decoder_layers=1"),
+        (dict(variant="one_stage"), dict(num_queries=20), "model.num_queries=12"),
+        (dict(variant="one_stage"), dict(**{"transformer.d_model": 48, "position_embedding.num_pos_feats": 24}),
+         "model.transformer.d_model=32"),
+    ],
+    ids=["two_stage", "levels", "encoder_layers", "decoder_layers", "queries", "d_model"],
+)
+@pytest.mark.parametrize("meta", [True, False], ids=["with_metadata", "tensors_only"])
+def test_architecture_mismatch_names_the_option(tmp_path, source_kwargs, target_kwargs, option, meta):
+    source = _model(**source_kwargs)
+    target_kwargs = dict(target_kwargs)
+    target = _model(target_kwargs.pop("variant", "one_stage"), **target_kwargs)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_weights(target, _save(tmp_path, source, meta=meta), purpose="export")
+    assert option in _one_line(err)
+
+
+def test_shape_mismatch_lists_key_and_both_shapes(tmp_path):
+    model = _model()
+    state = model.state_dict()
+    state["transformer.encoder.layers.0.linear1.weight"] = torch.zeros(128, 32)
+    path = str(tmp_path / "bad.pth")
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_weights(_model(), path, purpose="eval")
+    assert "transformer.encoder.layers.0.linear1.weight: (128, 32) in the checkpoint, (64, 32) in the model" in _one_line(err)
+    assert "transformer.encoder.layers.0.linear1.weight" in err.value.details
+
+
+# ------------------------------------------------------------------ class count
+def test_class_count_only_when_training(tmp_path, caplog):
+    source = _trained(_model(num_classes=7))
+    path = _save(tmp_path, source)
+    for purpose in STRICT:
+        with pytest.raises(CheckpointMismatchError) as err:
+            load_weights(_model(num_classes=6), path, purpose=purpose)
+        assert "the checkpoint has 7 classes, the config 6 (set model.num_classes=7" in _one_line(err)
+
+    target = _model(num_classes=6)
+    heads = {k: v.clone() for k, v in target.state_dict().items() if k.startswith("class_embed")}
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.checkpoint.loader"):
+        report = load_weights(target, path, purpose="train")
+    assert {k for k, _, _ in report.skipped_class_heads} == set(heads)
+    assert len([r for r in caplog.records if "class heads" in r.getMessage()]) == 1
+    for key, value in target.state_dict().items():
+        expected = heads[key] if key in heads else source.state_dict()[key]
+        assert torch.equal(value, expected), key
+
+
+def test_detr_class_count_counts_without_no_object(tmp_path):
+    cfg = tiny_detr_config(num_classes=7)
+    source = instantiate(cfg.model)
+    path = _save(tmp_path, source)
+    with pytest.raises(CheckpointMismatchError, match=r"the checkpoint has 7 classes, the config 5"):
+        load_weights(instantiate(tiny_detr_config(num_classes=5).model), path, purpose="predict")
+
+
+# ------------------------------------------------------------------ EMA
+def test_ema_weights_when_the_config_asks(tmp_path):
+    model = _trained(_model())
+    shadow = {k: v.clone() + 1.0 if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+    path = _save(tmp_path, model, model_ema={"decay": 0.9, "num_updates": 3, "shadow": shadow})
+    cfg = tiny_deformable_detr_config()
+    cfg.train.model_ema = dict(enabled=True, decay=0.9, use_ema_weights_for_eval_only=True)
+
+    target = _model()
+    report = load_weights(target, path, purpose="predict", cfg=cfg)
+    assert report.ema
+    assert torch.equal(target.state_dict()["transformer.level_embed"], shadow["transformer.level_embed"])
+
+    target = _model()
+    assert not load_weights(target, path, purpose="train", cfg=cfg).ema  # fine-tuning: the raw weights
+    assert torch.equal(target.state_dict()["transformer.level_embed"], model.state_dict()["transformer.level_embed"])
+
+    with pytest.raises(CheckpointMismatchError, match="holds no EMA weights") as err:
+        load_weights(_model(), _save(tmp_path, model, "no_ema.pth"), purpose="eval", cfg=cfg)
+    _one_line(err)
+
+
+# ------------------------------------------------------------------ files that are not checkpoints
+def _write_bad(tmp_path, kind):
+    path = tmp_path / f"{kind}.pth"
+    if kind == "text":
+        path.write_text("https://example.com/model.pth\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
+    elif kind == "list":
+        torch.save([torch.zeros(2), torch.ones(2)], path)
+    elif kind == "truncated":
+        torch.save({"model": {"a": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:500])
+    elif kind == "no_tensors":
+        torch.save({"model": {"a": 1}}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("text", "is a text file, not a checkpoint (it starts with 'https://example.com/model.pth')"),
+        ("empty", "the file is empty"),
+        ("random", "not a PyTorch checkpoint"),
+        ("list", "holds a list, not a state dict"),
+        ("truncated", "truncated or damaged"),
+        ("no_tensors", "has non-tensor entries (a)"),
+    ],
+)
+def test_unreadable_files_are_one_line(tmp_path, kind, says):
+    path = _write_bad(tmp_path, kind)
+    with pytest.raises(CheckpointFileError) as err:
+        load_weights(_model(), path, purpose="train")
+    message = _one_line(err)
+    assert message.startswith(f"{path}: ") and says in message, message
+    assert "weights_only=False" not in message
+    if kind != "no_tensors":
+        assert "tools/train_net.py or tools/convert_checkpoint.py" in message
+
+
+def test_own_detr_weights_into_deformable_detr(tmp_path):
+    """detrex_lite DETR weights are not "official-detr weights"."""
+    detr = instantiate(tiny_detr_config().model)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_weights(_model(), _save(tmp_path, detr, meta=False), purpose="train")
+    message = _one_line(err)
+    assert "official" not in message
+    assert "these are detrex_lite DETR weights and the config builds DeformableDETR" in message
+
+
+def test_every_tool_refuses_a_box_refine_checkpoint_for_the_plain_config(tmp_path, capsys):
+    """Predictor, export_onnx.py and benchmark.py --checkpoint all go through the shared loader."""
+    from detrex_lite.predictor import Predictor
+    from tools_tiny_models import load_tool, save_config
+
+    two_layers = {"transformer.num_decoder_layers": 2}
+    path = _save(tmp_path, _trained(_model("box_refine", **two_layers)), meta=False)
+    cfg = tiny_deformable_detr_config("one_stage")
+    cfg.model.transformer.num_decoder_layers = 2
+    cfg_path = save_config(cfg, str(tmp_path / "plain.yaml"))
+    says = f"{path} does not fit the model"
+
+    with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
+        Predictor(cfg_path, path, device="cpu")
+    assert load_tool("export_onnx").cli(
+        ["--config-file", cfg_path, "--checkpoint", path, "--output", str(tmp_path / "m.onnx")]
+    ) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"export_onnx: error: {says} (export): ") and "model.with_box_refine=True" in err
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
+        load_tool("benchmark").main(["--config-file", cfg_path, "--device", "cpu", "--checkpoint", path, "--iters", "1"])
