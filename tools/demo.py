@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import math
 import os
 import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -79,7 +80,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--font-scale", type=float, default=None, metavar="SCALE", help="label text size (default: from the size)")
     parser.add_argument(
         "--dataset", default=None, metavar="NAME",
-        help="also draw the ground truth of this registered dataset (dashed green, labels below the "
+        help="also draw the ground truth of this registered dataset (dashed green on black, labels below the "
         "boxes) on the inputs that are its images (matched by file name)",
     )
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, key=value")
@@ -260,6 +261,7 @@ def _run_inputs(args, predictor: Predictor, drawer: Drawer, ground_truth, progre
     results: List[dict] = []
     skipped: List[str] = []
     next_id = 0
+    hinted_small = False
     for path in progress:
         name = output_name(path, used_names)
         try:
@@ -278,6 +280,12 @@ def _run_inputs(args, predictor: Predictor, drawer: Drawer, ground_truth, progre
             continue
         instances = predictor.predict_rgb([image_rgb])[0]
         instances = keep_confident(instances, args.confidence_threshold, path)
+        if args.scale == 1.0 and max(image_rgb.shape[:2]) < 320 and not hinted_small:
+            hinted_small = True
+            logger.info(
+                "%s is small (%dx%d): --scale %d draws it larger with readable labels",
+                path, image_rgb.shape[1], image_rgb.shape[0], math.ceil(640 / max(image_rgb.shape[:2])),
+            )
         if ground_truth is not None and ground_truth_key(path) not in ground_truth:
             logger.info("%s: not an image of --dataset %s, no ground truth drawn", path, args.dataset)
         drawn = drawer(image_rgb, instances, path)
