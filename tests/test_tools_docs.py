@@ -1,7 +1,8 @@
 """The tools and their documentation agree.
 
 * every tools/*.py exposes ``get_parser()`` (or ``build_parser()``) and answers ``--help``;
-* every file in tools/ is documented in docs/tools.md, with an example command in a bash block;
+* every file in tools/ is documented in docs/tools.md, with an example command in a bash block,
+  and every Python tool is named in the README;
 * every ``python tools/<tool>.py ...`` line of a bash block in README.md and docs/*.md parses
   with that tool's own parser (argparse only, nothing runs), and a config file it names exists;
 * relative links in README.md and docs/*.md point at files of the repository (and at a heading
@@ -107,6 +108,12 @@ def test_every_tool_is_documented_with_an_example():
     for name in ALL_TOOLS:
         assert f"tools/{name}" in examples, f"docs/tools.md has no bash example running tools/{name}"
         assert name in headings, f"docs/tools.md has no section heading naming {name}"
+
+
+def test_readme_lists_every_python_tool():
+    readme = _read("README.md")
+    missing = [name for name in PY_TOOLS if f"tools/{name}.py" not in readme]
+    assert not missing, f"README.md does not mention {missing}"
 
 
 def test_documented_commands_were_found():
