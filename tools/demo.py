@@ -69,15 +69,21 @@ def get_parser() -> argparse.ArgumentParser:
         help="image files, folders (their images, sorted), glob patterns (quote them) or videos",
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the drawn images/videos")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="SCORE", help="minimum score drawn (and written)")
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, metavar="SCORE", help="minimum score drawn (and written)"
+    )
     parser.add_argument("--json", action="store_true", help="also write OUTPUT/detections.json (COCO results format)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument(
         "--scale", type=float, default=1.0, metavar="FACTOR",
         help="draw at this multiple of the input size (e.g. 4 for 64 px images: readable labels)",
     )
-    parser.add_argument("--line-width", type=int, default=None, metavar="PX", help="box lines in output pixels (default: from the size)")
-    parser.add_argument("--font-scale", type=float, default=None, metavar="SCALE", help="label text size (default: from the size)")
+    parser.add_argument(
+        "--line-width", type=int, default=None, metavar="PX", help="box lines in output pixels (default: from the size)"
+    )
+    parser.add_argument(
+        "--font-scale", type=float, default=None, metavar="SCALE", help="label text size (default: from the size)"
+    )
     parser.add_argument(
         "--dataset", default=None, metavar="NAME",
         help="also draw the ground truth of this registered dataset (dashed green on black, labels below the "
@@ -168,7 +174,8 @@ def load_ground_truth(dataset: str) -> Dict[str, dict]:
         boxes = np.array(
             [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float64
         ).reshape(-1, 4)
-        index[ground_truth_key(record["file_name"])] = {"boxes": boxes, "classes": [a["category_id"] for a in annotations]}
+        classes = [a["category_id"] for a in annotations]
+        index[ground_truth_key(record["file_name"])] = {"boxes": boxes, "classes": classes}
     return index
 
 
@@ -177,7 +184,9 @@ def keep_confident(instances: Instances, threshold: float, name: str) -> Instanc
     kept = instances[instances.scores >= threshold]
     if len(kept) == 0:
         best = f"highest score {instances.scores.max().item():.3f}" if len(instances) else "the model returned none"
-        logger.info("%s: no detection scores >= %g (%s); lower --confidence-threshold to draw more", name, threshold, best)
+        logger.info(
+            "%s: no detection scores >= %g (%s); lower --confidence-threshold to draw more", name, threshold, best
+        )
     return kept
 
 
