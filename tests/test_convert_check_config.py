@@ -95,7 +95,7 @@ def test_unreadable_input_is_one_line(tmp_path, capsys):
     rc = load_tool("convert_checkpoint").main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth")])
     assert rc == 1 and _tool_lines(capsys.readouterr().err) == [
         f"convert_checkpoint: error: {tmp_path / 'in.pth'}: is a text file, not a checkpoint (it starts with "
-        "'<html>404</html>'); expected a .pth written by tools/train_net.py or tools/convert_checkpoint.py "
+        "'<html>404</html>', a web page: the download failed); expected a .pth written by tools/train_net.py or tools/convert_checkpoint.py "
         "(torch.save of a state dict, possibly under 'model')"
     ]
     assert sorted(os.listdir(tmp_path)) == ["in.pth"]
