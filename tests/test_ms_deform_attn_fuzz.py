@@ -204,8 +204,9 @@ RAW_OPS_FUZZ = textwrap.dedent(
                 grad = grad[:, :, :-1] if m * d > 1 else grad.unsqueeze(-1)
             else:
                 attn = attn.float()
-        consistent = kind != "tensor_shape" and (shapes > 0).all() and int(shapes.prod(1).sum()) == value.shape[1] and torch.equal(
-            starts, torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]]))
+        expected_starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
+        consistent = (kind != "tensor_shape" and bool((shapes > 0).all())
+                      and int(shapes.prod(1).sum()) == value.shape[1] and torch.equal(starts, expected_starts))
         try:
             out = fwd(value, shapes, starts, loc, attn, 64)
             grads = bwd(value, shapes, starts, loc, attn, grad, 64)

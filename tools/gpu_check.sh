@@ -106,7 +106,8 @@ for name in ("pytest", "numpy", "transformers", "detectron2", "fvcore", "omegaco
         print(f"{name}: MISSING ({type(e).__name__}: {e})")
 EOF
 } 2>&1 | tee "$OUT_DIR/versions.txt"
-cap=$("$PY" -c "import torch; assert torch.cuda.is_available(); print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
+cap=$("$PY" -c "import torch; assert torch.cuda.is_available(); \
+print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
 if [ -z "$cap" ]; then
   echo "gpu_check: torch sees no CUDA GPU (torch.cuda.is_available() is False): this check needs one." >&2
   record "versions" "FAIL" "torch.cuda.is_available() is False"
