@@ -432,7 +432,8 @@ def format_table(report: Dict) -> str:
             cells = [r["mode"], r["precision"], r["batch_size"], r["error"][:60], "-", "-"]
         else:
             speed = f"{r['images_per_s']:.2f} img/s" if r["mode"] == "inference" else f"{r['iters_per_s']:.2f} it/s"
-            cells = [r["mode"], r["precision"], r["batch_size"], speed, f"{r['ms_per_iter']:.1f}", f"{r['peak_mem_mb']:.0f}"]
+            cells = [r["mode"], r["precision"], r["batch_size"], speed, f"{r['ms_per_iter']:.1f}",
+                     f"{r['peak_mem_mb']:.0f}"]
         if compared:
             ratio = ratios.get((r["mode"], r["precision"], r["batch_size"])) if model == "detrex_lite" else None
             cells = [model] + cells + [f"{ratio:.2f}x" if ratio is not None else ""]

@@ -168,12 +168,15 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the last checkpoint in train.output_dir (start from train.init_checkpoint when there is none)",
+        help="continue from the last checkpoint in train.output_dir (start from train.init_checkpoint when there "
+        "is none)",
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate train.init_checkpoint, no training")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine, one per GPU (default: 1)")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines (default: 1)")
-    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine, 0 .. num-machines - 1 (default: 0)")
+    parser.add_argument(
+        "--machine-rank", type=int, default=0, help="rank of this machine, 0 .. num-machines - 1 (default: 0)"
+    )
     parser.add_argument(
         "--dist-url",
         default="auto",
