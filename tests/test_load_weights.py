@@ -121,7 +121,7 @@ def test_matching_checkpoint_loads_exactly(tmp_path):
         (dict(variant="one_stage"), dict(**{"transformer.num_encoder_layers": 2}), "model.transformer.num_encoder_layers=1"),
         (dict(variant="one_stage"), dict(**{"transformer.num_decoder_layers": 2}), "model.transformer.num_decoder_layers=1"),
         (dict(variant="one_stage"), dict(num_queries=20), "model.num_queries=12"),
-        (dict(variant="one_stage"), dict(**{"transformer.d_model": 48, "position_embedding.num_pos_feats": 24}),
+        (dict(variant="one_stage"), dict(**{"transformer.d_model": 48}),
          "model.transformer.d_model=32"),
     ],
     ids=["two_stage", "levels", "encoder_layers", "decoder_layers", "queries", "d_model"],

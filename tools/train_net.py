@@ -126,6 +126,10 @@ def _spawned_main(args):
     try:
         return main(args)
     except TrainingInterrupted as e:
+        import torch.distributed as dist
+
+        comm.synchronize()  # every rank has run its after_train hooks (rank 0: its last writes)
+        dist.destroy_process_group()  # together, so that no rank waits for one that has left
         raise SystemExit(e.exit_code) from None
 
 

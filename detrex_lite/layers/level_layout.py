@@ -87,10 +87,11 @@ class LevelLayout:
             ValueError: not (L, 2) / (L,) int64 tensors, non-positive sizes, or level_start_index
                 not the offsets that spatial_shapes implies.
         """
-        for name, t, rank in (("spatial_shapes", spatial_shapes, 2), ("level_start_index", level_start_index, 1)):
+        expected = (("spatial_shapes", spatial_shapes, 2, "(L, 2)"), ("level_start_index", level_start_index, 1, "(L,)"))
+        for name, t, rank, layout in expected:
             if not isinstance(t, torch.Tensor) or t.dim() != rank or t.dtype != torch.int64:
                 got = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{caller}: {name} must be an int64 tensor of shape {'(L, 2)' if rank == 2 else '(L,)'}, got {got}")
+                raise ValueError(f"{caller}: {name} must be an int64 tensor of shape {layout}, got {got}")
         if spatial_shapes.shape[-1] != 2 or level_start_index.shape[0] != spatial_shapes.shape[0]:
             raise ValueError(
                 f"{caller}: spatial_shapes (L, 2) and level_start_index (L,) disagree: shapes "
