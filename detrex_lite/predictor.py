@@ -131,6 +131,11 @@ class Predictor:
         opts: ``key=value`` config overrides, applied before the model is built.
         input_format: channel order of numpy images given to ``__call__`` ("BGR" as OpenCV
             reads them, or "RGB"). Paths are always read correctly.
+        precision: None runs the model as built (eager float32); "fp32" or "bf16" runs it
+            through :func:`detrex_lite.inference.optimize_for_inference` (CPU only: frozen
+            BatchNorm folded, channels_last, and for "bf16" bfloat16 weights and activations
+            where the CPU has native bfloat16, else float32 with a warning).
+        force_bf16: with ``precision="bf16"``, run bfloat16 even without native support.
 
     Example::
 
@@ -148,6 +153,8 @@ class Predictor:
         device: Optional[Union[str, torch.device]] = None,
         opts: Sequence[str] = (),
         input_format: str = "BGR",
+        precision: Optional[str] = None,
+        force_bf16: bool = False,
     ):
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}")
@@ -166,6 +173,12 @@ class Predictor:
         else:
             logger.warning("No checkpoint given (train.init_checkpoint is empty): random weights.")
 
+        if precision is not None:
+            if self.model.device.type != "cpu":
+                raise ValueError(f"Predictor: precision={precision!r} is the CPU inference mode; the model is on {device}")
+            from detrex_lite.inference import optimize_for_inference
+
+            self.model = optimize_for_inference(self.model, precision, force_bf16=force_bf16, inplace=True)
         self.augmentations = T.AugmentationList(test_augmentations(self.cfg, self.meta))
         self.metadata = test_metadata(self.cfg, self.meta)
 
@@ -178,6 +191,8 @@ class Predictor:
         device: Optional[Union[str, torch.device]] = None,
         opts: Sequence[str] = (),
         input_format: str = "BGR",
+        precision: Optional[str] = None,
+        force_bf16: bool = False,
     ) -> "Predictor":
         """A predictor from a training output folder: its ``config.yaml`` and its newest complete
         checkpoint (or ``checkpoint``, a file name in the folder or a path). Works in a process
@@ -189,6 +204,8 @@ class Predictor:
             device=device,
             opts=opts,
             input_format=input_format,
+            precision=precision,
+            force_bf16=force_bf16,
         )
 
     @property

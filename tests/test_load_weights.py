@@ -203,6 +203,8 @@ def _write_bad(tmp_path, kind):
     path = tmp_path / f"{kind}.pth"
     if kind == "text":
         path.write_text("https://example.com/model.pth\n")
+    elif kind == "lfs_pointer":
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 167\n")
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "random":
@@ -221,6 +223,7 @@ def _write_bad(tmp_path, kind):
     "kind, says",
     [
         ("text", "is a text file, not a checkpoint (it starts with 'https://example.com/model.pth')"),
+        ("lfs_pointer", "a Git LFS pointer: run git lfs pull"),
         ("empty", "the file is empty"),
         ("random", "not a PyTorch checkpoint"),
         ("list", "holds a list, not a state dict"),

@@ -57,7 +57,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp"])
+    parser.add_argument(
+        "--precisions", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp", "bf16"],
+        help="fp32; amp (autocast, --amp-dtype); bf16: the CPU fast mode's bf16 for detrex_lite-fast "
+        "(--fast) and bf16 autocast for the other models",
+    )
     parser.add_argument(
         "--amp-dtype", default=None, choices=["float16", "bfloat16"],
         help="autocast dtype for amp (default: float16 on CUDA, bfloat16 on CPU)",
@@ -72,6 +76,29 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint", default=None,
         help="weights to load into the model first (strictly, as for prediction); default: random weights",
+    )
+    cpu = parser.add_argument_group("CPU inference mode (detrex_lite.inference)")
+    cpu.add_argument(
+        "--fast", action="store_true",
+        help="also time detrex_lite-fast: optimize_for_inference(model, precision) (folded FrozenBN, "
+        "channels_last; bf16 weights/activations for --precisions bf16 where the CPU has native bf16)",
+    )
+    cpu.add_argument("--force-bf16", action="store_true", help="run the fast mode's bf16 even without native bf16")
+    cpu.add_argument(
+        "--compile", action="store_true", help="torch.compile the fast mode (its compile time is reported, not timed)"
+    )
+    cpu.add_argument(
+        "--tune-allocator", action="store_true",
+        help="detrex_lite.inference.tune_cpu_allocator() first (glibc keeps freed memory; for every model)",
+    )
+    cpu.add_argument(
+        "--onnx", action="store_true",
+        help="also time onnxruntime (CPU execution provider) on the model exported with detrex_lite.export (fp32 rows)",
+    )
+    cpu.add_argument(
+        "--peaks", action="store_true",
+        help="measure the fp32 and bf16 matmul peaks (2048x2048) and the model's FLOPs (fvcore), and "
+        "report each row's fraction of the peak of its dtype",
     )
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value")
     return parser
@@ -126,15 +153,18 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _timed(step, iters: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call of ``step`` averaged over ``iters`` calls after ``warmup`` calls."""
+def _timed(step, iters: int, warmup: int, device: torch.device, cpu_seconds: Optional[List[float]] = None) -> float:
+    """Seconds per call of ``step`` averaged over ``iters`` calls after ``warmup`` calls.
+    ``cpu_seconds`` (a list) receives the process's CPU time per call (all threads, user + system)."""
     for _ in range(warmup):
         step()
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
     _sync(device)
+    if cpu_seconds is not None:
+        cpu_seconds.append((time.process_time() - cpu_start) / iters)
     return (time.perf_counter() - start) / iters
 
 
@@ -149,8 +179,78 @@ def bench_inference(model, device, batch_size, image_size, dtype, iters, warmup,
             model(inputs)
 
     _reset_peak(device)
-    seconds = _timed(step, iters, warmup, device)
-    return {"images_per_s": batch_size / seconds, "ms_per_iter": 1000 * seconds, "peak_mem_mb": _peak_mb(device)}
+    cpu_seconds: List[float] = []
+    seconds = _timed(step, iters, warmup, device, cpu_seconds)
+    return {
+        "images_per_s": batch_size / seconds, "ms_per_iter": 1000 * seconds, "cpu_ms_per_iter": 1000 * cpu_seconds[0],
+        "peak_mem_mb": _peak_mb(device),
+    }
+
+
+class OnnxRuntimeDetector:
+    """onnxruntime (CPU execution provider) on ``model`` exported with
+    :func:`detrex_lite.export.onnx_export.export_onnx` (fixed canvas = the benchmark's image size,
+    dynamic batch), behind the same call as our model. The timed call runs the session on inputs
+    normalised and padded beforehand (the graph takes normalised images)."""
+
+    def __init__(self, model, image_size: Sequence[int], path: str, threads: int):
+        import onnxruntime as ort
+
+        from detrex_lite.export.onnx_export import export_onnx, prepare_export_inputs
+
+        export_onnx(model, path, tuple(image_size), dynamic_size=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.version = ort.__version__
+        self._prepare = lambda inputs: prepare_export_inputs(model, [x["image"] for x in inputs], tuple(image_size))
+        self._cache: Dict[int, Dict] = {}
+
+    def __call__(self, batched_inputs):
+        key = id(batched_inputs)
+        if key not in self._cache:
+            images, sizes = self._prepare(batched_inputs)
+            self._cache = {key: {"images": images.numpy(), "image_sizes": sizes.numpy()}}
+        return self.session.run(None, self._cache[key])
+
+    def eval(self):
+        return self
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s (2 n^3 per product) of an n x n matmul in ``dtype`` on the CPU, best of repeated runs."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds or best == float("inf"):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def model_gflop(model, image_size: Sequence[int]) -> float:
+    """fvcore FLOPs of one eval forward at ``image_size`` in GFLOP (one multiply-add = 1, as
+    tools/analyze_model.py and the papers count)."""
+    from detrex_lite.export.flops import model_flop_analysis, synthetic_image_inputs
+
+    model.eval()
+    with torch.no_grad():
+        return model_flop_analysis(model, synthetic_image_inputs(image_size, torch.device("cpu"))).total() / 1e9
+
+
+def add_peak_fractions(rows: List[Dict], gflop_per_image: float, peaks: Dict[str, float]) -> None:
+    """Each inference row's achieved GFLOP/s (2 FLOPs per multiply-add) and its fraction of the
+    matmul peak of the dtype its matrix products run in."""
+    for r in rows:
+        if r["mode"] != "inference" or "error" in r:
+            continue
+        dtype = "bf16" if r.get("runs", r["precision"]) in ("bf16", "amp-bfloat16") else "fp32"
+        achieved = 2 * gflop_per_image * r["images_per_s"]
+        r["achieved_gflops"] = achieved
+        r["peak_dtype"] = dtype
+        r["fraction_of_peak"] = achieved / peaks[dtype]
 
 
 def bench_train(
@@ -335,9 +435,17 @@ def environment(device: torch.device) -> Dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "num_threads": torch.get_num_threads(),
+        **({"cpu_flags": _cpu_flags(), "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}
+           if device.type == "cpu" else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
     }
+
+
+def _cpu_flags() -> Dict[str, bool]:
+    from detrex_lite.inference import cpu_flags
+
+    return cpu_flags()
 
 
 def run(args) -> Dict:
@@ -352,6 +460,35 @@ def run(args) -> Dict:
         models["hf_transformers"] = build_hf_model(cfg, num_classes, device)
     generator = torch.Generator().manual_seed(args.seed)
     rows = []
+    extra: Dict = {"load_average_start": list(os.getloadavg()), "tune_allocator": bool(args.tune_allocator)}
+    if device.type == "cpu" and args.peaks:
+        extra["matmul_peak_gflops"] = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+        extra["model_gflop_per_image"] = model_gflop(models["detrex_lite"], args.image_size)
+        logger.info("matmul peaks (GFLOP/s): %s; model: %.1f GFLOP (fvcore)", extra["matmul_peak_gflops"],
+                    extra["model_gflop_per_image"])
+    onnx_model = None
+    if args.onnx:
+        import tempfile
+
+        onnx_dir = tempfile.mkdtemp(prefix="detrex_lite_bench_")
+        onnx_model = OnnxRuntimeDetector(
+            models["detrex_lite"], args.image_size, os.path.join(onnx_dir, "model.onnx"), torch.get_num_threads()
+        )
+        extra["onnxruntime"] = onnx_model.version
+    fast_models: Dict[str, torch.nn.Module] = {}
+
+    def fast_model(precision: str):
+        """The fast mode for ``precision`` ("fp32"/"bf16"), built once."""
+        from detrex_lite.inference import optimize_for_inference
+
+        if precision not in fast_models:
+            start = time.perf_counter()
+            fast = optimize_for_inference(
+                models["detrex_lite"], precision, force_bf16=args.force_bf16, compile=args.compile
+            )
+            fast_models[precision] = fast
+            extra.setdefault("fast_mode_setup_s", {})[precision] = time.perf_counter() - start
+        return fast_models[precision]
 
     def measure(row: Dict, fn, *fn_args, **fn_kwargs) -> None:
         # One failing measurement (e.g. out of memory at batch 4) is reported, not fatal.
@@ -366,15 +503,24 @@ def run(args) -> Dict:
         logger.info(describe_row(row))
 
     for precision in args.precisions:
-        dtype = amp_dtype(device, args.amp_dtype) if precision == "amp" else None
+        if precision == "bf16":
+            dtype = torch.bfloat16
+        else:
+            dtype = amp_dtype(device, args.amp_dtype) if precision == "amp" else None
         label = precision if dtype is None else f"amp-{str(dtype).replace('torch.', '')}"
         if "inference" in args.modes:
             for bs in args.batch_sizes:
                 inputs = synthetic_inputs(bs, args.image_size, 1, False, generator)  # the same for every model
-                for name, model in models.items():
+                timed = [(name, model, label, dtype, {}) for name, model in models.items()]
+                if args.fast and precision in ("fp32", "bf16"):
+                    fast = fast_model(precision)
+                    timed.insert(1, ("detrex_lite-fast", fast, precision, None, {"runs": fast.inference_precision}))
+                if onnx_model is not None and precision == "fp32":
+                    timed.append(("onnxruntime", onnx_model, "fp32", None, {}))
+                for name, model, row_label, row_dtype, info in timed:
                     measure(
-                        {"model": name, "mode": "inference", "precision": label, "batch_size": bs},
-                        bench_inference, model, device, bs, args.image_size, dtype, args.iters, args.warmup,
+                        {"model": name, "mode": "inference", "precision": row_label, "batch_size": bs, **info},
+                        bench_inference, model, device, bs, args.image_size, row_dtype, args.iters, args.warmup,
                         generator, inputs=inputs,
                     )
         if "train" in args.modes:
@@ -395,7 +541,10 @@ def run(args) -> Dict:
         "warmup": args.warmup,
         "environment": environment(device),
         "results": rows,
+        **extra,
     }
+    if "matmul_peak_gflops" in extra:
+        add_peak_fractions(rows, extra["model_gflop_per_image"], extra["matmul_peak_gflops"])
     if args.compare_hf:
         import transformers
 
@@ -424,19 +573,37 @@ def format_table(report: Dict) -> str:
     """The header line(s) and a Markdown table of the rows; the model and `ours / HF` columns
     only when transformers was compared (--compare-hf)."""
     compared = "hf_transformers" in report
+    multi_model = len({r.get("model", "detrex_lite") for r in report["results"]}) > 1
+    with_cpu_time = not report["environment"]["device"].startswith("cuda")
+    with_peaks = "matmul_peak_gflops" in report
     ratios = {(c["mode"], c["precision"], c["batch_size"]): c["speed_ratio"] for c in report.get("comparison", [])}
+    # Speed relative to our model as built in fp32, same mode and batch (the "x fp32 eager" column).
+    baselines = {
+        (r["mode"], r["batch_size"]): r.get("images_per_s", r.get("iters_per_s"))
+        for r in report["results"]
+        if r.get("model", "detrex_lite") == "detrex_lite" and r["precision"] == "fp32" and "error" not in r
+    }
     table = []
     for r in report["results"]:
         model = r.get("model", "detrex_lite")
+        precision = r["precision"] if r.get("runs", r["precision"]) == r["precision"] else f"{r['precision']} (ran {r['runs']})"
         if "error" in r:
-            cells = [r["mode"], r["precision"], r["batch_size"], r["error"][:60], "-", "-"]
+            cells = [r["mode"], precision, r["batch_size"], r["error"][:60], "-", "-"]
         else:
             speed = f"{r['images_per_s']:.2f} img/s" if r["mode"] == "inference" else f"{r['iters_per_s']:.2f} it/s"
-            cells = [r["mode"], r["precision"], r["batch_size"], speed, f"{r['ms_per_iter']:.1f}",
-                     f"{r['peak_mem_mb']:.0f}"]
+            cells = [r["mode"], precision, r["batch_size"], speed, f"{r['ms_per_iter']:.1f}", f"{r['peak_mem_mb']:.0f}"]
+        if with_cpu_time:
+            cells.append(f"{r['cpu_ms_per_iter']:.0f}" if "cpu_ms_per_iter" in r else "")
+        if with_peaks:
+            cells.append(f"{100 * r['fraction_of_peak']:.1f}% {r['peak_dtype']}" if "fraction_of_peak" in r else "")
+        if multi_model:
+            base = baselines.get((r["mode"], r["batch_size"]))
+            speed_key = "images_per_s" if r["mode"] == "inference" else "iters_per_s"
+            relative = r[speed_key] / base if base and speed_key in r else None
+            cells = [model] + cells + [f"{relative:.2f}x" if relative is not None else ""]
         if compared:
             ratio = ratios.get((r["mode"], r["precision"], r["batch_size"])) if model == "detrex_lite" else None
-            cells = [model] + cells + [f"{ratio:.2f}x" if ratio is not None else ""]
+            cells = cells + [f"{ratio:.2f}x" if ratio is not None else ""]
         table.append(cells)
     env = report["environment"]
     on_cuda = env["device"].startswith("cuda")
@@ -450,9 +617,27 @@ def format_table(report: Dict) -> str:
     if compared:
         hf = report["hf_transformers"]
         header += f"\ntransformers {hf['version']}, HF attention: {hf['attention']}"
+    if "matmul_peak_gflops" in report:
+        peaks = report["matmul_peak_gflops"]
+        header += (
+            f"\nmatmul 2048x2048 peak: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s; "
+            f"model {report['model_gflop_per_image']:.1f} GFLOP (fvcore multiply-adds) per image"
+        )
+    if not on_cuda:
+        flags = env.get("cpu_flags", {})
+        header += "\nCPU flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())
+        load = report.get("load_average_start")
+        if load is not None:
+            header += f"; load average {load[0]:.2f} at start, {env['load_average'][0]:.2f} at end"
     headers = ["mode", "precision", "batch", "speed", "ms/iter", "peak MB" if on_cuda else "peak RSS MB"]
+    if with_cpu_time:
+        headers.append("CPU ms/iter")
+    if with_peaks:
+        headers.append("of peak")
+    if multi_model:
+        headers = ["model"] + headers + ["x fp32 eager"]
     if compared:
-        headers = ["model"] + headers + ["ours / HF"]
+        headers = headers + ["ours / HF"]
     return header + "\n" + tabulate(table, headers=headers, tablefmt="pipe")
 
 
@@ -462,6 +647,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     threads = torch.get_num_threads()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    if args.tune_allocator:
+        from detrex_lite.inference import tune_cpu_allocator
+
+        if not tune_cpu_allocator():
+            logger.warning("--tune-allocator: not glibc; the allocator is left as it is")
     try:
         report = run(args)
     finally:

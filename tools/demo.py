@@ -89,6 +89,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="also draw the ground truth of this registered dataset (dashed green on black, labels below the "
         "boxes) on the inputs that are its images (matched by file name)",
     )
+    parser.add_argument(
+        "--precision", default=None, choices=["fp32", "bf16"],
+        help="CPU inference mode (detrex_lite.inference): fp32 = folded BatchNorm + channels_last; bf16 = "
+        "bfloat16 weights and activations where the CPU has native bf16 (AMX / AVX-512 BF16), else fp32 "
+        "with a warning (default: the model as built)",
+    )
+    parser.add_argument("--force-bf16", action="store_true", help="with --precision bf16: run bf16 even without native support")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, key=value")
     return parser
 
@@ -319,11 +326,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ground_truth = load_ground_truth(args.dataset)
         except KeyError as err:
             get_parser().error(str(err.args[0]))
+    fast = dict(precision=args.precision, force_bf16=args.force_bf16)
     try:
         if args.run:
-            predictor = Predictor.from_run(args.run, device=args.device, opts=args.opts)
+            predictor = Predictor.from_run(args.run, device=args.device, opts=args.opts, **fast)
         else:
-            predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+            predictor = Predictor(args.config_file, device=args.device, opts=args.opts, **fast)
     except (CheckpointError, FileNotFoundError) as e:  # unusable weights or run folder: one line
         print(f"demo: error: {e}", file=sys.stderr)
         return 1

@@ -131,6 +131,8 @@ def _spawned_main(args):
         comm.synchronize()  # every rank has run its after_train hooks (rank 0: its last writes)
         dist.destroy_process_group()  # together, so that no rank waits for one that has left
         raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: each worker has said so; no traceback per rank
+        raise SystemExit(INTERRUPT_EXIT_CODE) from None
 
 
 EPILOG = """\

@@ -1,9 +1,10 @@
 // CPU kernels of multi-scale deformable attention (float and double).
 //
-// dtypes (contract in ms_deform_attn.h): float64 and float32 inputs run as they are. A float16 or
-// bfloat16 value, with locations and weights in its dtype or in float32, is computed in float32
-// copies of the inputs; the output and grad_value come back in value's dtype, the location and
-// weight gradients in their inputs' dtypes.
+// dtypes (contract in ms_deform_attn.h): float64 and float32 inputs run as they are. The forward
+// of a bfloat16 value with float32 locations and weights (what a bfloat16 model passes) reads the
+// value as bfloat16, widening each 8-channel group to float32 in registers, and sums in float32.
+// Other float16 / bfloat16 inputs are computed in float32 copies; the output and grad_value come
+// back in value's dtype, the location and weight gradients in their inputs' dtypes.
 //
 // Forward: work is split over (n, query) rows with at::parallel_for. For each (n, q, m) the D
 // output channels are accumulated in registers; per sampling point the pixel position, the four
@@ -29,6 +30,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ms_deform_attn.h"
@@ -68,6 +70,23 @@ DETREX_LITE_INLINE void vstore(void* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// One vector V of scalar_t lanes from `lanes` consecutive value_t elements: a plain load, or
+// for bfloat16 a 16-byte load widened to float32 (a bfloat16 is the top half of a float32).
+template <typename V, typename value_t>
+DETREX_LITE_INLINE V load_lanes(const value_t* p) {
+  if constexpr (std::is_same_v<value_t, c10::BFloat16>) {
+    typedef uint16_t Half8 __attribute__((vector_size(16), aligned(2)));
+    typedef uint32_t Word8 __attribute__((vector_size(32)));
+    static_assert(sizeof(V) == sizeof(Word8), "bfloat16 values widen to 8 float32 lanes");
+    const Word8 words = __builtin_convertvector(vload<Half8>(p), Word8) << 16;
+    V v;
+    std::memcpy(&v, &words, sizeof(V));
+    return v;
+  } else {
+    return vload<V>(p);
+  }
+}
+
 template <typename scalar_t, typename V>
 DETREX_LITE_INLINE scalar_t hsum(V v) {
   scalar_t s = 0;
@@ -79,9 +98,11 @@ struct Dims {
   int64_t N, S, M, D, Lq, L, P;
 };
 
-template <typename scalar_t>
+// value_t: the dtype value is stored in; scalar_t: everything else and all arithmetic. They
+// differ only in the forward of a bfloat16 value (value_t = c10::BFloat16, scalar_t = float).
+template <typename scalar_t, typename value_t = scalar_t>
 struct Args {
-  const scalar_t* value;
+  const value_t* value;
   const int64_t* spatial_shapes;
   const int64_t* level_start;
   const scalar_t* loc;
@@ -154,10 +175,11 @@ DETREX_LITE_INLINE bool make_corners(
 }
 
 // Forward for rows [begin, end) of (n, query). NV > 0: D = NV vectors; NV == 0: any D.
-// `zeros` holds D zeros, `acc` D scratch values (generic path only).
-template <typename scalar_t, int NV>
+// `zeros` holds D zeros, `acc` D scratch values (generic path only). A bfloat16 value (value_t)
+// is read as it is and widened to float32 in registers; sums are float32.
+template <typename scalar_t, typename value_t, int NV>
 DETREX_LITE_INLINE void forward_rows_impl(
-    const Args<scalar_t>& a, int64_t begin, int64_t end, const scalar_t* zeros, scalar_t* acc) {
+    const Args<scalar_t, value_t>& a, int64_t begin, int64_t end, const value_t* zeros, scalar_t* acc) {
   using V = typename VecOf<scalar_t>::type;
   constexpr int lanes = VecOf<scalar_t>::lanes;
   const Dims d = a.d;
@@ -177,7 +199,7 @@ DETREX_LITE_INLINE void forward_rows_impl(
       const scalar_t* attn = a.attn + sample0;
       for (int64_t l = 0; l < L; ++l) {
         const int64_t H = a.spatial_shapes[2 * l], W = a.spatial_shapes[2 * l + 1];
-        const scalar_t* base = a.value + ((n * d.S + a.level_start[l]) * M + m) * D;
+        const value_t* base = a.value + ((n * d.S + a.level_start[l]) * M + m) * D;
         for (int64_t p = 0; p < P; ++p, loc += 2, ++attn) {
           Corners<scalar_t> c;
           if (!make_corners(loc[0], loc[1], H, W, col_stride, c)) {
@@ -185,19 +207,22 @@ DETREX_LITE_INLINE void forward_rows_impl(
             continue;
           }
           const scalar_t aw = *attn;
-          const scalar_t* v0 = c.offset[0] >= 0 ? base + c.offset[0] : zeros;
-          const scalar_t* v1 = c.offset[1] >= 0 ? base + c.offset[1] : zeros;
-          const scalar_t* v2 = c.offset[2] >= 0 ? base + c.offset[2] : zeros;
-          const scalar_t* v3 = c.offset[3] >= 0 ? base + c.offset[3] : zeros;
+          const value_t* v0 = c.offset[0] >= 0 ? base + c.offset[0] : zeros;
+          const value_t* v1 = c.offset[1] >= 0 ? base + c.offset[1] : zeros;
+          const value_t* v2 = c.offset[2] >= 0 ? base + c.offset[2] : zeros;
+          const value_t* v3 = c.offset[3] >= 0 ? base + c.offset[3] : zeros;
           const scalar_t w0 = c.w[0] * aw, w1 = c.w[1] * aw, w2 = c.w[2] * aw, w3 = c.w[3] * aw;
           if constexpr (NV > 0) {
             for (int j = 0; j < NV; ++j) {
               const int o = j * lanes;
-              vacc[j] += w0 * vload<V>(v0 + o) + w1 * vload<V>(v1 + o) + w2 * vload<V>(v2 + o) +
-                  w3 * vload<V>(v3 + o);
+              vacc[j] += w0 * load_lanes<V>(v0 + o) + w1 * load_lanes<V>(v1 + o) + w2 * load_lanes<V>(v2 + o) +
+                  w3 * load_lanes<V>(v3 + o);
             }
           } else {
-            for (int64_t ch = 0; ch < D; ++ch) acc[ch] += w0 * v0[ch] + w1 * v1[ch] + w2 * v2[ch] + w3 * v3[ch];
+            for (int64_t ch = 0; ch < D; ++ch) {
+              acc[ch] += w0 * static_cast<scalar_t>(v0[ch]) + w1 * static_cast<scalar_t>(v1[ch]) +
+                  w2 * static_cast<scalar_t>(v2[ch]) + w3 * static_cast<scalar_t>(v3[ch]);
+            }
           }
         }
       }
@@ -299,19 +324,19 @@ DETREX_LITE_INLINE void backward_tasks_impl(
 }
 
 // The same code compiled for the baseline ISA and (x86-64) for AVX2+FMA.
-template <typename scalar_t, int NV>
-void forward_rows(const Args<scalar_t>& a, int64_t b, int64_t e, const scalar_t* z, scalar_t* acc) {
-  forward_rows_impl<scalar_t, NV>(a, b, e, z, acc);
+template <typename scalar_t, typename value_t, int NV>
+void forward_rows(const Args<scalar_t, value_t>& a, int64_t b, int64_t e, const value_t* z, scalar_t* acc) {
+  forward_rows_impl<scalar_t, value_t, NV>(a, b, e, z, acc);
 }
 template <typename scalar_t, int NV>
 void backward_tasks(const Args<scalar_t>& a, int64_t b, int64_t e, const scalar_t* z, scalar_t* s) {
   backward_tasks_impl<scalar_t, NV>(a, b, e, z, s);
 }
 #if DETREX_LITE_X86_DISPATCH
-template <typename scalar_t, int NV>
+template <typename scalar_t, typename value_t, int NV>
 DETREX_LITE_TARGET_AVX2 void forward_rows_avx2(
-    const Args<scalar_t>& a, int64_t b, int64_t e, const scalar_t* z, scalar_t* acc) {
-  forward_rows_impl<scalar_t, NV>(a, b, e, z, acc);
+    const Args<scalar_t, value_t>& a, int64_t b, int64_t e, const value_t* z, scalar_t* acc) {
+  forward_rows_impl<scalar_t, value_t, NV>(a, b, e, z, acc);
 }
 template <typename scalar_t, int NV>
 DETREX_LITE_TARGET_AVX2 void backward_tasks_avx2(
@@ -331,39 +356,66 @@ bool cpu_has_avx2() {
 
 template <typename scalar_t>
 using RowFn = void (*)(const Args<scalar_t>&, int64_t, int64_t, const scalar_t*, scalar_t*);
+template <typename scalar_t, typename value_t>
+using ForwardFn = void (*)(const Args<scalar_t, value_t>&, int64_t, int64_t, const value_t*, scalar_t*);
 
 template <typename scalar_t, int NV>
 RowFn<scalar_t> pick(bool backward) {
 #if DETREX_LITE_X86_DISPATCH
-  if (cpu_has_avx2()) return backward ? &backward_tasks_avx2<scalar_t, NV> : &forward_rows_avx2<scalar_t, NV>;
+  if (cpu_has_avx2()) return backward ? &backward_tasks_avx2<scalar_t, NV> : &forward_rows_avx2<scalar_t, scalar_t, NV>;
 #endif
-  return backward ? &backward_tasks<scalar_t, NV> : &forward_rows<scalar_t, NV>;
+  return backward ? &backward_tasks<scalar_t, NV> : &forward_rows<scalar_t, scalar_t, NV>;
+}
+
+template <typename scalar_t, typename value_t, int NV>
+ForwardFn<scalar_t, value_t> pick_forward() {
+#if DETREX_LITE_X86_DISPATCH
+  if (cpu_has_avx2()) return &forward_rows_avx2<scalar_t, value_t, NV>;
+#endif
+  return &forward_rows<scalar_t, value_t, NV>;
+}
+
+// The vector width for this D: NV = D / lanes when that is 1, 2, 4, 8 or 16, else 0 (generic).
+template <typename scalar_t>
+int vector_count(int64_t D) {
+  constexpr int lanes = VecOf<scalar_t>::lanes;
+  const int64_t nv = D % lanes == 0 ? D / lanes : 0;
+  return (nv == 1 || nv == 2 || nv == 4 || nv == 8 || nv == 16) ? static_cast<int>(nv) : 0;
 }
 
 // The kernel for this D: the vector path when D is 1, 2, 4, 8 or 16 whole vectors.
 template <typename scalar_t>
 RowFn<scalar_t> select_kernel(int64_t D, bool backward) {
-  constexpr int lanes = VecOf<scalar_t>::lanes;
-  if (D % lanes == 0) {
-    switch (D / lanes) {
-      case 1: return pick<scalar_t, 1>(backward);
-      case 2: return pick<scalar_t, 2>(backward);
-      case 4: return pick<scalar_t, 4>(backward);
-      case 8: return pick<scalar_t, 8>(backward);
-      case 16: return pick<scalar_t, 16>(backward);
-      default: break;
-    }
+  switch (vector_count<scalar_t>(D)) {
+    case 1: return pick<scalar_t, 1>(backward);
+    case 2: return pick<scalar_t, 2>(backward);
+    case 4: return pick<scalar_t, 4>(backward);
+    case 8: return pick<scalar_t, 8>(backward);
+    case 16: return pick<scalar_t, 16>(backward);
+    default: return pick<scalar_t, 0>(backward);
   }
-  return pick<scalar_t, 0>(backward);
 }
 
-template <typename scalar_t>
-void run_forward(const Args<scalar_t>& a) {
-  const RowFn<scalar_t> fn = select_kernel<scalar_t>(a.d.D, /*backward=*/false);
+template <typename scalar_t, typename value_t>
+ForwardFn<scalar_t, value_t> select_forward_kernel(int64_t D) {
+  switch (vector_count<scalar_t>(D)) {
+    case 1: return pick_forward<scalar_t, value_t, 1>();
+    case 2: return pick_forward<scalar_t, value_t, 2>();
+    case 4: return pick_forward<scalar_t, value_t, 4>();
+    case 8: return pick_forward<scalar_t, value_t, 8>();
+    case 16: return pick_forward<scalar_t, value_t, 16>();
+    default: return pick_forward<scalar_t, value_t, 0>();
+  }
+}
+
+template <typename scalar_t, typename value_t = scalar_t>
+void run_forward(const Args<scalar_t, value_t>& a) {
+  const ForwardFn<scalar_t, value_t> fn = select_forward_kernel<scalar_t, value_t>(a.d.D);
   const int64_t grain = 16;  // (n, query) rows per chunk, each M * L * P samples
   at::parallel_for(0, a.d.N * a.d.Lq, grain, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> buffers(2 * a.d.D, scalar_t(0));  // zeros, accumulator
-    fn(a, begin, end, buffers.data(), buffers.data() + a.d.D);
+    std::vector<value_t> zeros(a.d.D, value_t(0));
+    std::vector<scalar_t> acc(a.d.D, scalar_t(0));
+    fn(a, begin, end, zeros.data(), acc.data());
   });
 }
 
@@ -382,7 +434,8 @@ Dims dims_of(const at::Tensor& value, const at::Tensor& spatial_shapes, const at
               spatial_shapes.size(0), sampling_loc.size(4)};
 }
 
-// The kernels are compiled for float and double only; half and bfloat16 are computed in float32.
+// The kernels read float, double and (forward, float32 locations) bfloat16 values; the rest of
+// half and bfloat16 is computed in float32 copies.
 bool needs_float32_copy(const at::Tensor& value) {
   return value.scalar_type() == at::kHalf || value.scalar_type() == at::kBFloat16;
 }
@@ -410,6 +463,30 @@ at::Tensor forward_kernel(
     run_forward(a);
   });
   return out;
+}
+
+// Forward of a bfloat16 value (N, S, M, D) read as it is, with float32 locations and weights;
+// float32 sums, the output rounded to bfloat16 once at the end.
+at::Tensor forward_kernel_bf16_value(
+    const at::Tensor& value_in,
+    const at::Tensor& spatial_shapes_in,
+    const at::Tensor& level_start_index_in,
+    const at::Tensor& sampling_loc_in,
+    const at::Tensor& attn_weight_in) {
+  const auto value = value_in.contiguous();
+  const auto spatial_shapes = spatial_shapes_in.contiguous().cpu();
+  const auto level_start = level_start_index_in.contiguous().cpu();
+  const auto loc = sampling_loc_in.contiguous();
+  const auto attn = attn_weight_in.contiguous();
+  const Dims d = dims_of(value, spatial_shapes, loc);
+  auto out = at::empty({d.N, d.Lq, d.M * d.D}, value.options().dtype(at::kFloat));
+  if (out.numel() == 0) return out.to(at::kBFloat16);
+  if (d.L * d.P == 0) return out.zero_().to(at::kBFloat16);
+  Args<float, c10::BFloat16> a{value.data_ptr<c10::BFloat16>(), spatial_shapes.data_ptr<int64_t>(),
+                              level_start.data_ptr<int64_t>(), loc.data_ptr<float>(), attn.data_ptr<float>(),
+                              nullptr, out.data_ptr<float>(), nullptr, nullptr, d};
+  run_forward(a);
+  return out.to(at::kBFloat16);
 }
 
 // Backward on checked CPU inputs that share one dtype, float or double.
@@ -457,6 +534,11 @@ at::Tensor ms_deform_attn_forward_cpu(
   if (!needs_float32_copy(value)) {
     // float64 / float32: the check above guarantees one dtype for all three.
     return forward_kernel(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  }
+  if (value.scalar_type() == at::kBFloat16 && sampling_loc.scalar_type() == at::kFloat &&
+      attn_weight.scalar_type() == at::kFloat) {
+    // What MultiScaleDeformableAttention passes in a bfloat16 model: value read as bfloat16.
+    return forward_kernel_bf16_value(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
   }
   // Half/bfloat16 value; locations and weights are value's dtype or already float32 (no copy).
   const auto out = forward_kernel(

@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .level_layout import LevelLayout
+from .level_layout import LevelLayout, level_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -187,21 +187,6 @@ if _C is not None:
 # ---------------------------------------------------------------------------------------------
 # Reference implementation.
 # ---------------------------------------------------------------------------------------------
-def level_shapes(spatial_shapes: torch.Tensor) -> list:
-    """(H_l, W_l) of each level of ``spatial_shapes`` (L, 2), for Python loops over the levels.
-
-    Python ints in eager mode, read from the tensor (a synchronisation on a GPU: the model passes
-    a :class:`LevelLayout` whose ``sizes`` are known on the host instead). While tracing
-    (``torch.jit.trace`` and the TorchScript-based ONNX exporter) 0-dim tensors sliced from
-    ``spatial_shapes`` instead: ``tolist()`` would record the trace-time sizes as constants, and a
-    graph exported with a dynamic image size would then fail at any other size. Ops that take
-    sizes (``arange``, ``reshape``, ``split``) accept both.
-    """
-    if torch.jit.is_tracing():
-        return [(hw[0], hw[1]) for hw in spatial_shapes.unbind(0)]
-    return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-
-
 def ms_deform_attn_pytorch(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,

@@ -176,7 +176,7 @@ class DeformableTransformer(nn.Module):
         # Valid (w, h) of every level from the exact masks, and their ratio to the padded size.
         valid_sizes = torch.stack(
             [torch.stack([(~m[:, 0, :]).sum(1), (~m[:, :, 0]).sum(1)], -1) for m in masks], 1
-        ).to(src_flatten.dtype)
+        ).to(torch.promote_types(src_flatten.dtype, torch.float32))  # float32 also for a 16-bit model
         valid_ratios = valid_sizes / layout.spatial_shapes.flip(-1)[None].to(valid_sizes)
 
         memory = self.encoder(src_flatten, layout, valid_sizes, pos_flatten, mask_flatten)
@@ -193,7 +193,7 @@ class DeformableTransformer(nn.Module):
                 enc_outputs_coord_unact = box_head(output_memory) + output_proposals
                 objectness = enc_outputs_class[..., 0]
             else:  # the selection only needs the first class's logit
-                objectness = F.linear(output_memory, class_head.weight[:1], class_head.bias[:1])[..., 0]
+                objectness = F.linear(output_memory.to(class_head.weight.dtype), class_head.weight[:1], class_head.bias[:1])[..., 0]
             # Unlike the official code, padded/invalid tokens can never be selected, so the
             # selection does not depend on how much padding the batch has.
             objectness = objectness.masked_fill(~valid, float("-inf"))
