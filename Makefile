@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test selftest benchmark-ops gpu-benchmarks clean
+.PHONY: setup test selftest benchmark-ops gpu-benchmarks gpu-check clean
 
 setup:
 	VENV=$(VENV) bash tools/setup.sh
@@ -17,9 +17,17 @@ selftest:
 benchmark-ops:
 	$(PY) tools/benchmark_ops.py
 
-# On a GPU machine: build for sm_90, CUDA op tests, operator and whole-model benchmarks (JSON in benchmarks/)
+# On a GPU machine: build for its GPU (+PTX), CUDA op tests, operator and whole-model benchmarks (JSON in benchmarks/)
 gpu-benchmarks:
 	bash tools/run_gpu_benchmarks.sh benchmarks
+
+# On a fresh GPU machine (no registry): build for its GPU, CUDA tests, compute-sanitizer, self-test,
+# operator and whole-model benchmarks in under 8 minutes; logs and JSON in $(GPU_CHECK_OUT)
+# (docs/ops.md, "The GPU check"). Wheels from $(WHEELS) (tools/fetch_gpu_wheels.sh) when present.
+GPU_CHECK_OUT ?= gpu_check
+WHEELS ?= .whl
+gpu-check:
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) bash tools/gpu_check.sh $(GPU_CHECK_OUT) $(WHEELS)
 
 clean:
 	rm -rf build detrex_lite/_C*.so *.egg-info

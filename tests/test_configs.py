@@ -6,6 +6,7 @@ import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 
+from detrex_lite.config import shrink_model
 from projects.deformable_detr.modeling import DeformableDETR
 
 from config_roundtrip import save_and_reload
@@ -35,16 +36,10 @@ def test_every_variant_is_shipped():
 def _shrink(cfg):
     """Same structure, tiny sizes: narrow backbone (stem 8: res3/4/5 have 64/128/256 channels
     at depth 50 and 101), d_model 32, one layer each, few queries."""
-    model = cfg.model
-    model.backbone.stem_out_channels = 8
-    for name, shape in model.neck.input_shapes.items():
-        shape.channels = {"res3": 64, "res4": 128, "res5": 256}[name]
-    model.neck.num_groups = 8
-    model.position_embedding.num_pos_feats = 16
-    t = model.transformer
-    t.d_model, t.nhead, t.num_encoder_layers, t.num_decoder_layers, t.dim_feedforward = 32, 4, 1, 1, 64
-    model.num_queries = 6
-    model.select_box_nums_for_evaluation = 5
+    shrink_model(
+        cfg.model, stem_out_channels=8, num_groups=8, d_model=32, nhead=4, num_layers=1, dim_feedforward=64,
+        num_queries=6, select_box_nums_for_evaluation=5,
+    )
 
 
 @pytest.mark.parametrize("path", TOP_LEVEL, ids=os.path.basename)

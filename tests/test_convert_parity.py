@@ -90,7 +90,7 @@ def _our_deformable(num_classes, num_feature_levels=4, with_box_refine=False, tw
     )
     model = DeformableDETR(
         backbone=backbone, neck=neck,
-        position_embedding=PositionEmbeddingSine(num_pos_feats=D_MODEL // 2, normalize=True, offset=-0.5),
+        position_embedding=PositionEmbeddingSine(embed_dim=D_MODEL, normalize=True, offset=-0.5),
         transformer=transformer, num_classes=num_classes,
         criterion=SetCriterion(num_classes=num_classes, matcher=HungarianMatcher()),
         num_queries=QUERIES, with_box_refine=with_box_refine, as_two_stage=two_stage,
@@ -174,7 +174,7 @@ def _our_detr(num_classes):
     backbone = d2_resnet_like_hf(transformers.ResNetConfig(**BACKBONE), ["res5"])
     return DETR(
         backbone=backbone,
-        position_embedding=PositionEmbeddingSine(num_pos_feats=D_MODEL // 2, normalize=True, offset=0.0),
+        position_embedding=PositionEmbeddingSine(embed_dim=D_MODEL, normalize=True, offset=0.0),
         transformer=DetrTransformer(
             d_model=D_MODEL, nhead=HEADS, dim_feedforward=FFN, dropout=0.0, num_encoder_layers=1, num_decoder_layers=2
         ),

@@ -198,3 +198,35 @@ def test_evaluation_ground_truth_is_what_training_accepted(tmp_path, registered,
         evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("what", ["image", "annotation", "category"])
+def test_duplicate_ids_name_file_and_id(tmp_path, what):
+    images = [{"id": 11, "file_name": "a.png", "height": 40, "width": 50}]
+    annotations = [{"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0}]
+    categories = [{"id": 3, "name": "cat"}]
+    {"image": images, "annotation": annotations, "category": categories}[what].append(
+        {"image": images, "annotation": annotations, "category": categories}[what][0])
+    json_file, image_root = write_coco(tmp_path, images=images, annotations=annotations, categories=categories)
+    with pytest.raises(DatasetError, match=f"^{json_file}: {what} id {{}} appears twice$".format(
+            {"image": 11, "annotation": 1, "category": 3}[what])):
+        load_coco_detection_json(json_file, image_root)
+
+
+def test_annotations_of_unknown_images_are_counted_and_ignored(tmp_path, caplog):
+    json_file, image_root = write_coco(tmp_path, annotations=[
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+        {"id": 2, "image_id": 99, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+    ])
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.coco"):
+        dicts = load_coco_detection_json(json_file, image_root)
+    assert sum(len(d["annotations"]) for d in dicts) == 1
+    assert any("1 annotations refer to image ids not in 'images'" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_evaluation_json_names_the_path(tmp_path, registered):
+    json_file, image_root = write_coco(tmp_path)
+    registered("eval_json_gone", json_file, image_root)
+    os.remove(json_file)
+    with pytest.raises(FileNotFoundError, match=f"annotation file for evaluation not found: {json_file}"):
+        build_coco_evaluator("eval_json_gone")

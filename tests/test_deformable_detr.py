@@ -40,7 +40,7 @@ def tiny_model(multi_scale=True, dc5=False, with_box_refine=False, as_two_stage=
     )
     criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(2.0, 5.0, 2.0))
     return DeformableDETR(
-        backbone=backbone, neck=neck, position_embedding=PositionEmbeddingSine(D // 2), transformer=transformer,
+        backbone=backbone, neck=neck, position_embedding=PositionEmbeddingSine(D), transformer=transformer,
         num_classes=NUM_CLASSES, criterion=criterion, num_queries=8, with_box_refine=with_box_refine,
         as_two_stage=as_two_stage, select_box_nums_for_evaluation=12, **kwargs,
     )
@@ -264,7 +264,7 @@ def test_bad_combinations_raise():
         backbone = build_resnet(depth=18, stem_out_channels=8, out_features=["res5"])
         neck = ChannelMapper(backbone.output_shape(), in_features=["res5"], out_channels=D, num_outs=1, num_groups=8)
         DeformableDETR(
-            backbone=backbone, neck=neck, position_embedding=PositionEmbeddingSine(D // 2),
+            backbone=backbone, neck=neck, position_embedding=PositionEmbeddingSine(D),
             transformer=DeformableTransformer(d_model=D, nhead=4, num_feature_levels=4),
             num_classes=3, criterion=SetCriterion(3, HungarianMatcher()),
         )

@@ -70,7 +70,7 @@ def test_position_embedding_matches_formula(offset):
     mask = torch.zeros(1, 3, 5, dtype=torch.bool)
     mask[0, :, 4:] = True  # last column is padding
     mask[0, 2:, :] = True  # last row is padding
-    pos = PositionEmbeddingSine(num_pos_feats=npf, offset=offset)(mask)
+    pos = PositionEmbeddingSine(embed_dim=2 * npf, offset=offset)(mask)
     assert pos.shape == (1, 2 * npf, 3, 5)
     for y in range(2):
         for x in range(4):
@@ -81,7 +81,7 @@ def test_position_embedding_matches_formula(offset):
 
 
 def test_position_embedding_ignores_padding_amount():
-    embed = PositionEmbeddingSine(num_pos_feats=8)
+    embed = PositionEmbeddingSine(embed_dim=16)
     small = embed(torch.zeros(1, 4, 6, dtype=torch.bool))
     mask = torch.ones(1, 9, 11, dtype=torch.bool)
     mask[0, :4, :6] = False

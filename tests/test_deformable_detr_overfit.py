@@ -91,7 +91,7 @@ def tiny_detector():
     )
     criterion = SetCriterion(2, HungarianMatcher(2.0, 5.0, 2.0))
     return DeformableDETR(
-        backbone=backbone, neck=neck, position_embedding=PositionEmbeddingSine(d // 2), transformer=transformer,
+        backbone=backbone, neck=neck, position_embedding=PositionEmbeddingSine(d), transformer=transformer,
         num_classes=2, criterion=criterion, num_queries=10, with_box_refine=True, select_box_nums_for_evaluation=10,
     )
 

@@ -112,13 +112,14 @@ def test_demo_configs_are_matched():
     # Transformer width and depth, queries, detections kept.
     for key in ("d_model", "nhead", "dim_feedforward", "num_encoder_layers", "num_decoder_layers", "dropout"):
         assert dd.model.transformer[key] == detr.model.transformer[key], key
-    assert dd.model.position_embedding.num_pos_feats == detr.model.position_embedding.num_pos_feats
+    assert dd.model.position_embedding.embed_dim == detr.model.position_embedding.embed_dim
     for key in ("num_queries", "select_box_nums_for_evaluation", "aux_loss", "pixel_mean", "pixel_std"):
         assert as_plain(dd.model[key]) == as_plain(detr.model[key]), key
     # The ChannelMapper reads the backbone stages at the widths the backbone gives.
     stem = dd.model.backbone.stem_out_channels
+    input_shapes = instantiate(dd.model.neck.input_shapes)
     for k, name in enumerate(("res3", "res4", "res5")):
-        assert dd.model.neck.input_shapes[name].channels == stem * 2 ** (k + 1)
+        assert input_shapes[name].channels == stem * 2 ** (k + 1)
 
     # Data, batch, iterations, schedule shape, optimiser, clipping, evaluation points.
     assert as_plain(dd.dataloader) == as_plain(detr.dataloader)

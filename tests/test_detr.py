@@ -26,7 +26,6 @@ def tiny_detr(num_decoder_layers=2, aux_loss=True, topk=8, **model_overrides) ->
     t = cfg.transformer
     t.d_model, t.nhead, t.dim_feedforward = 32, 4, 64
     t.num_encoder_layers, t.num_decoder_layers, t.dropout = 1, num_decoder_layers, 0.0
-    cfg.position_embedding.num_pos_feats = 16
     cfg.num_classes = NUM_CLASSES
     cfg.num_queries = NUM_QUERIES
     cfg.aux_loss = aux_loss

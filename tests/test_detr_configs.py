@@ -35,7 +35,6 @@ def _shrink(cfg):
     depth 50/101), d_model 32, one layer each, few queries."""
     model = cfg.model
     model.backbone.stem_out_channels = 8
-    model.position_embedding.num_pos_feats = 16
     t = model.transformer
     t.d_model, t.nhead, t.num_encoder_layers, t.num_decoder_layers, t.dim_feedforward = 32, 4, 1, 2, 64
     model.num_queries = 6

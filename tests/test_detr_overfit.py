@@ -34,7 +34,6 @@ def tiny_detr():
     cfg.backbone.update(depth=18, stem_out_channels=8, freeze_at=0, norm="FrozenBN", out_features=["res4"])
     cfg.in_feature = "res4"
     cfg.transformer.update(d_model=64, nhead=4, dim_feedforward=128, num_encoder_layers=1, num_decoder_layers=2, dropout=0.0)
-    cfg.position_embedding.num_pos_feats = 32
     cfg.num_classes = len(DEMO_CLASSES)
     cfg.num_queries = 20
     cfg.select_box_nums_for_evaluation = 20

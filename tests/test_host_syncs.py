@@ -1,7 +1,7 @@
 """Where a training step and an inference pass of Deformable DETR read device values on the host.
 
 The model itself reads nothing back: the transformer builds spatial_shapes /
-level_start_index from the feature maps' host-side sizes (``level_layout``), so the reference
+level_start_index from the feature maps' host-side sizes (``LevelLayout.from_features``), so the reference
 points, proposals and the attention op's input checks need no read-back. Training reads the
 matching cost (the Hungarian algorithm runs on the CPU); inference ends in detectron2's
 ``detector_postprocess``.

@@ -121,7 +121,7 @@ def test_matching_checkpoint_loads_exactly(tmp_path):
         (dict(variant="one_stage"), dict(**{"transformer.num_encoder_layers": 2}), "model.transformer.num_encoder_layers=1"),
         (dict(variant="one_stage"), dict(**{"transformer.num_decoder_layers": 2}), "model.transformer.num_decoder_layers=1"),
         (dict(variant="one_stage"), dict(num_queries=20), "model.num_queries=12"),
-        (dict(variant="one_stage"), dict(**{"transformer.d_model": 48, "position_embedding.num_pos_feats": 24}),
+        (dict(variant="one_stage"), dict(**{"transformer.d_model": 48}),
          "model.transformer.d_model=32"),
     ],
     ids=["two_stage", "levels", "encoder_layers", "decoder_layers", "queries", "d_model"],
@@ -203,6 +203,8 @@ def _write_bad(tmp_path, kind):
     path = tmp_path / f"{kind}.pth"
     if kind == "text":
         path.write_text("https://example.com/model.pth\n")
+    elif kind == "lfs_pointer":
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 167\n")
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "random":
@@ -221,6 +223,7 @@ def _write_bad(tmp_path, kind):
     "kind, says",
     [
         ("text", "is a text file, not a checkpoint (it starts with 'https://example.com/model.pth')"),
+        ("lfs_pointer", "a Git LFS pointer: run git lfs pull"),
         ("empty", "the file is empty"),
         ("random", "not a PyTorch checkpoint"),
         ("list", "holds a list, not a state dict"),

@@ -176,7 +176,7 @@ RAW_OPS_FUZZ = textwrap.dedent(
         attn = torch.rand(n, lq, m, len(levels), p, dtype=torch.float64)
         shapes = torch.tensor(levels, dtype=torch.int64)
         starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
-        kind = rng.choice(["shape_entry", "start_entry", "both", "swap", "value_S", "none"])
+        kind = rng.choice(["shape_entry", "start_entry", "both", "swap", "value_S", "none", "tensor_shape"])
         if kind in ("shape_entry", "both"):
             shapes[rng.randrange(len(levels)), rng.randrange(2)] = rng.choice(SIZES)
         if kind in ("start_entry", "both"):
@@ -185,14 +185,34 @@ RAW_OPS_FUZZ = textwrap.dedent(
             shapes = shapes.flip(1)
         if kind == "value_S":
             value = value[:, : rng.randint(0, s)]
-        consistent = (shapes > 0).all() and int(shapes.prod(1).sum()) == value.shape[1] and torch.equal(
-            starts, torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]]))
         grad = torch.randn(n, lq, m * d, dtype=torch.float64)
+        if kind == "tensor_shape":  # the C++ entry's shape-level checks
+            which = rng.randrange(8)
+            if which == 0:
+                value = value.flatten(2)
+            elif which == 1:
+                loc = loc[:, :, :, :, :, :1]
+            elif which == 2:
+                attn = attn[..., :-1] if p > 1 else attn.unsqueeze(-1)
+            elif which == 3:
+                loc = torch.cat([loc, loc[:1]])
+            elif which == 4:
+                shapes = shapes.int()
+            elif which == 5:
+                starts = starts[:-1] if len(levels) > 1 else starts.view(1, 1)
+            elif which == 6:
+                grad = grad[:, :, :-1] if m * d > 1 else grad.unsqueeze(-1)
+            else:
+                attn = attn.float()
+        expected_starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
+        consistent = (kind != "tensor_shape" and bool((shapes > 0).all())
+                      and int(shapes.prod(1).sum()) == value.shape[1] and torch.equal(starts, expected_starts))
         try:
             out = fwd(value, shapes, starts, loc, attn, 64)
             grads = bwd(value, shapes, starts, loc, attn, grad, 64)
         except RuntimeError as e:
-            assert "spatial_shapes" in str(e) or "level_start_index" in str(e), (kind, str(e))
+            names = ("spatial_shapes", "level_start_index", "value", "sampling_loc", "attn_weight", "grad_output")
+            assert any(name in str(e) for name in names), (kind, str(e))
             errors += 1
             continue
         assert consistent, f"case {case} ({kind}): {shapes.tolist()} {starts.tolist()} S={value.shape[1]} accepted"
@@ -208,7 +228,8 @@ RAW_OPS_FUZZ = textwrap.dedent(
 def test_raw_ops_survive_inconsistent_layouts():
     """Issue: an inconsistent spatial_shapes / level_start_index made the raw operators read and
     write outside their tensors (segfault, heap corruption). Every call must now raise a
-    RuntimeError naming the layout, or, when the layout happens to be consistent, be right."""
+    RuntimeError naming the argument at fault (the layout, or a tensor of the wrong shape or
+    dtype), or, when the inputs happen to be consistent, be right."""
     from detrex_lite.layers import ms_deform_attn_function as msda
 
     if not msda.extension_available("cpu"):

@@ -55,6 +55,7 @@ def test_unknown_override_is_one_line_exit_2(tmp_path):
         (["train.init_checkpoint=/nonexistent/w.pth"], "train.init_checkpoint: file not found: /nonexistent/w.pth"),
         (["--eval-only"], "--eval-only needs weights"),
         (["--num-machines", "2"], "--num-machines > 1 needs --dist-url"),
+        (["train.amp.enabled=True", "train.amp.dtype=fp16"], "train.amp.dtype='fp16': expected one of float16, bfloat16"),
     ],
 )
 def test_config_errors_in_process(argv, message, capsys, tmp_path):
@@ -195,3 +196,21 @@ def test_dataset_registered_in_the_config_file(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
     assert ckpt["model"]["class_head.weight"].shape[0] == 3 + 1  # the dataset's 3 classes + "no object"
+
+
+def test_diverged_run_writes_no_non_finite_checkpoint(tmp_path):
+    """A step whose gradient is NaN (finite loss) without clipping turns the weights into NaN:
+    the checkpoint of that iteration is refused, nothing is named latest, one line, exit 1."""
+    out = str(tmp_path)
+    proc = run_train_net(
+        "--config-file", TOY_CONFIG, f"train.output_dir={out}", "+model.nan_gradient=True",
+        "train.clip_grad.enabled=False", "train.checkpointer.period=1",
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("train_net: error:")]
+    assert line.startswith("train_net: error: non-finite weights at iteration 0: ")
+    assert "(model.query_embed.weight, " in line and "model_0000000.pth was not written" in line
+    assert line.endswith("last good checkpoint: none saved yet (start again with a lower optimizer.lr, or with "
+                         "train.amp.enabled=False)")
+    assert not [f for f in os.listdir(out) if f.endswith(".pth") or f == "last_checkpoint"]

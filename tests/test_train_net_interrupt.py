@@ -103,9 +103,9 @@ def test_sigkill_during_save_and_at_random_then_resume(tmp_path):
 FIXED_BATCH_CONFIG = os.path.join(REPO, "tests", "configs", "toy_detector_fixed_batch.py")
 
 
-def _fixed_cmd(out, *extra, resume=False):
-    return [sys.executable, TRAIN_NET, *(["--resume"] if resume else []), "--config-file", FIXED_BATCH_CONFIG,
-            f"train.output_dir={out}", "train.log_period=1", *extra]
+def _fixed_cmd(out, *extra, resume=False, launcher_flags=()):
+    return [sys.executable, TRAIN_NET, *(["--resume"] if resume else []), *launcher_flags, "--config-file",
+            FIXED_BATCH_CONFIG, f"train.output_dir={out}", "train.log_period=1", *extra]
 
 
 def _rows(out):
@@ -115,13 +115,13 @@ def _rows(out):
         return [json.loads(line) for line in f if line.strip() and "total_loss" in line]
 
 
-def _run_until_rows_then_signal(out, signals, *extra, min_rows=4):
+def _run_until_rows_then_signal(out, signals, *extra, min_rows=4, launcher_flags=()):
     """Start a long run; once metrics.json has min_rows rows send the first of `signals`, and
     each next one as soon as the run has printed that it received the previous one (signals
     sent back to back would merge into one)."""
     import threading
 
-    proc = subprocess.Popen(_fixed_cmd(out, *extra), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_fixed_cmd(out, *extra, launcher_flags=launcher_flags), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines, received = [], threading.Semaphore(0)
 
@@ -219,3 +219,17 @@ def test_second_ctrl_c_stops_at_once(tmp_path):
     assert not [n for n in os.listdir(out) if ".tmp." in n]
     if os.path.exists(os.path.join(out, "last_checkpoint")):  # only if the save finished first
         _check_last_checkpoint(out)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_process_run(tmp_path):
+    """`kill -TERM <train_net>` of a --num-gpus 2 run (gloo on CPU): the launcher passes it on,
+    both ranks stop after the same iteration, rank 0 writes the checkpoint, exit code 75."""
+    out = str(tmp_path / "run")
+    rc, output = _run_until_rows_then_signal(out, [signal.SIGTERM], min_rows=4, launcher_flags=["--num-gpus", "2"])
+    assert rc == 75, output[-3000:]
+    iteration, ckpt = _check_last_checkpoint(out)
+    assert iteration == max(r["iteration"] for r in _rows(out))
+    assert _adam_steps(ckpt) == {iteration + 1}
+    assert output.count("SIGTERM received") == 2  # each rank got it from the launcher
+    assert "Traceback" not in output

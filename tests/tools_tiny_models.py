@@ -9,13 +9,14 @@ import os
 
 from detectron2.config import LazyConfig
 
-from detrex_lite.config import get_config
+from detrex_lite.config import get_config, shrink_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFORMABLE_DETR_MODEL = os.path.join(REPO, "projects/deformable_detr/configs/models/deformable_detr_r50.py")
 DETR_MODEL = os.path.join(REPO, "projects/detr/configs/models/detr_r50.py")
 
-STEM = 8  # ResNet-18 stage widths: res3 16, res4 32, res5 64 channels
+# ResNet-18 at 1/8 width (res3/res4/res5: 16/32/64 channels), d_model 32, one layer each.
+TINY = dict(depth=18, stem_out_channels=8, freeze_at=0, d_model=32, nhead=2, dim_feedforward=64, num_layers=1, dropout=0.0)
 
 
 def tiny_deformable_detr_config(variant: str = "one_stage", num_classes: int = 6, num_queries: int = 12):
@@ -25,22 +26,10 @@ def tiny_deformable_detr_config(variant: str = "one_stage", num_classes: int = 6
         variant: "one_stage", "box_refine" or "two_stage" (two-stage with box refinement).
     """
     cfg = LazyConfig.load(DEFORMABLE_DETR_MODEL)
-    model = cfg.model
-    model.backbone.depth = 18
-    model.backbone.stem_out_channels = STEM
-    model.backbone.freeze_at = 0
-    for name, channels in (("res3", 2 * STEM), ("res4", 4 * STEM), ("res5", 8 * STEM)):
-        model.neck.input_shapes[name].channels = channels
-    model.neck.num_groups = 4
-    t = model.transformer
-    t.d_model, t.nhead, t.dim_feedforward = 32, 2, 64
-    t.num_encoder_layers = t.num_decoder_layers = 1
-    t.num_feature_levels, t.enc_n_points, t.dec_n_points = 4, 2, 2
-    t.dropout = 0.0
-    model.position_embedding.num_pos_feats = 16
+    model = shrink_model(
+        cfg.model, **TINY, num_groups=4, num_points=2, num_queries=num_queries, select_box_nums_for_evaluation=10
+    )
     model.num_classes = num_classes
-    model.num_queries = num_queries
-    model.select_box_nums_for_evaluation = 10
     model.with_box_refine = variant in ("box_refine", "two_stage")
     model.as_two_stage = variant == "two_stage"
 
@@ -51,18 +40,8 @@ def tiny_deformable_detr_config(variant: str = "one_stage", num_classes: int = 6
 def tiny_detr_config(num_classes: int = 6, num_queries: int = 12):
     """A full LazyConfig (model + demo test data + train) for a tiny DETR."""
     cfg = LazyConfig.load(DETR_MODEL)
-    model = cfg.model
-    model.backbone.depth = 18
-    model.backbone.stem_out_channels = STEM
-    model.backbone.freeze_at = 0
-    t = model.transformer
-    t.d_model, t.nhead, t.dim_feedforward = 32, 2, 64
-    t.num_encoder_layers = t.num_decoder_layers = 1
-    t.dropout = 0.0
-    model.position_embedding.num_pos_feats = 16
+    model = shrink_model(cfg.model, **TINY, num_queries=num_queries, select_box_nums_for_evaluation=10)
     model.num_classes = num_classes
-    model.num_queries = num_queries
-    model.select_box_nums_for_evaluation = 10
     _tiny_data_and_train(cfg)
     return cfg
 

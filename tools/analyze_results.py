@@ -22,7 +22,6 @@ and prints the tables. See docs/tools.md for what each curve means.
 """
 import argparse
 import csv
-import json
 import logging
 import os
 import re
@@ -41,6 +40,7 @@ from detrex_lite.analysis import (  # noqa: E402
     predictions_coco,
 )
 from detrex_lite.analysis.error_analysis import AREAS  # noqa: E402
+from detrex_lite.utils import json_io  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.analyze_results")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -66,8 +66,7 @@ def error_tables(rows, out_dir: str):
     """error_analysis.json and .csv from ErrorAnalysis.table() rows."""
     header = ["class", "area", "num_gt", *ERROR_TYPES]
     json_path = os.path.join(out_dir, "error_analysis.json")
-    with open(json_path, "w") as f:
-        json.dump({"unit": "AP %, 100 detections per image", "rows": rows}, f, indent=1)
+    json_io.dump({"unit": "AP %, 100 detections per image", "rows": rows}, json_path, indent=1)
     csv_path = _write_csv(os.path.join(out_dir, "error_analysis.csv"), header,
                           [[r[h] if r[h] is not None else "" for h in header] for r in rows])
     return [json_path, csv_path]
@@ -83,8 +82,7 @@ def print_error_table(rows) -> None:
 
 def ap_tables(result: dict, out_dir: str):
     json_path = os.path.join(out_dir, "per_class_ap.json")
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=1)
+    json_io.dump(result, json_path, indent=1)
     header = ["class", "category_id", "num_gt", "num_predictions", *AP_KEYS]
     rows = [[r[h] if r[h] is not None else "" for h in header] for r in result["per_class"]]
     rows.append(["all classes", "", sum(r["num_gt"] for r in result["per_class"]),

@@ -486,7 +486,7 @@ def _write_json(path, result):
     os.replace(tmp, path)
 
 
-def main(argv=None):
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtypes", default="float32", help="comma-separated: float32,float64,float16,bfloat16")
@@ -501,6 +501,11 @@ def main(argv=None):
                              "instances side by side (auto = what the operator picks; the others force the "
                              "generic L/P loop, 1-element packs, 64-bit indices)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    return parser
+
+
+def main(argv=None):
+    parser = get_parser()
     args = parser.parse_args(argv)
     cuda_kernels = tuple(args.cuda_kernels.split(","))
     for kernel in cuda_kernels:

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from detrex_lite.analysis import AnalysisError  # noqa: E402
 from detrex_lite.config import ConfigError, apply_overrides_checked, load_config_file  # noqa: E402
+from detrex_lite.utils import json_io  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.browse_dataset")
 SIZE_NAMES = ("small", "medium", "large")
@@ -83,8 +84,7 @@ def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: st
         cell_size: int = 300, columns: Optional[int] = None, palette: bool = False) -> dict:
     """Draws the samples and writes contact_sheet.png, one PNG per sample and stats.json;
     returns the stats ({"dataset": ..., "samples": ..., "images": [...]})."""
-    import json
-
+    
     from detectron2.config import instantiate
     from detectron2.data.detection_utils import read_image
 
@@ -145,8 +145,7 @@ def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: st
     sample_stats["images"] = len(drawn)
     stats = {"split": split, "raw": raw, "dataset": dataset_stats, "samples": sample_stats, "images": images,
              "contact_sheet": sheet}
-    with open(os.path.join(out_dir, "stats.json"), "w") as f:
-        json.dump(stats, f, indent=1)
+    json_io.dump(stats, os.path.join(out_dir, "stats.json"), indent=1)
     print_stats(dataset_stats, sample_stats, what)
     print(f"\nWrote {sheet}, {len(drawn)} images and stats.json to {out_dir}")
     return stats

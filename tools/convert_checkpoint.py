@@ -137,7 +137,7 @@ def convert(args, overrides) -> str:
     return summary
 
 
-def main(argv=None) -> int:
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="checkpoint file or Hugging Face model directory")
     parser.add_argument("output", help="converted checkpoint (.pth)")
@@ -150,11 +150,22 @@ def main(argv=None) -> int:
                         help="where a bare ResNet goes in the detector (torchvision-resnet only)")
     parser.add_argument("--check-config", default=None,
                         help="LazyConfig whose model must load OUT with no missing/unexpected keys")
+    return parser
+
+
+def parse_args(argv=None):
+    """(args, config overrides): anything after the flags must be a KEY=VALUE override for --check-config."""
+    parser = get_parser()
     # anything else must be a config override for --check-config: model.with_box_refine=True
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if not re.fullmatch(r"[\w.]+=.*", o)]
     if bad or (overrides and not args.check_config):
         parser.error(f"unrecognised arguments {bad or overrides} (KEY=VALUE overrides need --check-config)")
+    return args, overrides
+
+
+def main(argv=None) -> int:
+    args, overrides = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         logger.info(convert(args, overrides))

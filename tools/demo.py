@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import math
 import os
 import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -68,18 +69,24 @@ def get_parser() -> argparse.ArgumentParser:
         help="image files, folders (their images, sorted), glob patterns (quote them) or videos",
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the drawn images/videos")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="SCORE", help="minimum score drawn (and written)")
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, metavar="SCORE", help="minimum score drawn (and written)"
+    )
     parser.add_argument("--json", action="store_true", help="also write OUTPUT/detections.json (COCO results format)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument(
         "--scale", type=float, default=1.0, metavar="FACTOR",
         help="draw at this multiple of the input size (e.g. 4 for 64 px images: readable labels)",
     )
-    parser.add_argument("--line-width", type=int, default=None, metavar="PX", help="box lines in output pixels (default: from the size)")
-    parser.add_argument("--font-scale", type=float, default=None, metavar="SCALE", help="label text size (default: from the size)")
+    parser.add_argument(
+        "--line-width", type=int, default=None, metavar="PX", help="box lines in output pixels (default: from the size)"
+    )
+    parser.add_argument(
+        "--font-scale", type=float, default=None, metavar="SCALE", help="label text size (default: from the size)"
+    )
     parser.add_argument(
         "--dataset", default=None, metavar="NAME",
-        help="also draw the ground truth of this registered dataset (dashed green, labels below the "
+        help="also draw the ground truth of this registered dataset (dashed green on black, labels below the "
         "boxes) on the inputs that are its images (matched by file name)",
     )
     parser.add_argument(
@@ -174,7 +181,8 @@ def load_ground_truth(dataset: str) -> Dict[str, dict]:
         boxes = np.array(
             [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float64
         ).reshape(-1, 4)
-        index[ground_truth_key(record["file_name"])] = {"boxes": boxes, "classes": [a["category_id"] for a in annotations]}
+        classes = [a["category_id"] for a in annotations]
+        index[ground_truth_key(record["file_name"])] = {"boxes": boxes, "classes": classes}
     return index
 
 
@@ -183,7 +191,9 @@ def keep_confident(instances: Instances, threshold: float, name: str) -> Instanc
     kept = instances[instances.scores >= threshold]
     if len(kept) == 0:
         best = f"highest score {instances.scores.max().item():.3f}" if len(instances) else "the model returned none"
-        logger.info("%s: no detection scores >= %g (%s); lower --confidence-threshold to draw more", name, threshold, best)
+        logger.info(
+            "%s: no detection scores >= %g (%s); lower --confidence-threshold to draw more", name, threshold, best
+        )
     return kept
 
 
@@ -267,6 +277,7 @@ def _run_inputs(args, predictor: Predictor, drawer: Drawer, ground_truth, progre
     results: List[dict] = []
     skipped: List[str] = []
     next_id = 0
+    hinted_small = False
     for path in progress:
         name = output_name(path, used_names)
         try:
@@ -285,6 +296,12 @@ def _run_inputs(args, predictor: Predictor, drawer: Drawer, ground_truth, progre
             continue
         instances = predictor.predict_rgb([image_rgb])[0]
         instances = keep_confident(instances, args.confidence_threshold, path)
+        if args.scale == 1.0 and max(image_rgb.shape[:2]) < 320 and not hinted_small:
+            hinted_small = True
+            logger.info(
+                "%s is small (%dx%d): --scale %d draws it larger with readable labels",
+                path, image_rgb.shape[1], image_rgb.shape[0], math.ceil(640 / max(image_rgb.shape[:2])),
+            )
         if ground_truth is not None and ground_truth_key(path) not in ground_truth:
             logger.info("%s: not an image of --dataset %s, no ground truth drawn", path, args.dataset)
         drawn = drawer(image_rgb, instances, path)

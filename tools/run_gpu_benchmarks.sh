@@ -2,8 +2,9 @@
 # The speed issue's GPU numbers in one go, on a machine with an NVIDIA GPU (docs/tools.md,
 # "Running the GPU benchmarks"):
 #   1. install the wheels carried in .whl/ (tools/fetch_gpu_wheels.sh) into /tmp/site, when present
-#   2. build detrex_lite._C with CUDA kernels for $TORCH_CUDA_ARCH_LIST (default 9.0 = H100/H200),
-#      unless a build with CUDA kernels for this GPU is already there
+#   2. build detrex_lite._C with CUDA kernels for $TORCH_CUDA_ARCH_LIST (default: this GPU's
+#      compute capability + PTX, e.g. 9.0+PTX on H100/H200), unless a build with CUDA kernels for
+#      this GPU is already there
 #   3. the CUDA operator tests and the self-test
 #   4. tools/benchmark_ops.py: every shape, fp32/fp16/bf16, 100 timed runs   -> ops_cuda.json
 #      and E1/D1/R_D48 with each CUDA kernel instance (--cuda-kernels)    -> ops_cuda_kernels.json
@@ -17,7 +18,12 @@ cd "$(dirname "$0")/.."
 RESULTS=${1:-benchmarks}
 PY=${PYTHON:-python3}
 STAGES=${STAGES:-"build test ops model"}
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')
+  # This GPU, plus PTX so that the build also runs on newer GPUs.
+  TORCH_CUDA_ARCH_LIST="${cap:-9.0}+PTX"
+fi
+export TORCH_CUDA_ARCH_LIST
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 mkdir -p "$RESULTS"
 LOG=${OUT:-$RESULTS}/gpu_benchmarks.log
@@ -43,12 +49,13 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv || true
 
 if has_stage build; then
-  want="sm_$(echo "${TORCH_CUDA_ARCH_LIST%%;*}" | tr -d '.')"
+  first=${TORCH_CUDA_ARCH_LIST%%;*}
+  want="sm_$(echo "${first%%+*}" | tr -d '.')"
   if "$PY" -c "from detrex_lite.layers.ms_deform_attn_function import extension_info as i; import sys; \
 sys.exit(0 if '$want' in i()['cuda_archs'] else 1)" 2>/dev/null; then
     step "detrex_lite._C already has $want kernels: not rebuilt"
   else
-    step "build detrex_lite._C for sm_${TORCH_CUDA_ARCH_LIST//./} (FORCE_CUDA=1)"
+    step "build detrex_lite._C for $TORCH_CUDA_ARCH_LIST (FORCE_CUDA=1)"
     if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
       top=$(cd /tmp && nvcc -dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
       CUDA_HOME=$( [ -n "$top" ] && cd "$top" && pwd -P || dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")

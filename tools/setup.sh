@@ -9,7 +9,8 @@
 #                         detectron2 0.7.2; git: build upstream detectron2 from GitHub;
 #                         or a path to a local detectron2 checkout (built from source).
 #   FORCE_CUDA=1          compile the CUDA kernels even when no GPU is visible (needs nvcc)
-#   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (e.g. "8.0;9.0")
+#   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (e.g. "8.0;9.0+PTX"; unset: the visible
+#                         GPU, or with FORCE_CUDA=1 and no GPU a default list ending in +PTX)
 #   CUDA_HOME             CUDA toolkit root; guessed from nvcc when unset
 set -euo pipefail
 cd "$(dirname "$0")/.."

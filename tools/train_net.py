@@ -130,7 +130,13 @@ def _spawned_main(args):
     try:
         return main(args)
     except TrainingInterrupted as e:
+        import torch.distributed as dist
+
+        comm.synchronize()  # every rank has run its after_train hooks (rank 0: its last writes)
+        dist.destroy_process_group()  # together, so that no rank waits for one that has left
         raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: each worker has said so; no traceback per rank
+        raise SystemExit(INTERRUPT_EXIT_CODE) from None
 
 
 EPILOG = """\
@@ -166,7 +172,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the last checkpoint in train.output_dir (start from train.init_checkpoint when there is none)",
+        help="continue from the last checkpoint in train.output_dir (start from train.init_checkpoint when there "
+        "is none)",
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate train.init_checkpoint, no training")
     parser.add_argument(
@@ -177,7 +184,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force-bf16", action="store_true", help="with --precision bf16: run bf16 even without native support")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine, one per GPU (default: 1)")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines (default: 1)")
-    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine, 0 .. num-machines - 1 (default: 0)")
+    parser.add_argument(
+        "--machine-rank", type=int, default=0, help="rank of this machine, 0 .. num-machines - 1 (default: 0)"
+    )
     parser.add_argument(
         "--dist-url",
         default="auto",

@@ -13,9 +13,7 @@ model, dataloader, optimizer, lr_multiplier, train = (
     _base.model, _base.dataloader, _base.optimizer, _base.lr_multiplier, _base.train
 )
 
-model.backbone.out_features = ["res5"]
-model.neck.input_shapes = {"res5": model.neck.input_shapes.res5}
-model.neck.in_features = ["res5"]
+model.backbone.out_features = ["res5"]  # the neck follows (its in_features and input_shapes)
 model.transformer.num_feature_levels = 1
 
 train.output_dir = "./output/deformable_detr_r18_single_scale_demo"

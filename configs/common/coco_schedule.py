@@ -5,7 +5,10 @@
 #   lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_50ep
 #   train.max_iter = get_config("common/coco_schedule.py").max_iter.ep50
 #
-# Both come from the same helper, so they cannot disagree.
+# Both come from the same helper, so they cannot disagree. The lr drop is derived from
+# train.max_iter (the scheduler is evaluated at iter / max_iter), so it stays at 80 % of a run whose
+# train.max_iter is overridden; so do train.eval_period and train.checkpointer.period
+# (fractions, common/train.py).
 from detrex_lite.solver import default_detr_schedule, epochs_to_iters
 
 # Deformable DETR: 50 epochs at total batch 32, lr x0.1 at epoch 40.

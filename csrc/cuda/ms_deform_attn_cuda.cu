@@ -3,6 +3,7 @@
 // are also run on the CPU by tests/cuda_emulation).
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -34,6 +35,18 @@ struct StreamLauncher {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
+
+// Where the layout is checked (msda_cuda::LayoutCheck): on the host when it is on the CPU; by the
+// kernels otherwise, with the error flag read after the launch unless a CUDA graph is being
+// captured (reading it would synchronise).
+msda_cuda::LayoutCheck layout_check(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
+  const auto check = msda_cuda::layout_check_for(spatial_shapes, level_start_index);
+  if (check == msda_cuda::LayoutCheck::kKernel &&
+      c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    return msda_cuda::LayoutCheck::kKernelUnreported;
+  }
+  return check;
+}
 
 // A GPU whose architecture the build does not cover has no kernel image: say how to rebuild.
 void check_arch(int device) {
@@ -76,7 +89,7 @@ at::Tensor ms_deform_attn_forward_cuda(
   check_arch(value.get_device());
   const auto inputs = msda_cuda::prepare_inputs(
       value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
-      msda_cuda::layout_check_for(spatial_shapes, level_start_index));
+      layout_check(spatial_shapes, level_start_index));
   return msda_cuda::forward(
       inputs, StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());
 }
@@ -96,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   check_grad_output(value, sampling_loc, grad_output);
   const auto inputs = msda_cuda::prepare_inputs(
       value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
-      msda_cuda::layout_check_for(spatial_shapes, level_start_index));
+      layout_check(spatial_shapes, level_start_index));
   return msda_cuda::backward(
       inputs, grad_output, sampling_loc.scalar_type(), attn_weight.scalar_type(),
       StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());

@@ -74,12 +74,12 @@ struct Corners {
   acc_t ly, lx, hy, hx;
 };
 
-// Whether level (H, W) starting at `start` lies inside value's S positions (int64 arithmetic,
-// no overflow): only then may the level index value. Uniform over a group (same level).
+// Whether level (H, W) starting at `start` lies inside value's S positions: only then may the
+// level index value. No overflow: H, W < 2^31 are tested first, so H * W < 2^62 (and no 64-bit
+// division). Uniform over a group (the same level for every lane).
 __device__ __forceinline__ bool level_in_bounds(int64_t H, int64_t W, int64_t start, int64_t S) {
   constexpr int64_t kIntMax = 0x7fffffff;
-  return H > 0 && W > 0 && H <= kIntMax && W <= kIntMax && start >= 0 && start <= S && H <= S - start &&
-         W <= (S - start) / H;
+  return H > 0 && W > 0 && H <= kIntMax && W <= kIntMax && start >= 0 && start <= S && H * W <= S - start;
 }
 
 // A skipped sample (no corner read) poisons its output row when its location or weight is NaN
@@ -458,8 +458,10 @@ inline at::Tensor as_acc_contiguous(const at::Tensor& t, at::ScalarType acc) {
 
 // Where the layout's values are checked: on the host before the launch (a layout on the CPU),
 // or only by the kernels' bounds test, whose error flag is then read after the launch (one
-// 4-byte device-to-host copy: a synchronisation).
-enum class LayoutCheck { kHost, kKernel };
+// 4-byte device-to-host copy: a synchronisation). kKernelUnreported: the bounds test alone,
+// the flag not read (while a CUDA graph is being captured no synchronisation is allowed; the
+// kernels still never leave value).
+enum class LayoutCheck { kHost, kKernel, kKernelUnreported };
 
 // A layout on the CPU is checked there; one already on the GPU by the kernels.
 inline LayoutCheck layout_check_for(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
@@ -498,7 +500,7 @@ inline Inputs prepare_inputs(
 
 // After the launch: a kernel found a level outside value (only possible without the host check).
 inline void raise_if_layout_error(const Inputs& in) {
-  if (in.layout_check == LayoutCheck::kHost) return;
+  if (in.layout_check != LayoutCheck::kKernel) return;
   TORCH_CHECK(
       in.error.item<int>() == 0,
       "ms_deform_attn: spatial_shapes / level_start_index place a level outside value's S = ", in.value.size(1),

@@ -12,11 +12,11 @@ NEUTRAL = (0.6, 0.6, 0.6)
 
 
 def class_color(class_index: int) -> Tuple[float, float, float]:
-    """A fixed colour per class (detectron2's colormap, RGB in [0, 1])."""
-    from detectron2.utils.colormap import colormap
+    """The project's fixed colour of a class (``detrex_lite.utils.draw.class_color``, the one
+    tools/demo.py uses) as RGB in [0, 1], as Visualizer takes it."""
+    from detrex_lite.utils.draw import class_color as class_color_rgb255
 
-    colors = colormap(rgb=True, maximum=1)
-    return tuple(float(c) for c in colors[class_index % len(colors)])
+    return tuple(c / 255.0 for c in class_color_rgb255(class_index))
 
 
 def draw_boxes(image: np.ndarray, boxes_xyxy: np.ndarray, labels: Sequence[str], colors: Sequence[tuple],

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ARCH_OPTIONS", "model_arch", "state_dict_arch", "tied_groups", "explain_mismatch"]
+__all__ = ["ARCH_OPTIONS", "model_arch", "state_dict_arch", "tied_groups", "explain_mismatch", "keys_point_at"]
 
 # arch field -> the config option that sets it (LazyConfig paths of the shipped configs)
 ARCH_OPTIONS = {

@@ -58,8 +58,13 @@ def _torch_load(path: str) -> Any:
         head = f.read(64)
     if _looks_like_text(head):
         first = head.decode("utf-8").splitlines()[0][:40] if head.strip() else ""
+        kind = ""
+        if first.startswith("version https://git-lfs"):
+            kind = ", a Git LFS pointer: run git lfs pull"
+        elif first.lstrip().lower().startswith(("<!doctype html", "<html")):
+            kind = ", a web page: the download failed"
         raise CheckpointFileError(
-            f"{path}: is a text file, not a checkpoint (it starts with {first!r}); {_WHAT_TO_DO}"
+            f"{path}: is a text file, not a checkpoint (it starts with {first!r}{kind}); {_WHAT_TO_DO}"
         )
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:

@@ -97,7 +97,7 @@ def ema_requested(cfg: Any) -> bool:
     return bool(ema.get("enabled", False) and ema.get("use_ema_weights_for_eval_only", False))
 
 
-def _class_count(key: str, shape: tuple, model: nn.Module, model_shape: tuple) -> int:
+def _class_count(shape: tuple, model: nn.Module, model_shape: tuple) -> int:
     """Classes of a class-head tensor, without DETR's no-object row."""
     extra = model_shape[0] - getattr(model, "num_classes", model_shape[0])
     return shape[0] - max(extra, 0)
@@ -187,7 +187,7 @@ def apply_state_dict(
         problems.append(f"{len(missing)} model key(s) missing from the checkpoint: {_inline(missing)}")
     if class_heads and not fine_tuning:
         key, ckpt_shape, model_shape = class_heads[0]
-        n = _class_count(key, ckpt_shape, model, model_shape)
+        n = _class_count(ckpt_shape, model, model_shape)
         reasons.append(
             f"the checkpoint has {n} classes, the config {getattr(model, 'num_classes', model_shape[0])} "
             f"(set model.num_classes={n}; a different class count is only accepted when training "
@@ -205,7 +205,7 @@ def apply_state_dict(
     model.load_state_dict(to_load, strict=False)
     if class_heads:
         report.skipped_class_heads = class_heads
-        key, ckpt_shape, model_shape = class_heads[0]
+        _, ckpt_shape, model_shape = class_heads[0]
         logger.warning(
             f"The checkpoint's class heads have {ckpt_shape[0]} outputs, the model's {model_shape[0]} "
             f"(a different class count, e.g. fine-tuning on a new dataset): loaded everything "
@@ -316,14 +316,13 @@ def load_model_state(
 ) -> LoadReport:
     """Copy a state dict into ``model`` as training does (another class count skips the class
     heads); ``strict=False`` tolerates missing keys."""
-    if not strict:
+    if not strict:  # the keys the state dict lacks keep the model's values
         own = model.state_dict()
-        partial_prefix = partial_prefix or ""
         state_dict = {**{k: v for k, v in own.items() if k not in state_dict}, **state_dict}
-    return apply_state_dict(model, state_dict, purpose="train", partial_prefix=partial_prefix or None)
+    return apply_state_dict(model, state_dict, purpose="train", partial_prefix=partial_prefix)
 
 
-def load_checkpoint(model: nn.Module, path: str, *, strict: bool = True) -> LoadReport:
+def load_checkpoint(model: nn.Module, path: str) -> LoadReport:
     """Load a detrex_lite checkpoint into ``model`` as training does (``load_weights(...,
     purpose="train")``)."""
     return load_weights(model, path, purpose="train")

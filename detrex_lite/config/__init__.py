@@ -2,6 +2,7 @@
 checks that train_net runs before it builds anything."""
 from .dataset_meta import num_classes_from_dataset
 from .get_config import configs_dir, get_config
+from .shrink import shrink_model
 from .validate import (
     ConfigError,
     apply_overrides_checked,
@@ -21,4 +22,5 @@ __all__ = [
     "get_config",
     "load_config_file",
     "num_classes_from_dataset",
+    "shrink_model",
 ]

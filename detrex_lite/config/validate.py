@@ -55,15 +55,22 @@ def _lookup_raw(cfg, key: str) -> Tuple[Any, str, List[str]]:
         if isinstance(node, DictConfig):
             if part not in node.keys():
                 return _MISSING, prefix, _child_keys(node)
-            child = node._get_node(part)
+            node = _raw_child(node, part)
         elif isinstance(node, ListConfig):
             if not part.isdigit() or int(part) >= len(node):
                 return _MISSING, prefix, _child_keys(node)
-            child = node._get_node(int(part))
+            node = _raw_child(node, int(part))
         else:
             return _MISSING, prefix, []
-        node = child if isinstance(child, (DictConfig, ListConfig)) else child._value()
     return node, key, []
+
+
+def _raw_child(node, key):
+    """The child ``key`` of a DictConfig / ListConfig as written, with public OmegaConf calls: a
+    container node, or an interpolation ("${..x}") / missing ("???") value as its raw string."""
+    if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+        return OmegaConf.to_container(node, resolve=False)[key]
+    return node[key]
 
 
 def _type_name(value) -> str:

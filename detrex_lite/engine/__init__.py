@@ -1,5 +1,7 @@
-"""Training: the trainer (AMP, gradient clipping, EMA, non-finite guard), atomic checkpoints,
-process launch (multi-process, multi-machine, SLURM) and the train/test entry points.
+"""Training: the trainer (AMP, gradient clipping, EMA, non-finite guard), atomic checkpoints
+that never hold a NaN, stopping on SIGTERM / SIGUSR1 / Ctrl-C with a checkpoint (preemption.py),
+one run per output folder (output_lock.py), process launch (multi-process, multi-machine, SLURM)
+and the train/test entry points. The errors train_net reports in one line are in errors.py.
 
 Names are imported on first use, so that a spawned worker that only needs `launch` does not pay
 for importing detectron2's engine and evaluation packages.

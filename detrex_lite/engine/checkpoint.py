@@ -173,7 +173,7 @@ class AtomicCheckpointer(DetrexCheckpointer):
             try:
                 return self.load(candidate)
             except Exception as e:  # a file written by another tool, or damaged on disk
-                self._parsed_url_during_load = None  # detectron2's DetectionCheckpointer.load left it set
+                self._parsed_url_during_load = None  # left set by d2's failed load (no public reset)
                 errors.append(f"{candidate}: {type(e).__name__}: {e}")
                 logger.warning(f"Cannot resume from {candidate} ({type(e).__name__}: {e}); trying an older one")
         raise RuntimeError("no loadable checkpoint in {}: {}".format(self.save_dir, "; ".join(errors)))

@@ -198,10 +198,11 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
 
     # Fractions of train.max_iter become iterations here, so they follow a max_iter override.
     periods = schedule_periods(cfg.train)
+    beyond = " (longer than the run: model_final only)" if periods.checkpoint_period > cfg.train.max_iter else ""
     logger.info(
         f"Schedule: {cfg.train.max_iter} iterations; evaluation every {periods.eval_period or cfg.train.max_iter} "
         f"(train.eval_period={cfg.train.eval_period}), checkpoint every {periods.checkpoint_period} "
-        f"(train.checkpointer.period={cfg.train.checkpointer.period})"
+        f"(train.checkpointer.period={cfg.train.checkpointer.period}){beyond}"
     )
     max_to_keep = cfg.train.checkpointer.get("max_to_keep", None)
     trainer.register_hooks(

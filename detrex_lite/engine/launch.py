@@ -1,14 +1,15 @@
 """Starting one process per device, on one machine or many (torch.distributed or SLURM).
 
-detectron2's `launch` assumes GPUs in places (DDP device_ids, NCCL); this one picks NCCL on
-GPUs and gloo on CPU, so `--num-gpus 2` also runs on a CPU-only machine (useful for tests), and
-passes a timeout to the process group so that a dead or stuck worker fails the job instead of
-hanging it.
+:func:`launch` is detectron2's ``launch`` (``detectron2.engine.launch``: one spawned process per
+device, gloo on a machine without GPUs and NCCL with them, ``timeout`` given to the process group
+so that a dead or stuck worker fails the job instead of hanging it), plus what it lacks: each
+rank's own traceback when it fails and a clean process-group shutdown. :func:`launch_slurm`
+covers what detectron2 has no launcher for: SLURM jobs, where ``srun`` starts one task per device
+and the ranks come from SLURM's variables.
 """
 import logging
 import os
 import re
-import socket
 import sys
 import traceback
 from dataclasses import dataclass
@@ -17,13 +18,13 @@ from typing import Callable, List, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-
+from detectron2.engine.launch import DEFAULT_TIMEOUT
+from detectron2.engine.launch import launch as d2_launch
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
+__all__ = ["DEFAULT_TIMEOUT", "expand_hostlist", "launch", "launch_slurm", "resolve_device", "slurm_dist_from_env"]
 
 
 def resolve_device(device: str) -> str:
@@ -35,39 +36,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _find_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-def _init_process_group(
-    global_rank: int, world_size: int, local_rank: int, local_size: int, dist_url: str, use_cuda: bool, timeout
-) -> None:
-    backend = "nccl" if use_cuda else "gloo"
-    if use_cuda:
-        if local_size > torch.cuda.device_count():
-            raise RuntimeError(f"{local_size} processes per machine but only {torch.cuda.device_count()} GPUs")
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(
-        backend=backend, init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
-    )
-    comm.create_local_process_group(local_size)
-    # A barrier right away, so that a machine that never joins fails here within the timeout.
-    comm.synchronize()
-
-
-def _distributed_worker(
-    local_rank, main_func, world_size, local_size, machine_rank, dist_url, args, timeout, use_cuda
-):
-    global_rank = machine_rank * local_size + local_rank
-    _init_process_group(global_rank, world_size, local_rank, local_size, dist_url, use_cuda, timeout)
+def _run_rank(main_func: Callable, args: Sequence) -> None:
+    """main_func(*args) in a worker whose process group is up."""
     try:
         main_func(*args)
+    except SystemExit:
+        raise  # a deliberate exit code (e.g. a run that stopped on SIGTERM after its checkpoint)
     except BaseException:
         # torch.multiprocessing reports only the first failed process it notices, which may be a
         # rank whose collective broke because another one died: print every rank's own error.
-        sys.stderr.write(f"[rank {global_rank}] " + traceback.format_exc())
+        sys.stderr.write(f"[rank {comm.get_rank()}] " + traceback.format_exc())
         sys.stderr.flush()
         raise
     finally:
@@ -88,30 +66,32 @@ def launch(
     """Run `main_func(*args)` in num_processes_per_machine processes on each of num_machines.
 
     Args:
-        dist_url: "tcp://host:port" of machine 0 ("auto": a free local port, single machine).
+        dist_url: "tcp://host:port" of machine 0 ("auto" or None: a free local port, one machine).
         timeout: how long a collective (and the start-up barrier) waits for the other processes.
-        use_cuda: NCCL + one GPU per process; default: whether a GPU is visible.
+        use_cuda: whether the processes use GPUs (NCCL, one GPU each); default: whether a GPU is
+            visible. detectron2's launcher decides by visibility alone, so False on a machine
+            with visible GPUs is refused (hide them with CUDA_VISIBLE_DEVICES= instead).
 
     A single process runs main_func in this process. With several, if one raises or dies, the
     others are terminated and this call raises (torch.multiprocessing's ProcessRaisedException
     or ProcessExitedException), so the job exits non-zero.
     """
-    if use_cuda is None:
-        use_cuda = torch.cuda.is_available()
     world_size = num_machines * num_processes_per_machine
     if world_size == 1:
         main_func(*args)
         return
+    if use_cuda is not None and use_cuda != torch.cuda.is_available():
+        raise RuntimeError(
+            f"launch: use_cuda={use_cuda} with {'visible' if torch.cuda.is_available() else 'no'} GPUs: "
+            "several processes use NCCL exactly when a GPU is visible (CUDA_VISIBLE_DEVICES= trains on CPU)"
+        )
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
             raise ValueError("dist_url='auto' only works on one machine; give tcp://<machine 0>:<port>")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    mp.start_processes(
-        _distributed_worker,
-        nprocs=num_processes_per_machine,
-        args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args, timeout, use_cuda),
-        daemon=False,
-        start_method="spawn",
+        dist_url = "auto"
+    d2_launch(
+        _run_rank, num_processes_per_machine, num_machines=num_machines, machine_rank=machine_rank,
+        dist_url=dist_url, args=(main_func, tuple(args)), timeout=timeout,
     )
 
 
@@ -204,6 +184,22 @@ def slurm_dist_from_env(env: Optional[Mapping[str, str]] = None, default_port: i
     )
 
 
+def _init_process_group(
+    global_rank: int, world_size: int, local_rank: int, local_size: int, dist_url: str, use_cuda: bool, timeout
+) -> None:
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        if local_size > torch.cuda.device_count():
+            raise RuntimeError(f"{local_size} processes per machine but only {torch.cuda.device_count()} GPUs")
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend=backend, init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
+    )
+    comm.create_local_process_group(local_size)
+    # A barrier right away, so that a machine that never joins fails here within the timeout.
+    comm.synchronize()
+
+
 def launch_slurm(
     main_func: Callable,
     args: Sequence = (),
@@ -222,7 +218,4 @@ def launch_slurm(
     _init_process_group(
         info.global_rank, info.world_size, info.local_rank, info.local_size, info.dist_url, use_cuda, timeout
     )
-    try:
-        main_func(*args)
-    finally:
-        dist.destroy_process_group()
+    _run_rank(main_func, args)

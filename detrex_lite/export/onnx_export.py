@@ -13,7 +13,9 @@ Outputs (``output="detections"``, the default)
     ``scores`` (B, k) float32 descending, ``labels`` (B, k) int64 contiguous class ids,
     ``boxes`` (B, k, 4) float32 absolute (x0, y0, x1, y1) in the unpadded input image's pixels,
     clipped to it (multiply by original / resized size to go back to the original image). k is
-    the model's ``select_box_nums_for_evaluation`` (top-k over query x class, as in evaluation);
+    the model's ``select_box_nums_for_evaluation``, chosen by the model's own
+    ``select_detections`` as in evaluation (Deformable DETR: top-k over query x class; DETR: one
+    per query);
     unlike detectron2's ``detector_postprocess``, empty boxes are kept (fixed output shape).
 Outputs (``output="raw"``)
     ``pred_logits`` (B, Q, K or K+1) and ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h).

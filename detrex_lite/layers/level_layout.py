@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-__all__ = ["LevelLayout", "level_starts"]
+__all__ = ["LevelLayout", "level_shapes", "level_starts"]
 
 
 def level_starts(sizes: Sequence[Tuple[int, int]]) -> List[int]:
@@ -23,6 +23,21 @@ def level_starts(sizes: Sequence[Tuple[int, int]]) -> List[int]:
     for h, w in list(sizes)[:-1]:
         starts.append(starts[-1] + h * w)
     return starts
+
+
+def level_shapes(spatial_shapes: torch.Tensor) -> list:
+    """(H_l, W_l) of each level of ``spatial_shapes`` (L, 2), for Python loops over the levels.
+
+    Python ints in eager mode, read from the tensor (a synchronisation on a GPU: the model passes
+    a :class:`LevelLayout` whose ``sizes`` are known on the host instead). While tracing
+    (``torch.jit.trace`` and the TorchScript-based ONNX exporter) 0-dim tensors sliced from
+    ``spatial_shapes`` instead: ``tolist()`` would record the trace-time sizes as constants, and a
+    graph exported with a dynamic image size would then fail at any other size. Ops that take
+    sizes (``arange``, ``reshape``, ``split``) accept both.
+    """
+    if torch.jit.is_tracing():
+        return [(hw[0], hw[1]) for hw in spatial_shapes.unbind(0)]
+    return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,7 @@ class LevelLayout:
         # trace-time size as a constant and the exported graph would fail at any other size.
         spatial_shapes = torch.stack([torch.stack(list(f.shape[-2:])) for f in features]).to(features[0].device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        sizes = tuple((hw[0], hw[1]) for hw in spatial_shapes.unbind(0))
-        return cls(sizes=sizes, spatial_shapes=spatial_shapes, level_start_index=level_start_index)
+        return cls(tuple(level_shapes(spatial_shapes)), spatial_shapes, level_start_index)
 
     @classmethod
     def from_tensors(
@@ -87,19 +101,19 @@ class LevelLayout:
             ValueError: not (L, 2) / (L,) int64 tensors, non-positive sizes, or level_start_index
                 not the offsets that spatial_shapes implies.
         """
-        for name, t, rank in (("spatial_shapes", spatial_shapes, 2), ("level_start_index", level_start_index, 1)):
+        expected = (("spatial_shapes", spatial_shapes, 2, "(L, 2)"), ("level_start_index", level_start_index, 1, "(L,)"))
+        for name, t, rank, layout in expected:
             if not isinstance(t, torch.Tensor) or t.dim() != rank or t.dtype != torch.int64:
                 got = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{caller}: {name} must be an int64 tensor of shape {'(L, 2)' if rank == 2 else '(L,)'}, got {got}")
+                raise ValueError(f"{caller}: {name} must be an int64 tensor of shape {layout}, got {got}")
         if spatial_shapes.shape[-1] != 2 or level_start_index.shape[0] != spatial_shapes.shape[0]:
             raise ValueError(
                 f"{caller}: spatial_shapes (L, 2) and level_start_index (L,) disagree: shapes "
                 f"{tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}"
             )
-        if torch.jit.is_tracing():
-            sizes = tuple((hw[0], hw[1]) for hw in spatial_shapes.unbind(0))
-            return cls(sizes=sizes, spatial_shapes=spatial_shapes, level_start_index=level_start_index)
-        sizes = tuple((int(h), int(w)) for h, w in spatial_shapes.tolist())
+        sizes = tuple(level_shapes(spatial_shapes))
+        if torch.jit.is_tracing():  # traced sizes: nothing to read
+            return cls(sizes, spatial_shapes, level_start_index)
         if not all(h > 0 and w > 0 for h, w in sizes):
             raise ValueError(f"{caller}: spatial_shapes must hold positive (H, W), got {list(sizes)}")
         if level_start_index.tolist() != level_starts(sizes):
@@ -107,13 +121,4 @@ class LevelLayout:
                 f"{caller}: level_start_index must be the level offsets {level_starts(sizes)} implied by "
                 f"spatial_shapes, got {level_start_index.tolist()}"
             )
-        return cls(sizes=sizes, spatial_shapes=spatial_shapes, level_start_index=level_start_index)
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.sizes)
-
-    @property
-    def num_positions(self) -> int:
-        """S = sum_l H_l * W_l (a traced value while tracing)."""
-        return sum(h * w for h, w in self.sizes)
+        return cls(sizes, spatial_shapes, level_start_index)

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .level_layout import LevelLayout
+from .level_layout import LevelLayout, level_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ BACKENDS = ("auto", "compiled", "pytorch")
 
 BUILD_HINT = (
     "build it with `pip install --no-build-isolation --no-deps -e .` in the detrex_lite "
-    "repository (add FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=<your GPU's arch, e.g. 8.0> for CUDA)"
+    "repository (add FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=<your GPU's compute capability>+PTX, e.g. 9.0+PTX, "
+    "for CUDA)"
 )
 
 
@@ -186,20 +187,6 @@ if _C is not None:
 # ---------------------------------------------------------------------------------------------
 # Reference implementation.
 # ---------------------------------------------------------------------------------------------
-def level_shapes(spatial_shapes: torch.Tensor) -> list:
-    """(H_l, W_l) of each level of ``spatial_shapes`` (L, 2), for Python loops over the levels.
-
-    Python ints in eager mode, read from the tensor (a synchronisation on a GPU: the model passes
-    a :class:`LevelLayout` whose ``sizes`` are known on the host instead). While tracing (``torch.jit.trace`` and the TorchScript-based ONNX
-    exporter) 0-dim tensors sliced from ``spatial_shapes`` instead: ``tolist()`` would record the
-    trace-time sizes as constants, and a graph exported with a dynamic image size would then fail
-    at any other size. Ops that take sizes (``arange``, ``reshape``, ``split``) accept both.
-    """
-    if torch.jit.is_tracing():
-        return [(hw[0], hw[1]) for hw in spatial_shapes.unbind(0)]
-    return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-
-
 def ms_deform_attn_pytorch(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -265,8 +252,8 @@ def _validate(
     attention_weights: torch.Tensor,
     im2col_step: int,
     check_dtypes: bool,
-    sizes: Sequence[Tuple[int, int]] = None,
-) -> List[Tuple[int, int]]:
+    sizes: Optional[Sequence[Tuple[int, int]]] = None,
+) -> Optional[List[Tuple[int, int]]]:
     """Raises ValueError naming the argument at fault. ``sizes``: the layout's host-side
     (H_l, W_l) when the caller built it (a :class:`LevelLayout`); None reads and checks the
     values of ``spatial_shapes`` / ``level_start_index`` (raw tensors from an outside caller).

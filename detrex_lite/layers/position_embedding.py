@@ -20,7 +20,8 @@ class PositionEmbeddingSine(nn.Module):
     pixel does not depend on how much padding follows it.
 
     Args:
-        num_pos_feats: channels per axis; the output has ``2 * num_pos_feats`` channels (y first).
+        embed_dim: output channels (the transformer's d_model, even): half encode y (first), half
+            x; ``num_pos_feats = embed_dim // 2`` per axis in the official naming.
         temperature: the wavelength base of the sinusoids.
         normalize: divide positions by the valid extent and multiply by ``scale``.
         scale: the range of normalised positions (2*pi in both official codebases).
@@ -31,7 +32,7 @@ class PositionEmbeddingSine(nn.Module):
 
     def __init__(
         self,
-        num_pos_feats: int = 128,
+        embed_dim: int = 256,
         temperature: float = 10000.0,
         normalize: bool = True,
         scale: float = 2 * math.pi,
@@ -39,7 +40,9 @@ class PositionEmbeddingSine(nn.Module):
         eps: float = 1e-6,
     ):
         super().__init__()
-        self.num_pos_feats = num_pos_feats
+        if embed_dim <= 0 or embed_dim % 2:
+            raise ValueError(f"PositionEmbeddingSine: embed_dim must be a positive even number, got {embed_dim}")
+        self.num_pos_feats = embed_dim // 2
         self.temperature = temperature
         self.normalize = normalize
         self.scale = scale

@@ -1,11 +1,54 @@
 """Builders of detectron2 ResNets for DETR-family models (callable from LazyConfig)."""
-from typing import Sequence
+from typing import Dict, Sequence
 
+from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 
-__all__ = ["build_resnet"]
+__all__ = ["build_resnet", "resnet_output_shape"]
 
 _BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+def _check(depth: int, res5_dilation: int) -> None:
+    if depth not in _BLOCKS_PER_STAGE:
+        raise ValueError(f"build_resnet: depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}")
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"build_resnet: res5_dilation must be 1 or 2, got {res5_dilation}")
+    if res5_dilation == 2 and depth < 50:
+        raise ValueError("build_resnet: res5_dilation=2 (DC5) needs depth >= 50 (BottleneckBlock)")
+
+
+def _stage_shapes(depth: int, stem_out_channels: int, res5_dilation: int) -> Dict[str, ShapeSpec]:
+    """Channels and stride of "stem", "res2" .. "res5" (the one place this arithmetic lives)."""
+    shapes = {"stem": ShapeSpec(channels=stem_out_channels, stride=4)}
+    expansion = 4 if depth >= 50 else 1  # BottleneckBlock / BasicBlock
+    for idx in range(4):
+        stride = 4 * 2**idx if idx < 3 or res5_dilation == 1 else 16
+        shapes[f"res{idx + 2}"] = ShapeSpec(channels=stem_out_channels * 2**idx * expansion, stride=stride)
+    return shapes
+
+
+def resnet_output_shape(
+    depth: int = 50,
+    out_features: Sequence[str] = ("res3", "res4", "res5"),
+    res5_dilation: int = 1,
+    stem_out_channels: int = 64,
+) -> Dict[str, ShapeSpec]:
+    """``build_resnet(...).output_shape()`` from the same arguments, without building the network.
+
+    Lets a config give the neck the backbone's output shapes by interpolating the backbone's own
+    fields (``input_shapes=L(resnet_output_shape)(depth="${...backbone.depth}", ...)``), so the
+    channels and strides are stated once.
+
+    Returns:
+        {name: ShapeSpec(channels, stride)} for each of ``out_features``.
+    """
+    _check(depth, res5_dilation)
+    shapes = _stage_shapes(depth, stem_out_channels, res5_dilation)
+    unknown = [f for f in out_features if f not in shapes]
+    if unknown:
+        raise ValueError(f"resnet_output_shape: out_features {unknown} not among {list(shapes)}")
+    return {name: shapes[name] for name in out_features}
 
 
 def build_resnet(
@@ -34,20 +77,15 @@ def build_resnet(
             (all stage widths scale with it) for tests and demos.
         in_channels: image channels.
     """
-    if depth not in _BLOCKS_PER_STAGE:
-        raise ValueError(f"build_resnet: depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}")
-    if res5_dilation not in (1, 2):
-        raise ValueError(f"build_resnet: res5_dilation must be 1 or 2, got {res5_dilation}")
+    _check(depth, res5_dilation)
     bottleneck = depth >= 50
-    if res5_dilation == 2 and not bottleneck:
-        raise ValueError("build_resnet: res5_dilation=2 (DC5) needs depth >= 50 (BottleneckBlock)")
+    shapes = _stage_shapes(depth, stem_out_channels, res5_dilation)
 
     stem = BasicStem(in_channels=in_channels, out_channels=stem_out_channels, norm=norm)
-    width = stem_out_channels
     stage_in = stem_out_channels
     stages = []
     for idx, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
-        stage_out = width * 2**idx * (4 if bottleneck else 1)
+        stage_out = shapes[f"res{idx + 2}"].channels
         dilation = res5_dilation if idx == 3 else 1
         first_stride = 1 if idx == 0 or dilation > 1 else 2
         kwargs = dict(

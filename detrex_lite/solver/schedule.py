@@ -63,6 +63,9 @@ class SchedulePeriods(NamedTuple):
     checkpoint_period: int
 
 
+_FRACTION_FORM = "a float in (0, 1] (fraction of train.max_iter)"
+
+
 def period_to_iters(value, max_iter: int, key: str, allow_zero: bool = False) -> int:
     """A period as a number of iterations.
 
@@ -78,11 +81,11 @@ def period_to_iters(value, max_iter: int, key: str, allow_zero: bool = False) ->
         ValueError: a negative int, a float outside (0, 1], or anything else.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key}={value!r}: expected an int (iterations) or a float in (0, 1] (fraction of train.max_iter)")
+        raise ValueError(f"{key}={value!r}: expected an int (iterations) or {_FRACTION_FORM}")
     if isinstance(value, int):
         if value < 0 or (value == 0 and not allow_zero):
             smallest = 0 if allow_zero else 1
-            raise ValueError(f"{key}={value}: expected an int >= {smallest} (iterations) or a float in (0, 1] (fraction of train.max_iter)")
+            raise ValueError(f"{key}={value}: expected an int >= {smallest} (iterations) or {_FRACTION_FORM}")
         return value
     if not 0.0 < value <= 1.0:
         raise ValueError(

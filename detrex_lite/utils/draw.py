@@ -103,7 +103,7 @@ def draw_detections(
         line_width: box line width in output pixels (default: ``default_line_width``).
         font_scale: OpenCV font scale (default: ``default_font_scale``).
         gt_boxes, gt_labels: (G, 4) ground-truth boxes (same convention as ``boxes``) and
-            their texts, drawn dashed in GROUND_TRUTH_COLOR, labelled below the box.
+            their texts, drawn dashed GROUND_TRUTH_COLOR on black, labelled below the box.
 
     Returns:
         (round(H * scale), round(W * scale), 3) uint8 RGB.
@@ -125,20 +125,23 @@ def draw_detections(
         x0, y0, x1, y1 = (float(v) for v in box)
         return (int(round(x0 * sx)), int(round(y0 * sy)), int(round(x1 * sx)), int(round(y1 * sy)))
 
+    gt_pixels, gt_texts = [], []
     if gt_boxes is not None and len(gt_boxes):
-        gt_labels = list(gt_labels) if gt_labels is not None else [""] * len(gt_boxes)
         gt_pixels = [to_pixels(b) for b in gt_boxes]
-        for box in gt_pixels:
-            _rectangle(out, box, GROUND_TRUTH_COLOR, lw, dash=max(4, 3 * lw))
-        for box, text in zip(gt_pixels, gt_labels):
-            if text:
-                _label(out, text, box, GROUND_TRUTH_COLOR, fs, above=False)
-
+        gt_texts = list(gt_labels) if gt_labels is not None else [""] * len(gt_pixels)
     pixels = [to_pixels(b) for b in boxes]
     colors = [class_color(int(c)) for c in class_ids]
-    # All boxes first, then all labels: no box line runs across a label.
+
+    # All boxes first, then all labels, so that no box line runs across a label; ground truth
+    # under the predictions. Ground truth is dashed green on black: visible on any background.
+    for box in gt_pixels:
+        _rectangle(out, box, (0, 0, 0), lw)
+        _rectangle(out, box, GROUND_TRUTH_COLOR, lw, dash=max(4, 3 * lw))
     for box, color in zip(pixels, colors):
         _rectangle(out, box, color, lw)
+    for box, text in zip(gt_pixels, gt_texts):
+        if text:
+            _label(out, text, box, GROUND_TRUTH_COLOR, fs, above=False)
     for box, text, color in zip(pixels, labels, colors):
         if text:
             _label(out, text, box, color, fs, above=True)

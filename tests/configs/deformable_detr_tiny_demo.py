@@ -6,7 +6,7 @@ import os
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
 
-from detrex_lite.config import get_config
+from detrex_lite.config import get_config, shrink_model
 from detrex_lite.solver import default_detr_schedule, epochs_to_iters
 from tests.engine_toy_detector import first_dataset_dicts
 
@@ -18,23 +18,11 @@ optimizer = _base.optimizer
 train = _base.train
 dataloader = get_config("common/data/demo_detr.py").dataloader
 
-_STEM = 8  # ResNet-18 widths res3/res4/res5 = 16/32/64
-model.backbone.depth = 18
-model.backbone.stem_out_channels = _STEM
-model.backbone.freeze_at = 0
-for _name, _channels in (("res3", 2 * _STEM), ("res4", 4 * _STEM), ("res5", 8 * _STEM)):
-    model.neck.input_shapes[_name].channels = _channels
-model.neck.num_groups = 4
-model.transformer.d_model = 32
-model.transformer.nhead = 2
-model.transformer.dim_feedforward = 64
-model.transformer.num_encoder_layers = 1
-model.transformer.num_decoder_layers = 1
-model.transformer.enc_n_points = 2
-model.transformer.dec_n_points = 2
-model.position_embedding.num_pos_feats = 16
-model.num_queries = 20
-model.select_box_nums_for_evaluation = 20
+# ResNet-18 widths res3/res4/res5 = 16/32/64.
+shrink_model(
+    model, depth=18, stem_out_channels=8, freeze_at=0, num_groups=4,
+    d_model=32, nhead=2, dim_feedforward=64, num_layers=1, num_points=2, num_queries=20,
+)
 
 dataloader.train.total_batch_size = 2
 dataloader.train.mapper.augmentation.min_sizes = [64, 80]

@@ -9,7 +9,7 @@
 # iterations, batch and schedule shape); docs/demo.md compares the two.
 from detectron2.config import LazyCall as L
 
-from detrex_lite.config import get_config, num_classes_from_dataset
+from detrex_lite.config import get_config, num_classes_from_dataset, shrink_model
 from detrex_lite.solver import default_detr_schedule, epochs_to_iters
 
 from .models.deformable_detr_r50 import model
@@ -21,26 +21,14 @@ train = get_config("common/train.py").train
 # The class count comes from the training set's metadata (6 shapes).
 model.num_classes = L(num_classes_from_dataset)(names="${dataloader.train.dataset.names}")
 
-# No pretrained weights can be assumed: the whole backbone trains, from random initialisation.
-# ResNet-18 at half width; FrozenBN with its default statistics is the identity, so the
-# network is a plain (normalisation-free) ResNet, as in the overfit tests.
-STEM = 32
-model.backbone.depth = 18
-model.backbone.stem_out_channels = STEM
-model.backbone.freeze_at = 0
-for _name, _channels in (("res3", 2 * STEM), ("res4", 4 * STEM), ("res5", 8 * STEM)):
-    model.neck.input_shapes[_name].channels = _channels
-model.neck.num_groups = 32
-
-model.transformer.d_model = 128
-model.transformer.nhead = 8
-model.transformer.dim_feedforward = 512
-model.transformer.num_encoder_layers = 3
-model.transformer.num_decoder_layers = 3
-model.transformer.dropout = 0.0  # a short run: regularisation only slows it down
-model.position_embedding.num_pos_feats = 64  # d_model / 2
-model.num_queries = 50  # at most 6 objects per demo image
-model.select_box_nums_for_evaluation = 50
+# No pretrained weights can be assumed: the whole backbone trains (freeze_at=0), from random
+# initialisation. ResNet-18 at half width (stem 32); FrozenBN with its default statistics is the
+# identity, so the network is a plain (normalisation-free) ResNet, as in the overfit tests.
+# No dropout: a short run, regularisation only slows it down. At most 6 objects per demo image.
+shrink_model(
+    model, depth=18, stem_out_channels=32, freeze_at=0, num_groups=32,
+    d_model=128, nhead=8, dim_feedforward=512, num_layers=3, dropout=0.0, num_queries=50,
+)
 model.with_box_refine = True
 
 # 600 training images at batch 4 = 150 iterations per epoch; 8 epochs, lr x0.1 after 6.4

@@ -9,7 +9,7 @@
 #   python tools/train_net.py --config-file projects/detr/configs/detr_r18_demo.py
 from detectron2.config import LazyCall as L
 
-from detrex_lite.config import get_config, num_classes_from_dataset
+from detrex_lite.config import get_config, num_classes_from_dataset, shrink_model
 from detrex_lite.solver import default_detr_schedule, epochs_to_iters
 
 from .models.detr_r50 import model
@@ -20,20 +20,11 @@ train = get_config("common/train.py").train
 
 model.num_classes = L(num_classes_from_dataset)(names="${dataloader.train.dataset.names}")
 
-STEM = 32  # ResNet-18 at half width: res5 has 256 channels
-model.backbone.depth = 18
-model.backbone.stem_out_channels = STEM
-model.backbone.freeze_at = 0
-
-model.transformer.d_model = 128
-model.transformer.nhead = 8
-model.transformer.dim_feedforward = 512
-model.transformer.num_encoder_layers = 3
-model.transformer.num_decoder_layers = 3
-model.transformer.dropout = 0.0
-model.position_embedding.num_pos_feats = 64  # d_model / 2
-model.num_queries = 50
-model.select_box_nums_for_evaluation = 50
+# ResNet-18 at half width (res5 has 256 channels), trained from scratch, no dropout.
+shrink_model(
+    model, depth=18, stem_out_channels=32, freeze_at=0,
+    d_model=128, nhead=8, dim_feedforward=512, num_layers=3, dropout=0.0, num_queries=50,
+)
 
 EPOCHS, DECAY_EPOCHS, NUM_IMAGES = 8, 6.4, 600
 dataloader.train.total_batch_size = 4

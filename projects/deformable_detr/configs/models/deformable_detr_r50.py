@@ -2,10 +2,9 @@
 # Paper settings (Zhu et al. 2021, Sec. 5): M=8 heads, L=4 levels, K=4 points, 6+6 layers,
 # d=256, FFN 1024, dropout 0.1, 300 queries, focal loss, costs/weights class 2, L1 5, GIoU 2.
 from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
 
 from detrex_lite.layers import PositionEmbeddingSine
-from detrex_lite.modeling import ChannelMapper, HungarianMatcher, SetCriterion, build_resnet
+from detrex_lite.modeling import ChannelMapper, HungarianMatcher, SetCriterion, build_resnet, resnet_output_shape
 from projects.deformable_detr.modeling import DeformableDETR, DeformableTransformer
 
 model = L(DeformableDETR)(
@@ -17,22 +16,28 @@ model = L(DeformableDETR)(
         norm="FrozenBN",
         stride_in_1x1=False,  # torchvision weights
         res5_dilation=1,
+        stem_out_channels=64,
     ),
     neck=L(ChannelMapper)(
-        input_shapes={
-            "res3": L(ShapeSpec)(channels=512, stride=8),
-            "res4": L(ShapeSpec)(channels=1024, stride=16),
-            "res5": L(ShapeSpec)(channels=2048, stride=32),
-        },
-        in_features=["res3", "res4", "res5"],
+        # The backbone's output_shape() (res3/4/5: 512/1024/2048 channels, strides 8/16/32),
+        # computed from its fields without building it: change the backbone, the neck follows.
+        input_shapes=L(resnet_output_shape)(
+            depth="${...backbone.depth}",
+            out_features="${...backbone.out_features}",
+            res5_dilation="${...backbone.res5_dilation}",
+            stem_out_channels="${...backbone.stem_out_channels}",
+        ),
+        in_features="${..backbone.out_features}",
         out_channels="${..transformer.d_model}",
         num_outs="${..transformer.num_feature_levels}",
         kernel_size=1,
         norm="GN",
         num_groups=32,
     ),
-    # num_pos_feats = d_model / 2; offset -0.5 (pixel centres) as the official code.
-    position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, temperature=10000, normalize=True, offset=-0.5),
+    # d_model channels (128 per axis); offset -0.5 (pixel centres) as the official code.
+    position_embedding=L(PositionEmbeddingSine)(
+        embed_dim="${..transformer.d_model}", temperature=10000, normalize=True, offset=-0.5
+    ),
     transformer=L(DeformableTransformer)(
         d_model=256,
         nhead=8,

@@ -17,10 +17,13 @@ model = L(DETR)(
         norm="FrozenBN",
         stride_in_1x1=False,  # torchvision weights
         res5_dilation=1,  # 2 in the DC5 variants
+        stem_out_channels=64,
     ),
     in_feature="res5",
-    # num_pos_feats = d_model / 2; normalised positions with offset 0, as the official DETR.
-    position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, temperature=10000, normalize=True, offset=0.0),
+    # d_model channels (128 per axis); normalised positions with offset 0, as the official DETR.
+    position_embedding=L(PositionEmbeddingSine)(
+        embed_dim="${..transformer.d_model}", temperature=10000, normalize=True, offset=0.0
+    ),
     transformer=L(DetrTransformer)(
         d_model=256,
         nhead=8,
