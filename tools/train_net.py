@@ -111,6 +111,10 @@ def main(args, cfg=None):
         model = build_model(cfg)
         load_for_eval(cfg, model)
         model.eval()  # no DDP wrapper: each process evaluates its share of the test set
+        if args.precision:  # the CPU inference mode (docs/inference.md)
+            from detrex_lite.inference import optimize_for_inference
+
+            model = optimize_for_inference(model, args.precision, force_bf16=args.force_bf16, inplace=True)
         results = do_test(cfg, model)
         if comm.is_main_process():
             path = os.path.join(cfg.train.output_dir, "eval_results.json")
@@ -172,6 +176,12 @@ def get_parser() -> argparse.ArgumentParser:
         "is none)",
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate train.init_checkpoint, no training")
+    parser.add_argument(
+        "--precision", default=None, choices=["fp32", "bf16"],
+        help="with --eval-only on CPU: evaluate through the CPU inference mode (detrex_lite.inference; bf16 "
+        "only where the CPU has native bf16, else fp32 with a warning)",
+    )
+    parser.add_argument("--force-bf16", action="store_true", help="with --precision bf16: run bf16 even without native support")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine, one per GPU (default: 1)")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines (default: 1)")
     parser.add_argument(
