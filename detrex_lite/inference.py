@@ -36,7 +36,7 @@ import ctypes.util
 import functools
 import logging
 import platform
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ __all__ = [
     "optimize_for_inference",
     "tune_cpu_allocator",
 ]
+
+if TYPE_CHECKING:
+    from detrex_lite.modeling.meta_arch import DETRBase
 
 logger = logging.getLogger(__name__)
 
@@ -160,25 +163,11 @@ def _cast_inputs_hook(dtype: torch.dtype):
     return hook
 
 
-def _float32_modules(model: nn.Module) -> list:
-    """The modules that stay float32 in bf16 mode: class/box heads (also the two-stage proposal
-    heads, which are entries of the same lists) and the one-stage reference-point projection."""
-    keep = []
-    for name in ("class_embed", "bbox_embed"):
-        heads = getattr(model, name, None)
-        if isinstance(heads, nn.Module):
-            keep.append(heads)
-    transformer = getattr(model, "transformer", None)
-    if isinstance(getattr(transformer, "reference_points", None), nn.Module):
-        keep.append(transformer.reference_points)
-    return keep
-
-
 def _to_bf16(model: nn.Module) -> None:
     """Weights to bfloat16 once, except the float32 islands; every module with weights casts its
     floating inputs to its own dtype, so activations cross between the two precisions only at the
     islands' borders."""
-    keep = _float32_modules(model)
+    keep = model.float32_modules()
     keep_ids = {id(m) for island in keep for m in island.modules()}
     for module in model.modules():
         if id(module) in keep_ids:
@@ -203,15 +192,13 @@ def _channels_last(model: nn.Module) -> int:
 
 def _compile(model: nn.Module) -> None:
     options = {"freezing": True}
-    if hasattr(model, "backbone") and hasattr(model, "neck"):
-        model.backbone = torch.compile(model.backbone, options=options)
-        model.neck = torch.compile(model.neck, options=options)
-    if hasattr(model, "transformer"):
-        model.transformer = torch.compile(model.transformer, options=options)
+    model.backbone = torch.compile(model.backbone, options=options)
+    model.neck = torch.compile(model.neck, options=options)
+    model.transformer = torch.compile(model.transformer, options=options)
 
 
 def optimize_for_inference(
-    model: nn.Module,
+    model: "DETRBase",
     precision: str = "fp32",
     *,
     force_bf16: bool = False,

@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .level_layout import LevelLayout, level_shapes
+from .level_layout import LevelLayout, level_shapes, level_starts
 
 logger = logging.getLogger(__name__)
 
@@ -438,6 +438,12 @@ def ms_deform_attn_with_layout(
     )
 
 
+def _layout_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A layout tensor as the operator takes it: on the CPU (checked on the host) or on value's
+    device (checked by the kernels)."""
+    return t.contiguous() if t.device.type == "cpu" else t.to(device).contiguous()
+
+
 def _run(
     value, spatial_shapes, level_start_index, sizes, sampling_locations, attention_weights, im2col_step, *,
     backend: str, autocast: bool,
@@ -456,10 +462,17 @@ def _run(
             f"{BUILD_HINT}, or use backend='auto' or 'pytorch'"
         )
     if compiled and backend != "pytorch":
+        if sizes is not None and value.device.type != "cpu" and not torch.jit.is_tracing():
+            # The trusted host-side sizes as CPU tensors: the operator checks a CPU layout on the
+            # host and copies it without waiting, where a layout on the GPU is bounds-checked by
+            # the kernels and its error flag read back after the launch (a host-device sync per
+            # attention layer).
+            spatial_shapes = torch.tensor(sizes, dtype=torch.int64)
+            level_start_index = torch.tensor(level_starts(sizes), dtype=torch.int64)
         return torch.ops.detrex_lite.ms_deform_attn_forward(
             value.contiguous(),
-            spatial_shapes.to(value.device).contiguous(),
-            level_start_index.to(value.device).contiguous(),
+            _layout_tensor(spatial_shapes, value.device),
+            _layout_tensor(level_start_index, value.device),
             sampling_locations.contiguous(),
             attention_weights.contiguous(),
             im2col_step,

@@ -208,6 +208,12 @@ class DETRBase(nn.Module):
         """
         raise NotImplementedError
 
+    def float32_modules(self) -> List[nn.Module]:
+        """Modules a reduced-precision inference mode keeps in float32 (what turns features into
+        scores and box coordinates): the class and box heads by default. See
+        :func:`detrex_lite.inference.optimize_for_inference`."""
+        return [self.class_embed, self.bbox_embed]
+
     @property
     def min_encoder_tokens(self) -> int:
         """The fewest transformer tokens (sum over levels of H_l * W_l) an input must give

@@ -134,6 +134,14 @@ class DeformableDETR(DETRBase):
         scores, labels, query_idx = select_topk(outputs["pred_logits"].sigmoid(), self.select_box_nums_for_evaluation)
         return scores, labels, gather_queries(outputs["pred_boxes"], query_idx)
 
+    def float32_modules(self) -> List[nn.Module]:
+        # The heads (the two-stage proposal heads are entries of the same lists) and, one-stage,
+        # the projection that places the reference points.
+        keep = super().float32_modules()
+        if not self.as_two_stage:
+            keep.append(self.transformer.reference_points)
+        return keep
+
     @property
     def min_encoder_tokens(self) -> int:
         # Two-stage selects its num_queries queries among the encoder tokens.
