@@ -101,10 +101,10 @@ def test_benchmark_table_columns_and_header():
     cpu = benchmark.format_table(_report("cpu"))
     header, columns = cpu.splitlines()[:2]
     assert "CUDA" not in header and "2 threads" in header and "Some Chip (cpu" in header
-    assert "ours / HF" not in cpu and "model" not in columns and "2.00 img/s" in cpu and "{" not in cpu
+    assert "x HF fp32" not in cpu and "model" not in columns and "2.00 img/s" in cpu and "{" not in cpu
     cuda = benchmark.format_table(_report("cuda:0"))
     assert "CUDA 13.0" in cuda.splitlines()[0] and "peak MB" in cuda
     compared = benchmark.format_table(_report("cpu", compare=True))
-    assert "ours / HF" in compared and "hf_transformers" in compared and "2.00x" in compared
+    assert "x HF fp32" in compared and "hf_transformers" in compared and "2.00x" in compared
     line = benchmark.describe_row(_report()["results"][0])
     assert line == "detrex_lite inference fp32 batch 1: 2.00 img/s (500.0 ms/iter)"

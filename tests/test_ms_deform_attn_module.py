@@ -63,6 +63,21 @@ def test_output_matches_eq3_and_residual():
     torch.testing.assert_close(no_identity(**x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_point_locations_equal_broadcast_formula_bit_for_bit(dtype):
+    # The gather + addcdiv_ form against the official broadcast, on non-contiguous references.
+    attn = _module()
+    g = torch.Generator().manual_seed(3)
+    spatial_shapes, _, _ = _shapes()
+    refs = torch.rand(2, L, 7, 2, generator=g, dtype=dtype).transpose(1, 2)  # (N, Lq, L, 2), strided
+    offsets = torch.randn(2, 7, M * L * P * 2, generator=g, dtype=dtype) * 4
+    wh = spatial_shapes.flip(-1).to(dtype)
+    expected = refs[:, :, None, :, None, :] + offsets.view(2, 7, M, L, P, 2) / wh[None, None, None, :, None, :]
+    got = attn.point_locations(refs, offsets, spatial_shapes)
+    assert got.shape == (2, 7, M, L, P, 2) and got.dtype == dtype
+    assert torch.equal(got, expected)
+
+
 def test_batch_first_false_is_transposed_batch_first():
     x = _inputs()
     out = _module()(**x)

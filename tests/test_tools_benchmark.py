@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.config import instantiate
 
-from tools_tiny_models import load_tool, save_config, tiny_deformable_detr_config
+from tools_tiny_models import REPO, load_tool, save_config, tiny_deformable_detr_config
 
 benchmark = load_tool("benchmark")
 
@@ -16,7 +16,7 @@ def test_benchmark_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
     report = benchmark.main([
         "--config-file", cfg_path, "--device", "cpu", "--image-size", "64", "64", "--batch-sizes", "1", "2",
-        "--iters", "2", "--warmup", "1", "--num-threads", "1", "--json", str(out),
+        "--iters", "2", "--warmup", "1", "--num-threads", "1", "--force-bf16", "--json", str(out),
     ])
     assert json.load(open(out)) == json.loads(json.dumps(report))
     env = report["environment"]
@@ -118,4 +118,35 @@ def test_compare_hf_rows_and_ratios(tmp_path, capsys):
     assert hf["version"] and hf["attention"] and hf["parameters"] == hf["detrex_lite_parameters"]
     assert hf["config"]["d_model"] == 32
     table = capsys.readouterr().out
-    assert "hf_transformers" in table and "ours / HF" in table
+    assert "hf_transformers" in table and "x HF fp32" in table
+
+
+def test_baseline_checkout_rows_and_skipped_emulated_bf16(tmp_path, capsys, monkeypatch):
+    # --baseline-tree times the model as another checkout builds it (here this one, in a
+    # subprocess), and on a CPU without native bf16 the bf16 rows are skipped, not run emulated.
+    import detrex_lite.inference
+
+    monkeypatch.setattr(detrex_lite.inference, "bf16_hardware_support", lambda: None)
+    cfg_path = save_config(tiny_deformable_detr_config(), str(tmp_path / "tiny.yaml"))
+    report = benchmark.main([
+        "--config-file", cfg_path, "--device", "cpu", "--image-size", "64", "64", "--batch-sizes", "1",
+        "--modes", "inference", "--precisions", "fp32", "bf16", "--iters", "1", "--warmup", "0",
+        "--num-threads", "1", "--fast", "--baseline-tree", REPO, "--json", str(tmp_path / "bench.json"),
+    ])
+    baseline = f"detrex_lite@{report['baseline']['revision']}"
+    rows = [(r["model"], r["precision"]) for r in report["results"]]
+    assert rows == [
+        (baseline, "fp32"), ("detrex_lite", "fp32"), ("detrex_lite-fast", "fp32"),
+        ("detrex_lite", "amp-bfloat16"), ("detrex_lite-fast", "bf16"),
+    ]
+    measured = {r["model"]: r for r in report["results"][:3]}
+    for r in measured.values():
+        assert "error" not in r and "skipped" not in r and r["images_per_s"] > 0 and r["cpu_ms_per_iter"] > 0
+    assert "no native bf16" in report["results"][3]["skipped"]
+    assert report["results"][4]["runs"] == "fp32" and "fp32 rows" in report["results"][4]["skipped"]
+    ratios = {c["model"]: c["speed_ratio"] for c in report["baseline_comparison"]}
+    assert ratios == pytest.approx({
+        m: measured[m]["images_per_s"] / measured[baseline]["images_per_s"] for m in ("detrex_lite", "detrex_lite-fast")
+    })
+    table = capsys.readouterr().out
+    assert f"x {report['baseline']['revision']}" in table and "skipped (see below)" in table

@@ -17,16 +17,27 @@ shared strict loader then also checks that they fit the config); ``--opts`` chan
 the config's architecture (random weights, torchvision-style ResNet from ``ResNetConfig``) and
 times it in the same process on the same inputs, batch sizes, precisions and iterations, one
 measurement of ours then the same one of HF; the table and JSON get both rows and the ratio.
+
+CPU inference (docs/inference.md): ``--fast`` adds our fast mode (``optimize_for_inference``),
+``--compile`` its ``torch.compile``'d version (compile time reported apart), ``--onnx``
+onnxruntime on our exported model, ``--peaks`` the machine's own fp32/bf16 matmul peaks and each
+row's fraction of its dtype's peak, ``--baseline-tree DIR`` the model as an older checkout builds
+it (tools/time_checkout.py in a subprocess, same inputs), for "x times the previous build" in the
+same run. bf16 rows are skipped on CPUs without native bf16 (emulated, ~100x slower than fp32)
+unless ``--force-bf16``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -55,6 +66,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="inference batch sizes")
     parser.add_argument("--train-batch-size", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="inference: time every row this many times, interleaved (row A, row B, ..., then again), and "
+        "report each row's median round; for ratios on a shared machine whose load drifts",
+    )
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
     parser.add_argument(
@@ -83,9 +99,21 @@ def get_parser() -> argparse.ArgumentParser:
         help="also time detrex_lite-fast: optimize_for_inference(model, precision) (folded FrozenBN, "
         "channels_last; bf16 weights/activations for --precisions bf16 where the CPU has native bf16)",
     )
-    cpu.add_argument("--force-bf16", action="store_true", help="run the fast mode's bf16 even without native bf16")
     cpu.add_argument(
-        "--compile", action="store_true", help="torch.compile the fast mode (its compile time is reported, not timed)"
+        "--force-bf16", action="store_true",
+        help="run bf16 even where the CPU has no native bf16 (the fast mode's bf16, and bf16 autocast rows, "
+        "which are otherwise skipped there: emulated bf16 matrix products run ~100x slower than fp32)",
+    )
+    cpu.add_argument(
+        "--compile", action="store_true",
+        help="also time detrex_lite-fast-compiled: the fast mode with torch.compile (its first calls, which "
+        "compile, are reported as compile_s and not timed)",
+    )
+    cpu.add_argument(
+        "--baseline-tree", default=None, metavar="DIR",
+        help="also time the model as another detrex_lite checkout (e.g. a git worktree of an older "
+        "revision, with its operator built) builds it, on the same inputs, in a subprocess "
+        "(tools/time_checkout.py); rows 'detrex_lite@<revision>'",
     )
     cpu.add_argument(
         "--tune-allocator", action="store_true",
@@ -187,6 +215,16 @@ def bench_inference(model, device, batch_size, image_size, dtype, iters, warmup,
     }
 
 
+def bench_compiled(model, device, batch_size, image_size, dtype, iters, warmup, generator, inputs=None) -> Dict:
+    """:func:`bench_inference` of a ``torch.compile``'d model after two untimed calls (the first
+    compiles for the input shape, the second may recompile), whose time is ``compile_s``."""
+    start = time.perf_counter()
+    bench_inference(model, device, batch_size, image_size, dtype, 1, 1, generator, inputs=inputs)
+    compile_s = time.perf_counter() - start
+    result = bench_inference(model, device, batch_size, image_size, dtype, iters, warmup, generator, inputs=inputs)
+    return {**result, "compile_s": compile_s}
+
+
 class OnnxRuntimeDetector:
     """onnxruntime (CPU execution provider) on ``model`` exported with
     :func:`detrex_lite.export.onnx_export.export_onnx` (fixed canvas = the benchmark's image size,
@@ -244,7 +282,7 @@ def add_peak_fractions(rows: List[Dict], gflop_per_image: float, peaks: Dict[str
     """Each inference row's achieved GFLOP/s (2 FLOPs per multiply-add) and its fraction of the
     matmul peak of the dtype its matrix products run in."""
     for r in rows:
-        if r["mode"] != "inference" or "error" in r:
+        if r["mode"] != "inference" or not _measured(r):
             continue
         dtype = "bf16" if r.get("runs", r["precision"]) in ("bf16", "amp-bfloat16") else "fp32"
         achieved = 2 * gflop_per_image * r["images_per_s"]
@@ -398,7 +436,7 @@ def compare(rows: List[Dict]) -> List[Dict]:
     out = []
     for r in rows:
         hf = by_key.get(("hf_transformers", r["mode"], r["precision"], r["batch_size"]))
-        if r["model"] != "detrex_lite" or hf is None or "error" in r or "error" in hf:
+        if r["model"] != "detrex_lite" or hf is None or not _measured(r) or not _measured(hf):
             continue
         speed = "images_per_s" if r["mode"] == "inference" else "iters_per_s"
         out.append({
@@ -407,6 +445,24 @@ def compare(rows: List[Dict]) -> List[Dict]:
             "speed_ratio": r[speed] / hf[speed], "peak_mem_ratio": r["peak_mem_mb"] / hf["peak_mem_mb"],
         })
     return out
+
+
+def compare_to_baseline(rows: List[Dict], baseline_model: str) -> List[Dict]:
+    """Each measured inference row's speed over the ``baseline_model`` row's (same precision and
+    batch size; > 1: faster than the baseline checkout)."""
+    base = {(r["precision"], r["batch_size"]): r for r in rows if r["model"] == baseline_model and _measured(r)}
+    out = []
+    for r in rows:
+        b = base.get(("fp32", r["batch_size"]))
+        if r["model"] == baseline_model or r["mode"] != "inference" or not _measured(r) or b is None:
+            continue
+        out.append({"model": r["model"], "precision": r["precision"], "batch_size": r["batch_size"],
+                    "speed_ratio": r["images_per_s"] / b["images_per_s"]})
+    return out
+
+
+def _measured(row: Dict) -> bool:
+    return "error" not in row and "skipped" not in row
 
 
 def build_optimizer(cfg, model):
@@ -448,6 +504,38 @@ def _cpu_flags() -> Dict[str, bool]:
     return cpu_flags()
 
 
+def _git_revision(tree: str) -> Optional[str]:
+    try:
+        done = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def time_baseline(tree: str, args, inputs: List[Dict]) -> Dict:
+    """Times ``inputs`` through the model as the checkout ``tree`` builds it (same config path,
+    overrides, seed, threads, iterations and allocator setting), in a subprocess running
+    tools/time_checkout.py with ``tree`` first on its path."""
+    with tempfile.TemporaryDirectory(prefix="detrex_lite_baseline_") as tmp:
+        path = os.path.join(tmp, "inputs.pt")
+        torch.save(inputs, path)
+        command = [
+            sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "time_checkout.py"),
+            "--tree", tree, "--config-file", args.config_file, "--inputs", path, "--iters", str(args.iters),
+            "--warmup", str(args.warmup), "--num-threads", str(torch.get_num_threads()), "--seed", str(args.seed),
+        ]
+        command += ["--tune-allocator"] if args.tune_allocator else []
+        command += ["--opts", *args.opts] if args.opts else []
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
+    if done.returncode != 0:
+        raise RuntimeError(f"time_checkout.py on {tree} failed: {done.stderr.strip().splitlines()[-1:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if os.path.realpath(result["imported_from"]) != os.path.realpath(os.path.join(tree, "detrex_lite")):
+        raise RuntimeError(f"--baseline-tree: the subprocess imported detrex_lite from {result['imported_from']}, not {tree}")
+    return {k: result[k] for k in ("images_per_s", "ms_per_iter", "cpu_ms_per_iter", "peak_mem_mb")}
+
+
 def run(args) -> Dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = load_config(args.config_file, args.opts)
@@ -475,20 +563,36 @@ def run(args) -> Dict:
             models["detrex_lite"], args.image_size, os.path.join(onnx_dir, "model.onnx"), torch.get_num_threads()
         )
         extra["onnxruntime"] = onnx_model.version
-    fast_models: Dict[str, torch.nn.Module] = {}
+    fast_models: Dict[tuple, torch.nn.Module] = {}
 
-    def fast_model(precision: str):
-        """The fast mode for ``precision`` ("fp32"/"bf16"), built once."""
+    def fast_model(precision: str, compiled: bool = False):
+        """The fast mode for ``precision`` ("fp32"/"bf16"), eager or compiled, built once."""
         from detrex_lite.inference import optimize_for_inference
 
-        if precision not in fast_models:
+        key = (precision, compiled)
+        if key not in fast_models:
             start = time.perf_counter()
-            fast = optimize_for_inference(
-                models["detrex_lite"], precision, force_bf16=args.force_bf16, compile=args.compile
+            fast = optimize_for_inference(models["detrex_lite"], precision, force_bf16=args.force_bf16, compile=compiled)
+            fast_models[key] = fast
+            name = precision + ("-compiled" if compiled else "")
+            extra.setdefault("fast_mode_setup_s", {})[name] = time.perf_counter() - start
+        return fast_models[key]
+
+    # bf16 autocast where the CPU has no bf16 instructions runs emulated products (~0.3-0.6
+    # GFLOP/s on an AVX2 machine): a single 800x1333 image would take the better part of an hour.
+    skip_emulated_bf16 = None
+    if device.type == "cpu" and not args.force_bf16:
+        from detrex_lite.inference import bf16_hardware_support, cpu_name
+
+        if bf16_hardware_support() is None:
+            skip_emulated_bf16 = (
+                f"skipped: no native bf16 on this CPU ({cpu_name()}: no AMX, AVX-512 BF16 or Arm BF16); "
+                "--force-bf16 runs it emulated"
             )
-            fast_models[precision] = fast
-            extra.setdefault("fast_mode_setup_s", {})[precision] = time.perf_counter() - start
-        return fast_models[precision]
+    baseline = None
+    if args.baseline_tree:
+        baseline = {"tree": os.path.abspath(args.baseline_tree), "revision": _git_revision(args.baseline_tree)}
+        extra["baseline"] = baseline
 
     def measure(row: Dict, fn, *fn_args, **fn_kwargs) -> None:
         # One failing measurement (e.g. out of memory at batch 4) is reported, not fatal.
@@ -502,6 +606,34 @@ def run(args) -> Dict:
         rows.append(row)
         logger.info(describe_row(row))
 
+    def measure_in_rounds(plan: List, rounds: int) -> None:
+        # Each round times every row once, in order; a row reports its median round (by wall
+        # time), so slow drift and bursts of load on a shared machine hit all rows alike.
+        results: Dict[int, List[Dict]] = {i: [] for i in range(len(plan))}
+        for round_index in range(rounds):
+            for i, (row, fn, fn_args) in enumerate(plan):
+                if fn is None or "error" in row:
+                    continue
+                if round_index > 0 and fn is bench_compiled:
+                    fn = bench_inference  # compiled in the first round
+                try:
+                    results[i].append(fn(*fn_args))
+                except (RuntimeError, ValueError) as err:
+                    logger.error("%s failed: %s", row, err)
+                    row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+        for i, (row, _, _) in enumerate(plan):
+            if results[i] and "error" not in row:
+                ordered = sorted(results[i], key=lambda r: r["ms_per_iter"])
+                row.update({k: v for k, v in ordered[(len(ordered) - 1) // 2].items() if k != "compile_s"})
+                if "compile_s" in results[i][0]:
+                    row["compile_s"] = results[i][0]["compile_s"]
+                if rounds > 1:
+                    row["rounds_ms_per_iter"] = [r["ms_per_iter"] for r in results[i]]
+            rows.append(row)
+            logger.info(describe_row(row))
+
     for precision in args.precisions:
         if precision == "bf16":
             dtype = torch.bfloat16
@@ -514,15 +646,30 @@ def run(args) -> Dict:
                 timed = [(name, model, label, dtype, {}) for name, model in models.items()]
                 if args.fast and precision in ("fp32", "bf16"):
                     fast = fast_model(precision)
-                    timed.insert(1, ("detrex_lite-fast", fast, precision, None, {"runs": fast.inference_precision}))
+                    info = {"runs": fast.inference_precision}
+                    if fast.inference_precision != precision:
+                        # No native bf16: the fast mode is the fp32 one, timed in the fp32 rows.
+                        info["skipped"] = "the fast mode runs fp32 on this CPU (no native bf16): see its fp32 rows"
+                    timed.insert(1, ("detrex_lite-fast", fast, precision, None, info))
+                    if args.compile and "skipped" not in info:
+                        compiled = fast_model(precision, compiled=True)
+                        timed.insert(2, ("detrex_lite-fast-compiled", compiled, precision, None,
+                                         {"runs": compiled.inference_precision, "compile_warmup": True}))
                 if onnx_model is not None and precision == "fp32":
                     timed.append(("onnxruntime", onnx_model, "fp32", None, {}))
+                plan = []  # (row, measurement function or None when skipped, its arguments)
+                if baseline is not None and precision == "fp32":
+                    row = {"model": f"detrex_lite@{baseline['revision']}", "mode": "inference", "precision": "fp32",
+                           "batch_size": bs}
+                    plan.append((row, time_baseline, (baseline["tree"], args, inputs)))
                 for name, model, row_label, row_dtype, info in timed:
-                    measure(
-                        {"model": name, "mode": "inference", "precision": row_label, "batch_size": bs, **info},
-                        bench_inference, model, device, bs, args.image_size, row_dtype, args.iters, args.warmup,
-                        generator, inputs=inputs,
-                    )
+                    row = {"model": name, "mode": "inference", "precision": row_label, "batch_size": bs, **info}
+                    if row_dtype == torch.bfloat16 and skip_emulated_bf16:
+                        row["skipped"] = skip_emulated_bf16
+                    bench = bench_compiled if row.pop("compile_warmup", False) else bench_inference
+                    bench_args = (model, device, bs, args.image_size, row_dtype, args.iters, args.warmup, generator, inputs)
+                    plan.append((row, None if "skipped" in row else bench, bench_args))
+                measure_in_rounds(plan, args.rounds)
         if "train" in args.modes:
             inputs = synthetic_inputs(args.train_batch_size, args.image_size, num_classes, True, generator)
             for name, model in models.items():
@@ -545,6 +692,8 @@ def run(args) -> Dict:
     }
     if "matmul_peak_gflops" in extra:
         add_peak_fractions(rows, extra["model_gflop_per_image"], extra["matmul_peak_gflops"])
+    if baseline is not None:
+        report["baseline_comparison"] = compare_to_baseline(rows, f"detrex_lite@{baseline['revision']}")
     if args.compare_hf:
         import transformers
 
@@ -565,30 +714,41 @@ def describe_row(row: Dict) -> str:
     what = f"{row['model']} {row['mode']} {row['precision']} batch {row['batch_size']}"
     if "error" in row:
         return f"{what}: failed ({row['error']})"
+    if "skipped" in row:
+        return f"{what}: {row['skipped']}"
     speed = f"{row['images_per_s']:.2f} img/s" if row["mode"] == "inference" else f"{row['iters_per_s']:.2f} it/s"
     return f"{what}: {speed} ({row['ms_per_iter']:.1f} ms/iter)"
 
 
 def format_table(report: Dict) -> str:
-    """The header line(s) and a Markdown table of the rows; the model and `ours / HF` columns
-    only when transformers was compared (--compare-hf)."""
+    """The header line(s) and a Markdown table of the rows. Speed ratio columns: "x fp32 eager"
+    (over our model as built in fp32) when several models ran, "x HF fp32" (over transformers
+    in fp32) with --compare-hf, "x <revision>" (over the baseline checkout) with --baseline-tree;
+    each against the row of the same mode and batch size."""
     compared = "hf_transformers" in report
     multi_model = len({r.get("model", "detrex_lite") for r in report["results"]}) > 1
     with_cpu_time = not report["environment"]["device"].startswith("cuda")
     with_peaks = "matmul_peak_gflops" in report
-    ratios = {(c["mode"], c["precision"], c["batch_size"]): c["speed_ratio"] for c in report.get("comparison", [])}
-    # Speed relative to our model as built in fp32, same mode and batch (the "x fp32 eager" column).
-    baselines = {
-        (r["mode"], r["batch_size"]): r.get("images_per_s", r.get("iters_per_s"))
-        for r in report["results"]
-        if r.get("model", "detrex_lite") == "detrex_lite" and r["precision"] == "fp32" and "error" not in r
-    }
+    baseline = report.get("baseline")
+
+    def fp32_speeds(model: str) -> Dict:
+        return {
+            (r["mode"], r["batch_size"]): r.get("images_per_s", r.get("iters_per_s"))
+            for r in report["results"]
+            if r.get("model", "detrex_lite") == model and r["precision"] == "fp32" and _measured(r)
+        }
+
+    references = [fp32_speeds("detrex_lite")] if multi_model else []
+    references += [fp32_speeds("hf_transformers")] if compared else []
+    references += [fp32_speeds(f"detrex_lite@{baseline['revision']}")] if baseline else []
     table = []
     for r in report["results"]:
         model = r.get("model", "detrex_lite")
         precision = r["precision"] if r.get("runs", r["precision"]) == r["precision"] else f"{r['precision']} (ran {r['runs']})"
         if "error" in r:
             cells = [r["mode"], precision, r["batch_size"], r["error"][:60], "-", "-"]
+        elif "skipped" in r:
+            cells = [r["mode"], precision, r["batch_size"], "skipped (see below)", "-", "-"]
         else:
             speed = f"{r['images_per_s']:.2f} img/s" if r["mode"] == "inference" else f"{r['iters_per_s']:.2f} it/s"
             cells = [r["mode"], precision, r["batch_size"], speed, f"{r['ms_per_iter']:.1f}", f"{r['peak_mem_mb']:.0f}"]
@@ -597,13 +757,11 @@ def format_table(report: Dict) -> str:
         if with_peaks:
             cells.append(f"{100 * r['fraction_of_peak']:.1f}% {r['peak_dtype']}" if "fraction_of_peak" in r else "")
         if multi_model:
-            base = baselines.get((r["mode"], r["batch_size"]))
-            speed_key = "images_per_s" if r["mode"] == "inference" else "iters_per_s"
-            relative = r[speed_key] / base if base and speed_key in r else None
-            cells = [model] + cells + [f"{relative:.2f}x" if relative is not None else ""]
-        if compared:
-            ratio = ratios.get((r["mode"], r["precision"], r["batch_size"])) if model == "detrex_lite" else None
-            cells = cells + [f"{ratio:.2f}x" if ratio is not None else ""]
+            cells = [model] + cells
+        speed = r.get("images_per_s", r.get("iters_per_s"))
+        for reference in references:
+            base = reference.get((r["mode"], r["batch_size"]))
+            cells.append(f"{speed / base:.2f}x" if base and speed is not None else "")
         table.append(cells)
     env = report["environment"]
     on_cuda = env["device"].startswith("cuda")
@@ -636,9 +794,12 @@ def format_table(report: Dict) -> str:
         headers.append("of peak")
     if multi_model:
         headers = ["model"] + headers + ["x fp32 eager"]
-    if compared:
-        headers = headers + ["ours / HF"]
-    return header + "\n" + tabulate(table, headers=headers, tablefmt="pipe")
+    headers += ["x HF fp32"] if compared else []
+    headers += [f"x {baseline['revision']}"] if baseline else []
+    notes = sorted({r["skipped"] for r in report["results"] if "skipped" in r})
+    notes += [f"{r['model']} batch {r['batch_size']}: first two calls (compiling) took {r['compile_s']:.1f} s, not timed"
+              for r in report["results"] if "compile_s" in r]
+    return header + "\n" + tabulate(table, headers=headers, tablefmt="pipe") + "".join("\n" + n for n in notes)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:

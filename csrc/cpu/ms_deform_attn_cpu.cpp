@@ -440,8 +440,10 @@ bool needs_float32_copy(const at::Tensor& value) {
   return value.scalar_type() == at::kHalf || value.scalar_type() == at::kBFloat16;
 }
 
-// Forward on checked CPU inputs that share one dtype, float or double.
-at::Tensor forward_kernel(
+// Forward on checked CPU inputs: value stored as value_t; locations, weights, sums and the
+// output as scalar_t (value_t == scalar_t for float / double; bfloat16 value with float32 rest).
+template <typename scalar_t, typename value_t>
+at::Tensor forward_as(
     const at::Tensor& value_in,
     const at::Tensor& spatial_shapes_in,
     const at::Tensor& level_start_index_in,
@@ -453,40 +455,28 @@ at::Tensor forward_kernel(
   const auto loc = sampling_loc_in.contiguous();
   const auto attn = attn_weight_in.contiguous();
   const Dims d = dims_of(value, spatial_shapes, loc);
-  auto out = at::empty({d.N, d.Lq, d.M * d.D}, value.options());
+  auto out = at::empty({d.N, d.Lq, d.M * d.D}, loc.options());
   if (out.numel() == 0) return out;
   if (d.L * d.P == 0) return out.zero_();
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-    Args<scalar_t> a{value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-                     level_start.data_ptr<int64_t>(), loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
-                     nullptr, out.data_ptr<scalar_t>(), nullptr, nullptr, d};
-    run_forward(a);
-  });
+  Args<scalar_t, value_t> a{value.data_ptr<value_t>(), spatial_shapes.data_ptr<int64_t>(),
+                            level_start.data_ptr<int64_t>(), loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
+                            nullptr, out.data_ptr<scalar_t>(), nullptr, nullptr, d};
+  run_forward(a);
   return out;
 }
 
-// Forward of a bfloat16 value (N, S, M, D) read as it is, with float32 locations and weights;
-// float32 sums, the output rounded to bfloat16 once at the end.
-at::Tensor forward_kernel_bf16_value(
-    const at::Tensor& value_in,
-    const at::Tensor& spatial_shapes_in,
-    const at::Tensor& level_start_index_in,
-    const at::Tensor& sampling_loc_in,
-    const at::Tensor& attn_weight_in) {
-  const auto value = value_in.contiguous();
-  const auto spatial_shapes = spatial_shapes_in.contiguous().cpu();
-  const auto level_start = level_start_index_in.contiguous().cpu();
-  const auto loc = sampling_loc_in.contiguous();
-  const auto attn = attn_weight_in.contiguous();
-  const Dims d = dims_of(value, spatial_shapes, loc);
-  auto out = at::empty({d.N, d.Lq, d.M * d.D}, value.options().dtype(at::kFloat));
-  if (out.numel() == 0) return out.to(at::kBFloat16);
-  if (d.L * d.P == 0) return out.zero_().to(at::kBFloat16);
-  Args<float, c10::BFloat16> a{value.data_ptr<c10::BFloat16>(), spatial_shapes.data_ptr<int64_t>(),
-                              level_start.data_ptr<int64_t>(), loc.data_ptr<float>(), attn.data_ptr<float>(),
-                              nullptr, out.data_ptr<float>(), nullptr, nullptr, d};
-  run_forward(a);
-  return out.to(at::kBFloat16);
+// Forward on checked CPU inputs that share one dtype, float or double.
+at::Tensor forward_kernel(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc,
+    const at::Tensor& attn_weight) {
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
+    out = forward_as<scalar_t, scalar_t>(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  });
+  return out;
 }
 
 // Backward on checked CPU inputs that share one dtype, float or double.
@@ -538,7 +528,9 @@ at::Tensor ms_deform_attn_forward_cpu(
   if (value.scalar_type() == at::kBFloat16 && sampling_loc.scalar_type() == at::kFloat &&
       attn_weight.scalar_type() == at::kFloat) {
     // What MultiScaleDeformableAttention passes in a bfloat16 model: value read as bfloat16.
-    return forward_kernel_bf16_value(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+    // Float32 sums, the output rounded to bfloat16 once at the end.
+    return forward_as<float, c10::BFloat16>(value, spatial_shapes, level_start_index, sampling_loc, attn_weight)
+        .to(at::kBFloat16);
   }
   // Half/bfloat16 value; locations and weights are value's dtype or already float32 (no copy).
   const auto out = forward_kernel(

@@ -147,6 +147,9 @@ class DETRBase(nn.Module):
         """
         if self.training or not self.batch_invariant_inference:
             features = self._backbone_neck(images.tensor)
+        elif len(images) == 1:
+            # One image: the per-image pass is the batch pass on the unpadded image, no padding.
+            features = self._backbone_neck(images[0][None])
         else:
             # images[i] is the unpadded image (also without size_divisibility padding).
             per_image = [self._backbone_neck(images[i][None]) for i in range(len(images))]
