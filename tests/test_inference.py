@@ -42,25 +42,26 @@ def _model(variant):
         for head in model.bbox_embed if isinstance(model.bbox_embed, torch.nn.ModuleList) else [model.bbox_embed]:
             torch.nn.init.normal_(head.layers[-1].weight, std=0.3)
         # Non-trivial frozen statistics, so that folding them is tested.
-        for module in model.modules():
-            if isinstance(module, FrozenBatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
+        _randomize_frozen_statistics(model, spread=0.2, min_var=0.5)
     return model
+
+
+def _randomize_frozen_statistics(module: torch.nn.Module, spread: float, min_var: float) -> None:
+    """Every FrozenBatchNorm2d: weight in [0.5, 1.5], bias and mean in [-spread, spread], variance
+    in [min_var, 2]."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-spread, spread)
+                m.running_mean.uniform_(-spread, spread)
+                m.running_var.uniform_(min_var, 2.0)
 
 
 def test_fold_frozen_batchnorm_equals_unfolded():
     torch.manual_seed(0)
     backbone = build_resnet(depth=18, stem_out_channels=8, freeze_at=0).eval()
-    with torch.no_grad():
-        for module in backbone.modules():
-            if isinstance(module, FrozenBatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.2, 2.0)
+    _randomize_frozen_statistics(backbone, spread=0.5, min_var=0.2)
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         expected = backbone(x)

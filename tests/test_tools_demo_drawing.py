@@ -7,10 +7,7 @@ import pytest
 import torch
 
 from detrex_lite.utils.draw import GROUND_TRUTH_COLOR, class_color, draw_detections
-from test_tools_demo import setup  # noqa: F401  (the tiny model, its config and input images)
-from tools_tiny_models import load_tool
-
-demo = load_tool("demo")
+from test_tools_demo import _Records, demo, setup  # noqa: F401  (setup: the tiny model, its config and input images)
 
 
 def _changed(a, b):
@@ -62,15 +59,6 @@ def test_help_shows_every_default(capsys):
     assert "(default: 0.5)" in text and "(default: 1.0)" in text
     for option in ("--scale", "--line-width", "--font-scale", "--dataset"):
         assert option in text
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 
 def test_nothing_above_the_threshold_is_said_with_the_best_score(setup, tmp_path):  # noqa: F811

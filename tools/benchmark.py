@@ -448,12 +448,12 @@ def compare(rows: List[Dict]) -> List[Dict]:
 
 
 def compare_to_baseline(rows: List[Dict], baseline_model: str) -> List[Dict]:
-    """Each measured inference row's speed over the ``baseline_model`` row's (same precision and
-    batch size; > 1: faster than the baseline checkout)."""
-    base = {(r["precision"], r["batch_size"]): r for r in rows if r["model"] == baseline_model and _measured(r)}
+    """Each measured inference row's speed over the ``baseline_model`` row's (same batch size; the
+    baseline is timed in fp32 only; > 1: faster than the baseline checkout)."""
+    base = {r["batch_size"]: r for r in rows if r["model"] == baseline_model and _measured(r)}  # fp32 rows only
     out = []
     for r in rows:
-        b = base.get(("fp32", r["batch_size"]))
+        b = base.get(r["batch_size"])
         if r["model"] == baseline_model or r["mode"] != "inference" or not _measured(r) or b is None:
             continue
         out.append({"model": r["model"], "precision": r["precision"], "batch_size": r["batch_size"],
@@ -475,33 +475,20 @@ def build_optimizer(cfg, model):
 
 
 def environment(device: torch.device) -> Dict:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+    from detrex_lite.inference import cpu_flags, cpu_name
+
     return {
         "device": str(device),
-        "device_name": name,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "num_threads": torch.get_num_threads(),
-        **({"cpu_flags": _cpu_flags(), "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}
+        **({"cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}
            if device.type == "cpu" else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
     }
-
-
-def _cpu_flags() -> Dict[str, bool]:
-    from detrex_lite.inference import cpu_flags
-
-    return cpu_flags()
 
 
 def _git_revision(tree: str) -> Optional[str]:
@@ -509,7 +496,7 @@ def _git_revision(tree: str) -> Optional[str]:
         done = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     except OSError:
         return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def time_baseline(tree: str, args, inputs: List[Dict]) -> Dict:
@@ -556,12 +543,10 @@ def run(args) -> Dict:
                     extra["model_gflop_per_image"])
     onnx_model = None
     if args.onnx:
-        import tempfile
-
-        onnx_dir = tempfile.mkdtemp(prefix="detrex_lite_bench_")
-        onnx_model = OnnxRuntimeDetector(
-            models["detrex_lite"], args.image_size, os.path.join(onnx_dir, "model.onnx"), torch.get_num_threads()
-        )
+        with tempfile.TemporaryDirectory(prefix="detrex_lite_bench_") as onnx_dir:  # the session keeps the graph
+            onnx_model = OnnxRuntimeDetector(
+                models["detrex_lite"], args.image_size, os.path.join(onnx_dir, "model.onnx"), torch.get_num_threads()
+            )
         extra["onnxruntime"] = onnx_model.version
     fast_models: Dict[tuple, torch.nn.Module] = {}
 
@@ -594,21 +579,10 @@ def run(args) -> Dict:
         baseline = {"tree": os.path.abspath(args.baseline_tree), "revision": _git_revision(args.baseline_tree)}
         extra["baseline"] = baseline
 
-    def measure(row: Dict, fn, *fn_args, **fn_kwargs) -> None:
-        # One failing measurement (e.g. out of memory at batch 4) is reported, not fatal.
-        try:
-            row.update(fn(*fn_args, **fn_kwargs))
-        except (RuntimeError, ValueError) as err:
-            logger.error("%s failed: %s", row, err)
-            row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        rows.append(row)
-        logger.info(describe_row(row))
-
     def measure_in_rounds(plan: List, rounds: int) -> None:
         # Each round times every row once, in order; a row reports its median round (by wall
-        # time), so slow drift and bursts of load on a shared machine hit all rows alike.
+        # time), so slow drift and bursts of load on a shared machine hit all rows alike. One
+        # failing measurement (e.g. out of memory at batch 4) is reported in its row, not fatal.
         results: Dict[int, List[Dict]] = {i: [] for i in range(len(plan))}
         for round_index in range(rounds):
             for i, (row, fn, fn_args) in enumerate(plan):
@@ -674,11 +648,10 @@ def run(args) -> Dict:
             inputs = synthetic_inputs(args.train_batch_size, args.image_size, num_classes, True, generator)
             for name, model in models.items():
                 optimizer = build_optimizer(cfg, model)  # the config's optimizer and lr groups, for both
-                measure(
-                    {"model": name, "mode": "train", "precision": label, "batch_size": args.train_batch_size},
-                    bench_train, model, optimizer, device, args.train_batch_size, args.image_size, num_classes,
-                    dtype, args.iters, args.warmup, generator, inputs=inputs,
-                )
+                row = {"model": name, "mode": "train", "precision": label, "batch_size": args.train_batch_size}
+                bench_args = (model, optimizer, device, args.train_batch_size, args.image_size, num_classes, dtype,
+                              args.iters, args.warmup, generator, inputs)
+                measure_in_rounds([(row, bench_train, bench_args)], 1)
                 del optimizer  # its state would count in the next measurement's peak memory
     report = {
         "config_file": args.config_file,

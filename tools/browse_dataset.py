@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from detrex_lite.analysis import AnalysisError  # noqa: E402
 from detrex_lite.config import ConfigError, apply_overrides_checked, load_config_file  # noqa: E402
+from detrex_lite.data import non_crowd_boxes  # noqa: E402
 from detrex_lite.utils import json_io  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.browse_dataset")
@@ -48,14 +49,6 @@ def box_stats(classes, boxes_xyxy, class_names) -> dict:
     for a in areas:
         sizes[size_bin(a)] += 1
     return {"boxes": int(len(boxes)), "per_class": per_class, "sizes": sizes}
-
-
-def _raw_boxes(record):
-    from detectron2.structures import BoxMode
-
-    annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
-    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), [a["category_id"] for a in annotations]
 
 
 def load_split(cfg, split: str):
@@ -95,7 +88,7 @@ def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: st
         raise AnalysisError(f"dataloader.{split}.dataset is empty")
     all_boxes, all_classes = [], []
     for record in dicts:
-        boxes, classes = _raw_boxes(record)
+        boxes, classes = non_crowd_boxes(record.get("annotations", []))
         all_boxes.append(boxes)
         all_classes += classes
     dataset_stats = box_stats(all_classes, np.concatenate(all_boxes), class_names)
@@ -115,7 +108,7 @@ def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: st
         record = dicts[index]
         if raw:
             image = read_image(record["file_name"], format="RGB")
-            boxes, classes = _raw_boxes(record)
+            boxes, classes = non_crowd_boxes(record.get("annotations", []))
         else:
             np.random.seed(seed * 100003 + index)  # detectron2's augmentations draw from np.random
             random.seed(seed * 100003 + index)

@@ -39,7 +39,7 @@ from detectron2.structures import Instances  # noqa: E402
 from detrex_lite.checkpoint import CheckpointError  # noqa: E402
 from detrex_lite.predictor import Predictor  # noqa: E402
 from detrex_lite.utils import json_io  # noqa: E402
-from detrex_lite.utils.draw import draw_detections  # noqa: E402
+from detrex_lite.utils.draw import draw_detections, scaled_size  # noqa: E402
 from detrex_lite.utils.logger import setup_logger  # noqa: E402
 
 logger = logging.getLogger("detrex_lite.demo")
@@ -169,19 +169,14 @@ def load_ground_truth(dataset: str) -> Dict[str, dict]:
     """{image file name: {"boxes": (G, 4) absolute xyxy, "classes": [contiguous ids]}} of a
     registered dataset (crowd boxes left out)."""
     from detectron2.data import DatasetCatalog
-    from detectron2.structures import BoxMode
 
-    import detrex_lite.data  # noqa: F401  (registers the demo datasets and the COCO layout)
+    from detrex_lite.data import non_crowd_boxes  # (importing it registers the demo datasets)
 
     if dataset not in DatasetCatalog.list():
         raise KeyError(f"--dataset {dataset}: not a registered dataset (e.g. detrex_demo_val, coco_2017_val)")
     index: Dict[str, dict] = {}
     for record in DatasetCatalog.get(dataset):
-        annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
-        boxes = np.array(
-            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float64
-        ).reshape(-1, 4)
-        classes = [a["category_id"] for a in annotations]
+        boxes, classes = non_crowd_boxes(record.get("annotations", []))
         index[ground_truth_key(record["file_name"])] = {"boxes": boxes, "classes": classes}
     return index
 
@@ -247,7 +242,8 @@ def run_video(
 ) -> Tuple[List[dict], int]:
     """Draws every frame into ``out_path``; returns the COCO results and the frame count."""
     frames, fps, count, (width, height) = read_frames(path)
-    size = (max(1, int(round(width * drawer.scale))), max(1, int(round(height * drawer.scale))))
+    out_h, out_w = scaled_size(height, width, drawer.scale)
+    size = (out_w, out_h)
     writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise OSError(f"cannot write video {out_path}")
@@ -271,7 +267,7 @@ def run_video(
     return results, num_frames
 
 
-def _run_inputs(args, predictor: Predictor, drawer: Drawer, ground_truth, progress) -> Tuple[List[dict], List[str]]:
+def _run_inputs(args, predictor: Predictor, drawer: Drawer, progress) -> Tuple[List[dict], List[str]]:
     """Predicts and draws every input; returns the COCO results and the inputs skipped."""
     used_names: Dict[str, int] = {}
     results: List[dict] = []
@@ -302,7 +298,7 @@ def _run_inputs(args, predictor: Predictor, drawer: Drawer, ground_truth, progre
                 "%s is small (%dx%d): --scale %d draws it larger with readable labels",
                 path, image_rgb.shape[1], image_rgb.shape[0], math.ceil(640 / max(image_rgb.shape[:2])),
             )
-        if ground_truth is not None and ground_truth_key(path) not in ground_truth:
+        if drawer.ground_truth is not None and ground_truth_key(path) not in drawer.ground_truth:
             logger.info("%s: not an image of --dataset %s, no ground truth drawn", path, args.dataset)
         drawn = drawer(image_rgb, instances, path)
         out_path = os.path.join(args.output, name)
@@ -316,16 +312,17 @@ def _run_inputs(args, predictor: Predictor, drawer: Drawer, ground_truth, progre
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     setup_logger()
     if args.scale <= 0:
-        get_parser().error(f"--scale {args.scale}: expected > 0")
+        parser.error(f"--scale {args.scale}: expected > 0")
     ground_truth = None
     if args.dataset:
         try:
             ground_truth = load_ground_truth(args.dataset)
         except KeyError as err:
-            get_parser().error(str(err.args[0]))
+            parser.error(str(err.args[0]))
     fast = dict(precision=args.precision, force_bf16=args.force_bf16)
     try:
         if args.run:
@@ -342,7 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     progress = tqdm.tqdm(paths, desc="demo", unit="input")
     # Log lines go through tqdm.write while the bar runs, so that they do not split it.
     with logging_redirect_tqdm(loggers=[logging.getLogger("detrex_lite")]):
-        results, skipped = _run_inputs(args, predictor, drawer, ground_truth, progress)
+        results, skipped = _run_inputs(args, predictor, drawer, progress)
 
     if args.json:
         json_io.dump(results, os.path.join(args.output, "detections.json"), indent=None)

@@ -17,11 +17,9 @@ checkout's and not this one's).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
+import importlib.util
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -29,13 +27,13 @@ from typing import Dict, List, Optional, Sequence
 
 
 def _tune_allocator() -> bool:
-    # Kept self-contained (an old checkout may not have detrex_lite.inference.tune_cpu_allocator);
-    # the same settings: no mmap for large blocks, no trimming (see that function).
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2**31 - 1) == 1
+    """This checkout's :func:`detrex_lite.inference.tune_cpu_allocator` (an old ``--tree`` may not
+    have it), loaded from its file: ``import detrex_lite`` here must find the timed checkout's."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "detrex_lite", "inference.py")
+    spec = importlib.util.spec_from_file_location("_time_checkout_inference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tune_cpu_allocator()
 
 
 def time_checkout(

@@ -130,10 +130,9 @@ def _spawned_main(args):
     try:
         return main(args)
     except TrainingInterrupted as e:
-        import torch.distributed as dist
-
-        comm.synchronize()  # every rank has run its after_train hooks (rank 0: its last writes)
-        dist.destroy_process_group()  # together, so that no rank waits for one that has left
+        # Every rank has run its after_train hooks (rank 0: its last writes) before any leaves;
+        # launch's _run_rank then shuts the process group down.
+        comm.synchronize()
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:  # a second Ctrl-C: each worker has said so; no traceback per rank
         raise SystemExit(INTERRUPT_EXIT_CODE) from None

@@ -5,7 +5,7 @@ Importing this package registers the synthetic demo datasets "detrex_demo_train"
 detectron2 itself ("coco_2017_train", "coco_2017_val", under ``$DETECTRON2_DATASETS``).
 """
 from .coco import DatasetError, accepted_ground_truth, build_coco_evaluator, load_coco_detection_json, read_coco_json, register_coco_dataset
-from .dataset_mapper import DetrDatasetMapper, ImageReadError, read_image
+from .dataset_mapper import DetrDatasetMapper, ImageReadError, non_crowd_boxes, read_image
 from .demo_dataset import (
     DEMO_CLASSES,
     DEMO_DATASET_NAMES,

@@ -12,12 +12,20 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetrDatasetMapper", "ImageReadError", "read_image"]
+__all__ = ["DetrDatasetMapper", "ImageReadError", "non_crowd_boxes", "read_image"]
 
 # Single-channel 16-bit images (PNG, TIFF). PIL's convert("RGB") clips them at 255 (white).
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # Modes whose values have no faithful 8-bit reading (range unknown): refused.
 _UNREPRESENTABLE_MODES = {"I": "32-bit integer", "F": "32-bit float"}
+
+
+def non_crowd_boxes(annotations: list) -> tuple:
+    """The non-crowd annotations of a detectron2 dataset dict as (G, 4) float64 absolute xyxy boxes
+    (any ``bbox_mode`` converted) and their ``category_id`` list."""
+    annotations = [a for a in annotations if not a.get("iscrowd", 0)]
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), [a["category_id"] for a in annotations]
 
 
 class ImageReadError(OSError):
@@ -110,12 +118,8 @@ class DetrDatasetMapper:
 
     def _transform_annotations(self, annotations, transforms, image_size):
         """Non-crowd boxes through ``transforms``, clipped to ``image_size`` = (H, W); empty ones dropped."""
-        annotations = [a for a in annotations if a.get("iscrowd", 0) == 0]
-        boxes = np.array(
-            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
-            dtype=np.float64,
-        ).reshape(-1, 4)
-        classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
+        boxes, classes = non_crowd_boxes(annotations)
+        classes = np.array(classes, dtype=np.int64)
         if len(boxes):
             boxes = transforms.apply_box(boxes)
         height, width = image_size

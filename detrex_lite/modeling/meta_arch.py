@@ -36,6 +36,16 @@ def select_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tenso
     return topk_scores, topk_idx % num_classes, torch.div(topk_idx, num_classes, rounding_mode="floor")
 
 
+def pad_and_concat(maps: List[torch.Tensor]) -> torch.Tensor:
+    """Per-image maps (1, C, h_i, w_i) -> (N, C, max h_i, max w_i), zero-padded at the bottom and
+    right; a single map is returned as it is (no copy)."""
+    if len(maps) == 1:
+        return maps[0]
+    feat_h = max(m.shape[-2] for m in maps)
+    feat_w = max(m.shape[-1] for m in maps)
+    return torch.cat([F.pad(m, (0, feat_w - m.shape[-1], 0, feat_h - m.shape[-2])) for m in maps])
+
+
 def gather_queries(x: torch.Tensor, query_idx: torch.Tensor) -> torch.Tensor:
     """x (B, Q, C) at query indices (B, k) -> (B, k, C)."""
     return torch.gather(x, 1, query_idx[..., None].expand(-1, -1, x.shape[-1]))
@@ -147,20 +157,10 @@ class DETRBase(nn.Module):
         """
         if self.training or not self.batch_invariant_inference:
             features = self._backbone_neck(images.tensor)
-        elif len(images) == 1:
-            # One image: the per-image pass is the batch pass on the unpadded image, no padding.
-            features = self._backbone_neck(images[0][None])
         else:
             # images[i] is the unpadded image (also without size_divisibility padding).
             per_image = [self._backbone_neck(images[i][None]) for i in range(len(images))]
-            features = []
-            for level in range(len(per_image[0])):
-                maps = [f[level] for f in per_image]
-                feat_h = max(m.shape[-2] for m in maps)
-                feat_w = max(m.shape[-1] for m in maps)
-                features.append(
-                    torch.cat([F.pad(m, (0, feat_w - m.shape[-1], 0, feat_h - m.shape[-2])) for m in maps])
-                )
+            features = [pad_and_concat([f[level] for f in per_image]) for level in range(len(per_image[0]))]
         shapes = [tuple(f.shape[-2:]) for f in features]
         masks = [m.to(self.device) for m in self.feature_masks(images.image_sizes, shapes, self.feature_strides)]
         return features, masks

@@ -78,6 +78,11 @@ def _label(image: np.ndarray, text: str, box, color, font_scale: float, above: b
     cv2.putText(image, text, (left + pad, top + pad + th), _FONT, font_scale, text_color, thickness, cv2.LINE_AA)
 
 
+def scaled_size(height: int, width: int, scale: float) -> Tuple[int, int]:
+    """(height, width) of an image drawn at ``scale`` (what :func:`draw_detections` returns)."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
 def draw_detections(
     image_rgb: np.ndarray,
     boxes: np.ndarray,
@@ -111,7 +116,7 @@ def draw_detections(
     if scale <= 0:
         raise ValueError(f"scale={scale}: expected > 0")
     h, w = image_rgb.shape[:2]
-    out_h, out_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    out_h, out_w = scaled_size(h, w, scale)
     if (out_h, out_w) == (h, w):
         out = np.ascontiguousarray(image_rgb).copy()
     else:
