@@ -16,14 +16,11 @@ from typing import Dict, List, Optional
 
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from detrex_lite.errors import AnalysisError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
-
-
-class AnalysisError(Exception):
-    """A missing file, an unknown dataset or predictions that do not fit the dataset."""
 
 
 def _registered(dataset_name: str) -> None:

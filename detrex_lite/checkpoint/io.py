@@ -7,6 +7,7 @@ import re
 from typing import Any, Dict, Optional
 
 import torch
+from detrex_lite.errors import CheckpointError, CheckpointFileError  # noqa: F401  (re-exported)
 
 __all__ = [
     "CheckpointError", "CheckpointFileError", "load_state_dict", "read_checkpoint", "read_hf_config", "save_checkpoint",
@@ -15,15 +16,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used (unreadable, or does not fit the model). ``str(err)`` is one
-    line naming the file and what to do, for command-line tools to print as it is."""
-
-
-class CheckpointFileError(CheckpointError):
-    """The file is not a checkpoint this project can read (empty, text, damaged, not a dict)."""
 
 
 _WHAT_TO_DO = (

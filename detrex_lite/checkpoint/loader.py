@@ -25,6 +25,7 @@ from torch import nn
 from .arch import ARCH_OPTIONS, explain_mismatch, keys_point_at, model_arch, state_dict_arch, tied_groups
 from .io import CheckpointError, read_checkpoint
 from .rename import strip_prefix
+from detrex_lite.errors import CheckpointMismatchError  # noqa: F401  (re-exported)
 
 __all__ = [
     "PURPOSES", "CheckpointMismatchError", "LoadReport", "load_weights", "apply_state_dict",
@@ -38,15 +39,6 @@ PURPOSES = ("train", "resume", "eval", "predict", "export")
 # Class heads of DETR-family models: their first dimension is the number of classes.
 CLASS_HEAD_RE = re.compile(r"(?:.*\.)?class_embed(?:\.\d+)?\.(?:weight|bias)")
 _LIST_LIMIT = 6
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint does not fit the model (names, shapes or architecture). ``str(err)`` is
-    one line; ``err.details`` lists every offending key."""
-
-    def __init__(self, message: str, details: str = ""):
-        super().__init__(message)
-        self.details = details
 
 
 @dataclass

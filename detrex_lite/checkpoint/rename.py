@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
+from detrex_lite.errors import ConversionError  # noqa: F401  (re-exported)
 
 __all__ = [
     "Rule",
@@ -24,13 +25,6 @@ __all__ = [
 ]
 
 Replacement = Union[str, Callable[["re.Match"], str], None]
-
-
-class ConversionError(KeyError):
-    """A state dict cannot be converted: unknown keys, collisions, or missing pieces."""
-
-    def __str__(self):  # KeyError would otherwise print the message with quotes
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)

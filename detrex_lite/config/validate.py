@@ -10,10 +10,7 @@ from typing import Any, List, Sequence, Tuple
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detectron2.config import LazyConfig
-
-
-class ConfigError(Exception):
-    """A mistake in a config file, an override or a path given to train_net."""
+from detrex_lite.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 _MISSING = object()

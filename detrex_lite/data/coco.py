@@ -20,15 +20,12 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+from detrex_lite.errors import DatasetError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DatasetError", "accepted_ground_truth", "read_coco_json", "load_coco_detection_json", "register_coco_dataset",
            "build_coco_evaluator"]
-
-
-class DatasetError(ValueError):
-    """A dataset's annotation file is malformed; the message names the file and the record."""
 
 
 def read_coco_json(json_file):

@@ -9,6 +9,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.file_io import PathManager
 from PIL import Image
+from detrex_lite.errors import ImageReadError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ def non_crowd_boxes(annotations: list) -> tuple:
     annotations = [a for a in annotations if not a.get("iscrowd", 0)]
     boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), [a["category_id"] for a in annotations]
-
-
-class ImageReadError(OSError):
-    """An image file is missing or cannot be decoded; the message names the file and image id."""
 
 
 def read_image(file_name: str, img_format: str = "RGB") -> np.ndarray:

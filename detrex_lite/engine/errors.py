@@ -2,6 +2,7 @@
 
 Each message names what went wrong, where (iteration, file) and what to do about it.
 """
+from detrex_lite.errors import NonFiniteLossError, CheckpointWriteError, OutputDirBusyError  # noqa: F401  (re-exported)
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry later". A run that
 # stopped on SIGTERM / SIGUSR1 after writing a checkpoint exits with it; tools/submit_slurm.sh
@@ -9,15 +10,6 @@ Each message names what went wrong, where (iteration, file) and what to do about
 REQUEUE_EXIT_CODE = 75
 # What a shell reports for a program stopped by Ctrl-C (128 + SIGINT): not requeued.
 INTERRUPT_EXIT_CODE = 130
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss, the matching cost or the weights became NaN or infinite; training stops before
-    anything non-finite is stepped into the optimizer or written to a checkpoint."""
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (e.g. the disk is full); nothing was replaced."""
 
 
 class TrainingInterrupted(BaseException):
@@ -52,7 +44,3 @@ def non_finite_message(what: str, iteration: int, details: str, last_checkpoint:
     else:
         advice = "last good checkpoint: none saved yet (start again with a lower optimizer.lr, or with train.amp.enabled=False)"
     return f"non-finite {what} at iteration {iteration}: {details}; {advice}"
-
-
-class OutputDirBusyError(RuntimeError):
-    """Another live run holds the output folder's lock."""

@@ -1,0 +1,83 @@
+"""Every error detrex_lite raises on purpose, under one base class.
+
+``str(err)`` of a :class:`DetrexError` is one line that names the file, key or shape at fault and
+what to do; command-line tools print it as it is and exit 2 (no traceback). Each class also keeps
+the builtin base it had before (``OSError``, ``ValueError``, ...), so ``except OSError`` in user
+code still catches an unreadable image.
+
+This module imports nothing but the standard library: any tool can catch these errors without
+paying for torch.
+"""
+
+__all__ = [
+    "DetrexError",
+    "ConfigError",
+    "DatasetError",
+    "ImageReadError",
+    "CheckpointError",
+    "CheckpointFileError",
+    "CheckpointMismatchError",
+    "ConversionError",
+    "AnalysisError",
+    "NonFiniteLossError",
+    "CheckpointWriteError",
+    "OutputDirBusyError",
+]
+
+
+class DetrexError(Exception):
+    """Base of the errors detrex_lite raises deliberately; ``str(err)`` is the one-line message."""
+
+
+class ConfigError(DetrexError):
+    """A mistake in a config file, an override or a path given to a tool."""
+
+
+class DatasetError(DetrexError, ValueError):
+    """A dataset's annotation file is malformed; the message names the file and the record."""
+
+
+class ImageReadError(DetrexError, OSError):
+    """An image file is missing or cannot be decoded; the message names the file and image id."""
+
+
+class CheckpointError(DetrexError, RuntimeError):
+    """A checkpoint cannot be used (unreadable, or does not fit the model). ``str(err)`` is one
+    line naming the file and what to do, for command-line tools to print as it is."""
+
+
+class CheckpointFileError(CheckpointError):
+    """The file is not a checkpoint this project can read (empty, text, damaged, not a dict)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint does not fit the model (names, shapes or architecture). ``str(err)`` is
+    one line; ``err.details`` lists every offending key."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
+class ConversionError(DetrexError, KeyError):
+    """A state dict cannot be converted: unknown keys, collisions, or missing pieces."""
+
+    def __str__(self):  # KeyError would otherwise print the message with quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class AnalysisError(DetrexError):
+    """A missing file, an unknown dataset or predictions that do not fit the dataset."""
+
+
+class NonFiniteLossError(DetrexError, FloatingPointError):
+    """The loss, the matching cost or the weights became NaN or infinite; training stops before
+    anything non-finite is stepped into the optimizer or written to a checkpoint."""
+
+
+class CheckpointWriteError(DetrexError, OSError):
+    """A checkpoint could not be written (e.g. the disk is full); nothing was replaced."""
+
+
+class OutputDirBusyError(DetrexError, RuntimeError):
+    """Another live run holds the output folder's lock."""
