@@ -13,8 +13,8 @@ from detrex_lite.checkpoint import (
     CheckpointMismatchError,
     convert_state_dict,
     load_weights,
+    model_arch,
 )
-from detrex_lite.checkpoint.arch import model_arch
 from tools_tiny_models import tiny_deformable_detr_config, tiny_detr_config
 
 STRICT = ("eval", "predict", "export")

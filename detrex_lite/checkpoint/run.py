@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from .arch import model_arch
+from .family import model_arch
 from .io import CheckpointFileError
 
 __all__ = [

@@ -7,7 +7,7 @@ and heads) -> training: the criterion on :meth:`~DETRBase.prepare_targets`; eval
 :meth:`~DETRBase.detections_to_instances` (boxes to the original image size).
 """
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import ClassVar, Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.modeling.postprocessing import detector_postprocess
@@ -15,6 +15,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torch.nn import functional as F
 
+from detrex_lite.checkpoint.family import WeightFamily
 from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
 __all__ = ["DETRBase", "gather_queries", "select_topk"]
@@ -60,7 +61,13 @@ class DETRBase(nn.Module):
       heads on the neck's levels (a list for every model), criterion-style outputs;
     * :meth:`select_detections` ``(outputs) -> (scores, labels, boxes)``: how it scores boxes.
 
-    Export, the predictor, FLOP counting and the tests call the same hooks.
+    Export, the predictor, FLOP counting and the tests call the same hooks. Two more are
+    declared, with neutral defaults:
+
+    * :attr:`weight_family`: what the model family knows about its weights (arch facts, class
+      heads, released formats), which the loader and the converter ask
+      (:class:`~detrex_lite.checkpoint.family.WeightFamily`; docs/architecture.md);
+    * :meth:`float32_modules`: what a reduced-precision inference mode keeps in float32.
 
     Args:
         backbone: a detectron2 ``Backbone`` (dict of named feature maps).
@@ -75,6 +82,9 @@ class DETRBase(nn.Module):
             runs the padded batch.
         size_divisibility: pad the batch so H and W are multiples of this (0: no constraint).
     """
+
+    # A family declares its own (e.g. ``DeformableDETRWeights()``); this one explains nothing.
+    weight_family: ClassVar[WeightFamily] = WeightFamily()
 
     def __init__(
         self,
@@ -212,10 +222,10 @@ class DETRBase(nn.Module):
         raise NotImplementedError
 
     def float32_modules(self) -> List[nn.Module]:
-        """Modules a reduced-precision inference mode keeps in float32 (what turns features into
-        scores and box coordinates): the class and box heads by default. See
-        :func:`detrex_lite.inference.optimize_for_inference`."""
-        return [self.class_embed, self.bbox_embed]
+        """Modules a reduced-precision inference mode keeps in float32: what turns features into
+        scores and box coordinates (a model lists its prediction heads). None by default: the
+        base class owns no head. See :func:`detrex_lite.inference.optimize_for_inference`."""
+        return []
 
     @property
     def min_encoder_tokens(self) -> int:
