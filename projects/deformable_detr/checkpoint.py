@@ -90,13 +90,20 @@ _HF_TO_OFFICIAL = [
 ]
 
 
+# Detection must claim only this family's layout (other multi-scale families, e.g. DINO, also have
+# a level embedding): the query-placing layer exists exactly once, reference_points one-stage and
+# pos_trans two-stage, in both the official and the HF model.
 def is_hf_deformable_detr(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return "model.level_embed" in state_dict
+    return "model.level_embed" in state_dict and (
+        "model.reference_points.weight" in state_dict or "model.pos_trans.weight" in state_dict
+    )
 
 
 def is_official_deformable_detr(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return "transformer.level_embed" in state_dict and any(
-        k.startswith("backbone.0.body.") for k in state_dict
+    return (
+        "transformer.level_embed" in state_dict
+        and ("transformer.reference_points.weight" in state_dict or "transformer.pos_trans.weight" in state_dict)
+        and any(k.startswith("backbone.0.body.") for k in state_dict)
     )
 
 
