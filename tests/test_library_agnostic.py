@@ -189,3 +189,11 @@ def test_a_model_without_a_family_gets_the_neutral_one():
     state["trunk.weight"] = torch.zeros(5, 2)
     with pytest.raises(CheckpointMismatchError, match=r"trunk\.weight: \(5, 2\) in the checkpoint, \(4, 2\) in the model"):
         apply_state_dict(_Plain(), state, purpose="eval")
+
+
+def test_another_familys_weights_are_named_from_the_stored_facts():
+    """Weights of a family that was never imported: the stored arch facts name it."""
+    state = {**_Plain().state_dict(), "decoder.weight": torch.zeros(2, 2)}
+    with pytest.raises(CheckpointMismatchError) as err:
+        apply_state_dict(_Plain(), state, purpose="eval", meta={"arch": {"meta_architecture": "OtherDETR"}})
+    assert "these are detrex_lite OtherDETR weights and the config builds _Plain: use a OtherDETR config" in str(err.value)

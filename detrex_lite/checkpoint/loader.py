@@ -143,7 +143,7 @@ def apply_state_dict(
             report.warnings.append(doubt)
             logger.warning(f"{source}: {doubt}")
     if (missing or report.unexpected or wrong_shapes) and not reasons:
-        hint = foreign_format_hint(state_dict, model) if report.unexpected else ""
+        hint = foreign_format_hint(state_dict, model, stored) if report.unexpected else ""
         if hint:
             reasons.append(hint)
         else:

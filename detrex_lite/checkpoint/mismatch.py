@@ -100,15 +100,19 @@ def options_for_keys(family: WeightFamily, missing: Sequence[str], unexpected: S
     return options
 
 
-def foreign_format_hint(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
-    """Why the names do not fit, as far as the registered families can tell: released weights not
-    converted yet, or this project's weights of another model family ("" when none can tell)."""
+def foreign_format_hint(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module, stored: Optional[Mapping[str, Any]] = None
+) -> str:
+    """Why the names do not fit: released weights not converted yet (a registered family's format),
+    or this project's weights of another model family (the stored arch facts say so, or a
+    registered family reads them from the tensors); "" when nothing tells."""
     try:
         source, family = detect_source(state_dict)
     except Exception:
         built = type(model).__name__
-        for family in registered_weight_families():
-            ours = family.state_dict_arch(state_dict).get("meta_architecture")
+        candidates = [(stored or {}).get("meta_architecture")]
+        candidates += [family.state_dict_arch(state_dict).get("meta_architecture") for family in registered_weight_families()]
+        for ours in candidates:
             if ours and ours != built:
                 return f"these are detrex_lite {ours} weights and the config builds {built}: use a {ours} config"
         return ""
