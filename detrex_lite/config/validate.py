@@ -18,13 +18,23 @@ _REQUIRED_TOP_LEVEL = ("model", "dataloader", "optimizer", "lr_multiplier", "tra
 _AMP_DTYPES = ("float16", "bfloat16")
 
 
-def load_config_file(path: str):
-    """`LazyConfig.load(path)` with a one-line error for a missing file."""
+def load_config_file(path: str, *, trust: bool = False):
+    """`LazyConfig.load(path)` with a one-line error for a missing file.
+
+    A YAML config (a run folder's ``config.yaml``) may only name the callables of
+    :mod:`detrex_lite.config.trust`'s allow-list unless ``trust`` is True: it is checked before
+    anything is built from it. A ``.py`` config is code its user chose to run.
+    """
     if not path:
         raise ConfigError("no config file given (use --config-file path/to/config.py)")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    return LazyConfig.load(path)
+    cfg = LazyConfig.load(path)
+    if not trust and path.endswith((".yaml", ".yml")):
+        from .trust import check_config_targets
+
+        check_config_targets(cfg, path)
+    return cfg
 
 
 def _is_interpolation(value) -> bool:
