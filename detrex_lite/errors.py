@@ -21,6 +21,7 @@ __all__ = [
     "AnalysisError",
     "NonFiniteLossError",
     "CheckpointWriteError",
+    "OutputDirError",
     "OutputDirBusyError",
 ]
 
@@ -79,5 +80,10 @@ class CheckpointWriteError(DetrexError, OSError):
     """A checkpoint could not be written (e.g. the disk is full); nothing was replaced."""
 
 
-class OutputDirBusyError(DetrexError, RuntimeError):
+class OutputDirError(DetrexError, OSError):
+    """The output folder or its lock file cannot be used (not writable, disk full, the lock path
+    is a directory); the message names the path and the cause."""
+
+
+class OutputDirBusyError(OutputDirError, RuntimeError):
     """Another live run holds the output folder's lock."""

@@ -230,3 +230,29 @@ def test_missing_evaluation_json_names_the_path(tmp_path, registered):
     os.remove(json_file)
     with pytest.raises(FileNotFoundError, match=f"annotation file for evaluation not found: {json_file}"):
         build_coco_evaluator("eval_json_gone")
+
+
+def test_annotations_without_area_are_evaluated_with_box_area(tmp_path, registered, caplog):
+    """A bbox-only COCO file (no "area") trains and evaluates: it used to crash at the final
+    evaluation with KeyError: 'area', after the whole training."""
+    from detectron2.structures import Boxes, Instances
+
+    json_file, image_root = write_coco(tmp_path, annotations=[
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+        {"id": 2, "image_id": 12, "category_id": 5, "bbox": [0, 0, 50, 40], "iscrowd": 0},
+    ])
+    registered("no_area", json_file, image_root)
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.coco"):
+        evaluator = build_coco_evaluator("no_area", output_dir=str(tmp_path / "eval"))
+    assert any("2 of 2 annotations have no 'area'" in r.getMessage() for r in caplog.records)
+    evaluator.reset()
+    for record in get_detection_dataset_dicts("no_area", filter_empty=False):
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]]
+        instances = Instances((record["height"], record["width"]))
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.int64)
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    results = evaluator.evaluate()
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["bbox"]["APs"] == pytest.approx(100.0)  # the 10 x 20 box is small (200 px)

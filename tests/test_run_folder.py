@@ -115,6 +115,26 @@ def test_eval_only_from_run(run_dir, tmp_path):
     assert os.path.isfile(os.path.join(out, "inference", "detrex_demo_val", "coco_instances_results.json"))
 
 
+def test_eval_only_in_the_run_folder_keeps_its_training_config(run_dir, tmp_path):
+    """`--eval-only --run DIR k=v` evaluating into DIR itself used to rewrite DIR's config.yaml
+    with the eval-time settings, which Predictor.from_run, demo and export then used."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(run_dir, run)
+    before = open(os.path.join(run, "config.yaml"), "rb").read()
+    proc = _run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--eval-only", "--run", run,
+         "dataloader.test.mapper.augmentation.min_size=32"],
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert open(os.path.join(run, "config.yaml"), "rb").read() == before
+    with open(os.path.join(run, "eval_config.yaml")) as f:
+        assert yaml.safe_load(f)["dataloader"]["test"]["mapper"]["augmentation"]["min_size"] == 32
+    assert not [n for n in os.listdir(run) if ".tmp." in n]
+
+
 def _train_net():
     from tools_tiny_models import load_tool
 

@@ -247,6 +247,22 @@ def _coco_api(coco_dict):
     return api
 
 
+def _fill_missing_areas(coco_api, dataset_name: str) -> None:
+    """COCOeval sorts ground truth into small/medium/large by ``area``, which COCO-style files
+    written by other tools often leave out (a bbox-only dataset): those get w * h, in place, with
+    one warning (COCOeval would otherwise stop with ``KeyError: 'area'`` after a whole training)."""
+    missing = [a for a in coco_api.dataset.get("annotations", []) if "area" not in a]
+    if not missing:
+        return
+    for annotation in missing:  # coco_api.anns holds the same dicts
+        bbox = annotation.get("bbox") or [0, 0, 0, 0]
+        annotation["area"] = float(bbox[2]) * float(bbox[3])
+    logger.warning(
+        "Dataset '%s': %d of %d annotations have no 'area'; evaluating with area = box width x height",
+        dataset_name, len(missing), len(coco_api.dataset["annotations"]),
+    )
+
+
 def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
     """detectron2 ``COCOEvaluator`` for ``dataset_name``, with its annotation json ready.
 
@@ -271,6 +287,7 @@ def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
         )
     kwargs.setdefault("tasks", ("bbox",))
     evaluator = COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)
+    _fill_missing_areas(evaluator._coco_api, dataset_name)
     if meta.get("annotations_validated", False):
         # Score against what training accepted: a box the loader dropped as invalid (zero size,
         # NaN, outside its image) would otherwise count as a miss of every model.

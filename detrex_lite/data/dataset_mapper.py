@@ -101,7 +101,7 @@ class DetrDatasetMapper:
         file_name = dataset_dict["file_name"]
         try:
             image = read_image(file_name, self.img_format)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises these for broken files
             message = (
                 f"Cannot read image {file_name} (image_id={dataset_dict.get('image_id')}): "
                 f"{type(e).__name__}: {e}"

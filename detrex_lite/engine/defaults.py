@@ -224,7 +224,7 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
 
     checkpoint = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = 0
-    if resume and checkpointer.has_checkpoint():
+    if checkpointer.resumed:
         # The checkpoint's "iteration" is the last finished one.
         start_iter = checkpoint.get("iteration", -1) + 1
         if start_iter >= cfg.train.max_iter:
