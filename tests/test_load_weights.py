@@ -274,3 +274,36 @@ def test_every_tool_refuses_a_box_refine_checkpoint_for_the_plain_config(tmp_pat
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
         load_tool("benchmark").main(["--config-file", cfg_path, "--device", "cpu", "--checkpoint", path, "--iters", "1"])
+
+
+# ------------------------------------------------------------------ poisoned values
+@pytest.mark.parametrize("purpose", ["train", "eval", "predict", "export"])
+def test_non_finite_weights_are_refused_with_their_names(tmp_path, purpose):
+    """One NaN weight used to give an AP (and "score": NaN results) with rc 0; all-NaN weights an
+    AssertionError deep in the box code; as init, a message blaming optimizer.lr."""
+    from detrex_lite.checkpoint import CheckpointError
+
+    source = _trained(_model())
+    state = source.state_dict()
+    name = next(k for k in state if k.startswith("transformer.encoder.layers.0.") and k.endswith("weight"))
+    state[name][0].view(-1)[0] = float("nan")
+    path = _save(tmp_path, source)
+    target = _model()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError) as e:
+        load_weights(target, path, purpose=purpose)
+    message = _one_line(e)
+    assert message.startswith(f"{path}: 1 tensor(s) hold NaN or infinite values: {name} (damaged weights")
+    assert message.endswith("; nothing was loaded")
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # untouched
+
+
+def test_integer_weights_are_refused(tmp_path):
+    from detrex_lite.checkpoint import CheckpointError
+
+    source = _model()
+    state = {k: (v.round().long() if k.startswith("neck.") and v.is_floating_point() else v) for k, v in source.state_dict().items()}
+    path = str(tmp_path / "ints.pth")
+    torch.save({"model": state, "meta": {"arch": model_arch(source)}}, path)
+    with pytest.raises(CheckpointError, match=r"tensor\(s\) are integers where the model has floating-point weights: neck\."):
+        load_weights(_model(), path, purpose="eval")

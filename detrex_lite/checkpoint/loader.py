@@ -178,6 +178,9 @@ def apply_state_dict(
         )
         raise CheckpointMismatchError(message, details)
 
+    unusable = unusable_values(to_load, own)
+    if unusable:
+        raise CheckpointError(f"{source}: {unusable}; nothing was loaded")
     model.load_state_dict(to_load, strict=False)
     if class_heads:
         report.skipped_class_heads = class_heads
@@ -193,6 +196,27 @@ def apply_state_dict(
             f"(it only covers '{partial_prefix}*')"
         )
     return report
+
+
+def unusable_values(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str:
+    """Why tensors of ``state_dict`` cannot be weights of a model whose state dict is ``own``
+    (same keys and shapes): NaN or infinite values (a diverged or damaged file), or integer
+    tensors where the model has floating-point ones (a file no trainer writes). "" when usable."""
+    integer = [k for k, v in state_dict.items() if own[k].is_floating_point() and not (v.is_floating_point() or v.is_complex())]
+    floating = [(k, v) for k, v in state_dict.items() if v.is_floating_point() and v.numel()]
+    flags = torch.stack([torch.isfinite(v).all().cpu() for _, v in floating]).tolist() if floating else []
+    non_finite = [k for (k, _), ok in zip(floating, flags) if not ok]
+    reasons = []
+    if non_finite:
+        reasons.append(
+            f"{len(non_finite)} tensor(s) hold NaN or infinite values: {_inline(non_finite)} (damaged weights, "
+            "e.g. from a diverged run: use an earlier checkpoint)"
+        )
+    if integer:
+        reasons.append(
+            f"{len(integer)} tensor(s) are integers where the model has floating-point weights: {_inline(integer)}"
+        )
+    return "; ".join(reasons)
 
 
 def load_weights(model: nn.Module, path: str, *, purpose: str, cfg: Any = None) -> LoadReport:
