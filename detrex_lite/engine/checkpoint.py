@@ -206,6 +206,22 @@ class AtomicCheckpointer(DetrexCheckpointer):
             )
         )
 
+    def checkpoint_before(self, iteration: int, *, retag: bool = False) -> str:
+        """The newest ``model_<i>.pth`` of the folder whose weights (those after iteration ``i``)
+        were used by an iteration before ``iteration`` (``i + 1 < iteration``), or "" when there is
+        none; with ``retag``, ``last_checkpoint`` then names it, so that ``--resume`` continues
+        from there (the newer files stay on disk)."""
+        pattern = re.compile(r"model_(\d{7})\.pth")
+        found = sorted(
+            (int(m[1]), m[0]) for m in map(pattern.fullmatch, os.listdir(self.save_dir) if self.save_dir else []) if m
+        )
+        before = [name for i, name in found if i + 1 < iteration]
+        if not before:
+            return ""
+        if retag:
+            self.tag_last_checkpoint(before[-1])
+        return os.path.join(self.save_dir, before[-1])
+
     def last_checkpoint_path(self) -> str:
         """The file `last_checkpoint` names, or "" when nothing was saved yet."""
         return self.get_checkpoint_file() if self.has_checkpoint() else ""
