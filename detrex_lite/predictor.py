@@ -81,10 +81,7 @@ def test_metadata(cfg: Any, meta: Optional[dict] = None):
     stored = ClassInfo.from_meta(meta or {})
     if stored is not None:
         return stored.to_metadata()
-    try:  # registers the built-in demo datasets; optional for model-only use
-        import detrex_lite.data  # noqa: F401
-    except ImportError:
-        pass
+    # The demo datasets are registered: this module imports detrex_lite.data (for ClassInfo).
     names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
     if names is None:
         return MetadataCatalog.get("__unused")

@@ -143,11 +143,10 @@ def _check_class_names(cfg, meta: dict, path: str) -> None:
     names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
     if stored is None or names is None:
         return
-    trained = list(stored.names)
     for name in [names] if isinstance(names, str) else list(names):
-        tested = ClassInfo.of_registered(name)
-        classes = None if tested is None else list(tested.names)
-        if classes is not None and classes != trained:
+        tested = ClassInfo.of_registered(name)  # None: not registered, or no class names
+        if tested is not None and tested.names != stored.names:
+            trained, classes = list(stored.names), list(tested.names)
             raise CheckpointMismatchError(
                 f"{path}: trained on the classes {list(trained)[:5]}{'...' if len(trained) > 5 else ''} "
                 f"but dataset {name} has {list(classes)[:5]}{'...' if len(classes) > 5 else ''}: "

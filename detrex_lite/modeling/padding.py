@@ -44,9 +44,9 @@ def padding_masks(
     (:func:`valid_size`), (h_i, w_i) being image i's unpadded size and s_l the level's stride.
 
     Args:
-        image_sizes: (N, 2) int64 tensor, or N pairs of ints: the unpadded (h, w) of each image in
-            pixels. With a tensor every size in the result comes from tensor ops and shapes, so
-            the masks stay dynamic in a traced (ONNX) graph.
+        image_sizes: (N, 2) int64 tensor, or N pairs of ints (or of (2,) tensors): the unpadded
+            (h, w) of each image in pixels. Every size in the result comes from tensor ops and
+            shapes, so the masks stay dynamic in a traced (ONNX) graph.
         features: per level (N, C, H_l, W_l); only their shapes and device are read.
         strides: per level, the stride s_l in pixels.
 
@@ -54,7 +54,8 @@ def padding_masks(
         per level (N, H_l, W_l) bool on the features' device, True at padding.
     """
     if not isinstance(image_sizes, torch.Tensor):
-        image_sizes = torch.tensor(list(image_sizes), dtype=torch.int64).reshape(-1, 2)
+        # Pairs of Python ints; while tracing, detectron2's ImageList holds (2,) size tensors.
+        image_sizes = torch.stack([torch.as_tensor(size, dtype=torch.int64) for size in image_sizes])
     if features:
         image_sizes = image_sizes.to(features[0].device)  # one host-to-device copy, not one a level
     masks = []
