@@ -184,7 +184,7 @@ def test_evaluation_ground_truth_is_what_training_accepted(tmp_path, registered,
         {"id": 3, "image_id": 12, "category_id": 5, "bbox": [30, 10, 40, 20], "iscrowd": 0, "area": 800},  # clipped
     ])
     registered("accepted_gt", json_file, image_root)
-    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.evaluation"):
         evaluator = build_coco_evaluator("accepted_gt", output_dir=str(tmp_path / "eval"))
     assert any("Evaluating 'accepted_gt' against the 2 annotations the loader accepted: 1 dropped as invalid "
                "(annotation ids [2]), 1 clipped" in r.getMessage() for r in caplog.records)
@@ -242,7 +242,7 @@ def test_annotations_without_area_are_evaluated_with_box_area(tmp_path, register
         {"id": 2, "image_id": 12, "category_id": 5, "bbox": [0, 0, 50, 40], "iscrowd": 0},
     ])
     registered("no_area", json_file, image_root)
-    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.evaluation"):
         evaluator = build_coco_evaluator("no_area", output_dir=str(tmp_path / "eval"))
     assert any("2 of 2 annotations have no 'area'" in r.getMessage() for r in caplog.records)
     evaluator.reset()

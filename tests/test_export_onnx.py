@@ -2,6 +2,7 @@
 with onnxruntime against PyTorch at several input sizes (batch, height and width are dynamic),
 and the exported contract checked against the model itself."""
 import json
+import math
 
 import cv2
 import numpy as np
@@ -132,11 +133,22 @@ def test_detections_match_onnxruntime_and_the_model(variant, tmp_path):
         np.testing.assert_allclose(boxes[0], ref.pred_boxes.tensor.numpy(), atol=1e-2, rtol=0)
 
 
+def _reference_masks(image_sizes, feature_shapes, strides):
+    """Padding masks with Python numbers: an (h, w) image covers (ceil(h / s), ceil(w / s))."""
+    masks = []
+    for (feat_h, feat_w), stride in zip(feature_shapes, strides):
+        mask = torch.ones((len(image_sizes), feat_h, feat_w), dtype=torch.bool)
+        for i, (h, w) in enumerate(image_sizes):
+            mask[i, : math.ceil(h / stride), : math.ceil(w / stride)] = False
+        masks.append(mask)
+    return masks
+
+
 def test_graph_masks_equal_the_models_masks():
     # The graph computes each level's padding mask from image_sizes with tensor ops; they must be
-    # the masks the model computes with Python numbers (DETRBase.feature_masks).
-    from detrex_lite.export.onnx_export import level_masks
-    from detrex_lite.modeling.meta_arch import DETRBase
+    # the exact masks (computed here with Python numbers), as the model gets them from a list of
+    # (h, w) (padding_masks is the one function both call).
+    from detrex_lite.modeling.padding import padding_masks
 
     rng = np.random.default_rng(0)
     strides = [8, 16, 32, 64]
@@ -144,9 +156,11 @@ def test_graph_masks_equal_the_models_masks():
         sizes = [(int(rng.integers(1, 97)), int(rng.integers(1, 97))) for _ in range(3)]
         shapes = [(-(-96 // s), -(-96 // s)) for s in strides]
         features = [torch.zeros(3, 1, h, w) for h, w in shapes]
-        got = level_masks(torch.tensor(sizes), features, strides)
-        expected = DETRBase.feature_masks(sizes, shapes, strides)
+        got = padding_masks(torch.tensor(sizes), features, strides)
+        expected = _reference_masks(sizes, shapes, strides)
         for g, e in zip(got, expected):
+            assert torch.equal(g, e), sizes
+        for g, e in zip(padding_masks(sizes, features, strides), expected):
             assert torch.equal(g, e), sizes
 
 

@@ -224,7 +224,7 @@ def _literal_int(cfg, key: str):
 def check_num_classes(cfg, eval_only: bool = False) -> None:
     """A literal `model.num_classes` (or `model.criterion.num_classes`) must match the number of
     thing_classes of the dataset the config trains (or, with eval_only, tests) on."""
-    from .dataset_meta import num_classes_from_dataset
+    from detrex_lite.data.classes import num_classes_from_dataset
 
     split = "test" if eval_only else "train"
     names_key = f"dataloader.{split}.dataset.names"

@@ -1,4 +1,5 @@
-"""COCO-format detection datasets: a validating loader, one-call registration, the evaluator.
+"""COCO-format detection datasets: a validating loader and one-call registration (the evaluator
+is built in :mod:`detrex_lite.data.evaluation`).
 
 ``load_coco_detection_json`` reads a COCO instances json into detectron2's dataset-dict format
 (boxes ``XYWH_ABS``, category ids mapped to contiguous 0..K-1 by sorted dataset id), and turns
@@ -22,10 +23,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detrex_lite.errors import DatasetError  # noqa: F401  (re-exported)
 
+from .classes import ClassInfo
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetError", "accepted_ground_truth", "read_coco_json", "load_coco_detection_json", "register_coco_dataset",
-           "build_coco_evaluator"]
+__all__ = ["DatasetError", "accepted_ground_truth", "read_coco_json", "load_coco_detection_json", "register_coco_dataset"]
 
 
 def read_coco_json(json_file):
@@ -50,8 +52,9 @@ def read_coco_json(json_file):
     return data
 
 
-def _categories(data, json_file):
-    """Sorted ``[(dataset id, name)]`` of the json's categories, checked for duplicates."""
+def _json_classes(data, json_file):
+    """The json's categories as :class:`ClassInfo` (class index = rank of the sorted dataset id),
+    checked for duplicates."""
     categories = {}
     for category in data["categories"]:
         if "id" not in category or "name" not in category:
@@ -61,20 +64,21 @@ def _categories(data, json_file):
         categories[category["id"]] = category["name"]
     if not categories:
         raise DatasetError(f"{json_file}: 'categories' is empty; a detection dataset needs classes")
-    return sorted(categories.items())
+    return ClassInfo.from_categories(sorted(categories.items()))
 
 
-def _set_class_metadata(dataset_name, categories):
-    """Put thing_classes and the dataset-id -> contiguous-id map into the dataset's metadata."""
+def _set_class_metadata(dataset_name, classes):
+    """Put thing_classes and the dataset-id -> contiguous-id map of ``classes`` (a
+    :class:`ClassInfo`) into the dataset's metadata."""
     meta = MetadataCatalog.get(dataset_name)
-    thing_classes = [name for _, name in categories]
-    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(categories)}
+    fields = classes.metadata_fields()
+    thing_classes = fields["thing_classes"]
     if getattr(meta, "thing_classes", thing_classes) != thing_classes:
         raise DatasetError(
             f"Dataset '{dataset_name}' is registered with thing_classes={meta.thing_classes}, "
             f"but its json has {thing_classes}"
         )
-    meta.set(thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=id_map)
+    meta.set(**fields)
 
 
 def _accepted_annotations(data, json_file, id_map, image_sizes):
@@ -138,10 +142,10 @@ def load_coco_detection_json(json_file, image_root, dataset_name=None):
     ``thing_dataset_id_to_contiguous_id`` (which COCOEvaluator uses to map predictions back).
     """
     data = read_coco_json(json_file)
-    categories = _categories(data, json_file)
-    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(categories)}
+    classes = _json_classes(data, json_file)
+    id_map = classes.dataset_ids
     if dataset_name is not None:
-        _set_class_metadata(dataset_name, categories)
+        _set_class_metadata(dataset_name, classes)
 
     records, by_image_id = [], {}
     for image in data["images"]:
@@ -206,11 +210,11 @@ def register_coco_dataset(name, json_file, image_root):
             f"image_root={meta.get('image_root')}); pick another name or remove it first with "
             "DatasetCatalog.remove(name) and MetadataCatalog.remove(name)"
         )
-    categories = _categories(read_coco_json(json_file), json_file)
+    classes = _json_classes(read_coco_json(json_file), json_file)
     DatasetCatalog.register(name, lambda: load_coco_detection_json(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
                                   annotations_validated=True)
-    _set_class_metadata(name, categories)
+    _set_class_metadata(name, classes)
 
 
 def accepted_ground_truth(json_file):
@@ -222,7 +226,7 @@ def accepted_ground_truth(json_file):
         and what the checks removed or changed.
     """
     data = read_coco_json(json_file)
-    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(_categories(data, json_file))}
+    id_map = _json_classes(data, json_file).dataset_ids
     try:
         sizes = {image["id"]: {"height": int(image["height"]), "width": int(image["width"])}
                  for image in data["images"]}
@@ -231,73 +235,3 @@ def accepted_ground_truth(json_file):
     accepted, _, num_clipped, dropped_ids = _accepted_annotations(data, json_file, id_map, sizes)
     annotations = [dict(a, bbox=bbox, area=a.get("area", bbox[2] * bbox[3])) for a, bbox in accepted]
     return dict(data, annotations=annotations), len(dropped_ids), num_clipped, dropped_ids
-
-
-def _coco_api(coco_dict):
-    """A pycocotools COCO object from an in-memory dict (quietly: COCO() prints)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        api = COCO()
-        api.dataset = coco_dict
-        api.createIndex()
-    return api
-
-
-def _fill_missing_areas(coco_api, dataset_name: str) -> None:
-    """COCOeval sorts ground truth into small/medium/large by ``area``, which COCO-style files
-    written by other tools often leave out (a bbox-only dataset): those get w * h, in place, with
-    one warning (COCOeval would otherwise stop with ``KeyError: 'area'`` after a whole training)."""
-    missing = [a for a in coco_api.dataset.get("annotations", []) if "area" not in a]
-    if not missing:
-        return
-    for annotation in missing:  # coco_api.anns holds the same dicts
-        bbox = annotation.get("bbox") or [0, 0, 0, 0]
-        annotation["area"] = float(bbox[2]) * float(bbox[3])
-    logger.warning(
-        "Dataset '%s': %d of %d annotations have no 'area'; evaluating with area = box width x height",
-        dataset_name, len(missing), len(coco_api.dataset["annotations"]),
-    )
-
-
-def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
-    """detectron2 ``COCOEvaluator`` for ``dataset_name``, with its annotation json ready.
-
-    The demo datasets are generated here if needed (COCOEvaluator reads ``metadata.json_file``
-    when it is built); for other datasets a missing json is reported by name. ``kwargs`` go to
-    COCOEvaluator (e.g. ``max_dets_per_image``, ``tasks``).
-    """
-    from detectron2.evaluation import COCOEvaluator
-
-    from .demo_dataset import DEMO_DATASET_NAMES, ensure_demo_dataset
-
-    if isinstance(dataset_name, (list, tuple)):
-        if len(dataset_name) != 1:
-            raise DatasetError(f"COCO evaluation takes one dataset name, got {list(dataset_name)}")
-        dataset_name = dataset_name[0]
-    meta = MetadataCatalog.get(dataset_name)
-    if dataset_name in DEMO_DATASET_NAMES:
-        ensure_demo_dataset(meta.demo_cache_root, *meta.demo_num_images)
-    elif hasattr(meta, "json_file") and not os.path.isfile(meta.json_file):
-        raise FileNotFoundError(
-            f"Dataset '{dataset_name}': annotation file for evaluation not found: {meta.json_file}"
-        )
-    kwargs.setdefault("tasks", ("bbox",))
-    evaluator = COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)
-    _fill_missing_areas(evaluator._coco_api, dataset_name)
-    if meta.get("annotations_validated", False):
-        # Score against what training accepted: a box the loader dropped as invalid (zero size,
-        # NaN, outside its image) would otherwise count as a miss of every model.
-        coco_dict, num_dropped, num_clipped, dropped_ids = accepted_ground_truth(meta.json_file)
-        if num_dropped or num_clipped:
-            evaluator._coco_api = _coco_api(coco_dict)
-            logger.warning(
-                "Evaluating '%s' against the %d annotations the loader accepted: %d dropped as invalid "
-                "(annotation ids %s%s), %d clipped to their image, as in training (%s)",
-                dataset_name, len(coco_dict["annotations"]), num_dropped, dropped_ids[:10],
-                " ..." if num_dropped > 10 else "", num_clipped, meta.json_file,
-            )
-    return evaluator
