@@ -32,9 +32,9 @@ CPU inference (docs/inference.md): ``--fast`` adds our fast mode (``optimize_for
 ``--compile`` its ``torch.compile``'d version (compile time reported apart), ``--onnx``
 onnxruntime on our exported model, ``--peaks`` the machine's own fp32/bf16 matmul peaks and each
 row's fraction of its dtype's peak, ``--baseline-tree DIR`` the model as an older checkout builds
-it (in a subprocess, same inputs), for "x times the previous build" in the
-same run. bf16 rows are skipped on CPUs without native bf16 (emulated, ~100x slower than fp32)
-unless ``--force-bf16``.
+it (in a subprocess, same inputs), for "x times the previous build" in the same run. bf16 rows
+are skipped on CPUs without native bf16 (emulated, ~100x slower than fp32) unless
+``--force-bf16``.
 """
 
 TIME_CHECKOUT_DESCRIPTION = r"""Times eval forwards of a config's model as built by *another* detrex_lite checkout, so that a

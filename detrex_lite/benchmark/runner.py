@@ -5,7 +5,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import instantiate
@@ -46,6 +46,58 @@ def time_baseline(tree: str, args, inputs: List[Dict]) -> Dict:
     if os.path.realpath(result["imported_from"]) != os.path.realpath(os.path.join(tree, "detrex_lite")):
         raise RuntimeError(f"--baseline-tree: the subprocess imported detrex_lite from {result['imported_from']}, not {tree}")
     return {k: result[k] for k in ("images_per_s", "ms_per_iter", "cpu_ms_per_iter", "peak_mem_mb")}
+
+
+def measure_in_rounds(plan: List[Tuple[Dict, Optional[Callable], tuple]], rounds: int, device: torch.device) -> List[Dict]:
+    """Times the rows of ``plan`` ((row, measurement function or None when skipped, its
+    arguments)) and returns the rows with their numbers, each also logged.
+
+    Each round times every row once, in order; a row reports its median round (by wall time), so
+    slow drift and bursts of load on a shared machine hit all rows alike. One failing
+    measurement (e.g. out of memory at batch 4) is reported in its row, not fatal."""
+    results: Dict[int, List[Dict]] = {i: [] for i in range(len(plan))}
+    for round_index in range(rounds):
+        for i, (row, fn, fn_args) in enumerate(plan):
+            if fn is None or "error" in row:
+                continue
+            if round_index > 0 and fn is bench_compiled:
+                fn = bench_inference  # compiled in the first round
+            try:
+                results[i].append(fn(*fn_args))
+            except (RuntimeError, ValueError) as err:
+                logger.error("%s failed: %s", row, err)
+                row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    rows = []
+    for i, (row, _, _) in enumerate(plan):
+        if results[i] and "error" not in row:
+            ordered = sorted(results[i], key=lambda r: r["ms_per_iter"])
+            row.update({k: v for k, v in ordered[(len(ordered) - 1) // 2].items() if k != "compile_s"})
+            if "compile_s" in results[i][0]:
+                row["compile_s"] = results[i][0]["compile_s"]
+            if rounds > 1:
+                row["rounds_ms_per_iter"] = [r["ms_per_iter"] for r in results[i]]
+        rows.append(row)
+        logger.info(describe_row(row))
+    return rows
+
+
+def emulated_bf16_note(device: torch.device, force_bf16: bool) -> Optional[str]:
+    """The note that skips bf16 autocast rows on a CPU without bf16 instructions (None: run them).
+
+    There bf16 runs emulated products (~0.3-0.6 GFLOP/s on an AVX2 machine): a single 800x1333
+    image would take the better part of an hour."""
+    if device.type != "cpu" or force_bf16:
+        return None
+    from detrex_lite.inference import bf16_hardware_support, cpu_name
+
+    if bf16_hardware_support() is not None:
+        return None
+    return (
+        f"skipped: no native bf16 on this CPU ({cpu_name()}: no AMX, AVX-512 BF16 or Arm BF16); "
+        "--force-bf16 runs it emulated"
+    )
 
 
 def run(args) -> Dict:
@@ -89,50 +141,11 @@ def run(args) -> Dict:
             extra.setdefault("fast_mode_setup_s", {})[name] = time.perf_counter() - start
         return fast_models[key]
 
-    # bf16 autocast where the CPU has no bf16 instructions runs emulated products (~0.3-0.6
-    # GFLOP/s on an AVX2 machine): a single 800x1333 image would take the better part of an hour.
-    skip_emulated_bf16 = None
-    if device.type == "cpu" and not args.force_bf16:
-        from detrex_lite.inference import bf16_hardware_support, cpu_name
-
-        if bf16_hardware_support() is None:
-            skip_emulated_bf16 = (
-                f"skipped: no native bf16 on this CPU ({cpu_name()}: no AMX, AVX-512 BF16 or Arm BF16); "
-                "--force-bf16 runs it emulated"
-            )
+    skip_emulated_bf16 = emulated_bf16_note(device, args.force_bf16)
     baseline = None
     if args.baseline_tree:
         baseline = {"tree": os.path.abspath(args.baseline_tree), "revision": git_revision(args.baseline_tree)}
         extra["baseline"] = baseline
-
-    def measure_in_rounds(plan: List, rounds: int) -> None:
-        # Each round times every row once, in order; a row reports its median round (by wall
-        # time), so slow drift and bursts of load on a shared machine hit all rows alike. One
-        # failing measurement (e.g. out of memory at batch 4) is reported in its row, not fatal.
-        results: Dict[int, List[Dict]] = {i: [] for i in range(len(plan))}
-        for round_index in range(rounds):
-            for i, (row, fn, fn_args) in enumerate(plan):
-                if fn is None or "error" in row:
-                    continue
-                if round_index > 0 and fn is bench_compiled:
-                    fn = bench_inference  # compiled in the first round
-                try:
-                    results[i].append(fn(*fn_args))
-                except (RuntimeError, ValueError) as err:
-                    logger.error("%s failed: %s", row, err)
-                    row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-        for i, (row, _, _) in enumerate(plan):
-            if results[i] and "error" not in row:
-                ordered = sorted(results[i], key=lambda r: r["ms_per_iter"])
-                row.update({k: v for k, v in ordered[(len(ordered) - 1) // 2].items() if k != "compile_s"})
-                if "compile_s" in results[i][0]:
-                    row["compile_s"] = results[i][0]["compile_s"]
-                if rounds > 1:
-                    row["rounds_ms_per_iter"] = [r["ms_per_iter"] for r in results[i]]
-            rows.append(row)
-            logger.info(describe_row(row))
 
     for precision in args.precisions:
         if precision == "bf16":
@@ -169,7 +182,7 @@ def run(args) -> Dict:
                     bench = bench_compiled if row.pop("compile_warmup", False) else bench_inference
                     bench_args = (model, device, bs, args.image_size, row_dtype, args.iters, args.warmup, generator, inputs)
                     plan.append((row, None if "skipped" in row else bench, bench_args))
-                measure_in_rounds(plan, args.rounds)
+                rows += measure_in_rounds(plan, args.rounds, device)
         if "train" in args.modes:
             inputs = synthetic_inputs(args.train_batch_size, args.image_size, num_classes, True, generator)
             for name, model in models.items():
@@ -177,7 +190,7 @@ def run(args) -> Dict:
                 row = {"model": name, "mode": "train", "precision": label, "batch_size": args.train_batch_size}
                 bench_args = (model, optimizer, device, args.train_batch_size, args.image_size, num_classes, dtype,
                               args.iters, args.warmup, generator, inputs)
-                measure_in_rounds([(row, bench_train, bench_args)], 1)
+                rows += measure_in_rounds([(row, bench_train, bench_args)], 1, device)
                 del optimizer  # its state would count in the next measurement's peak memory
     report = {
         "config_file": args.config_file,
