@@ -19,7 +19,7 @@ from detrex_lite.export.onnx_export import (
 )
 from detrex_lite.layers import LevelLayout, MultiScaleDeformableAttention, attention_backend
 from detrex_lite.layers.ms_deform_attn_function import extension_available
-from tools_tiny_models import load_tool, save_config, tiny_deformable_detr_config, tiny_detr_config
+from tools_tiny_models import save_config, tiny_deformable_detr_config, tiny_detr_config
 
 CANVAS = (96, 96)
 
@@ -216,12 +216,14 @@ def test_export_tool_with_checkpoint_and_images(tmp_path):
     for name, (h, w) in {"a.png": (50, 120), "b.png": (90, 70)}.items():
         cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         image_paths.append(str(tmp_path / name))
-    tool = load_tool("export_onnx")
-    report = tool.main([
+    from detrex_lite.export.onnx_tool import export_and_check
+    from detrex_lite.export.options import parse_export_onnx_args
+
+    report = export_and_check(parse_export_onnx_args([
         "--config-file", cfg_path, "--checkpoint", str(tmp_path / "model_final.pth"),
         "--output", str(tmp_path / "out" / "model.onnx"), "--check-images", *image_paths,
         "--json", str(tmp_path / "report.json"),
-    ])
+    ]))
     # Canvas from the test resize (max_size 96); the images resized like the test loader:
     # 50x120 -> 40x96, 90x70 -> short side 64 -> 82x64 (long side 82.3 <= 96).
     assert report["canvas"] == [96, 96]
@@ -262,3 +264,22 @@ def test_query_matching_tolerates_reordering_only():
     assert _matched_query_diff(logits, boxes, logits2 + 1e-6, boxes2, 1e-3) == pytest.approx((1e-6, 0.0, 2))
     boxes2[1, 4] += 0.01  # a genuinely different query is still found
     assert _matched_query_diff(logits, boxes, logits2, boxes2, 1e-3)[1] == pytest.approx(0.01)
+
+
+def test_export_arguments_take_overrides_after_the_flags(tmp_path, capsys):
+    from detrex_lite.export.options import parse_export_onnx_args
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    args = parse_export_onnx_args(["--config-file", "c.py", "--output", "m.onnx", "--fixed-size", "model.num_queries=10"])
+    assert args.opts == ["model.num_queries=10"] and args.fixed_size
+    args = parse_export_onnx_args(["--config-file", "c.py", "--output", "m.onnx", "--check-images", str(image), "--",
+                                   "model.num_queries=10"])
+    assert args.opts == ["model.num_queries=10"] and args.check_images == [str(image)]
+    # Without the "--" the override would be read as an image: refused in one line, naming it.
+    with pytest.raises(SystemExit) as exit_info:
+        parse_export_onnx_args(["--config-file", "c.py", "--output", "m.onnx", "--check-images", str(image),
+                                "model.num_queries=10"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--check-images: model.num_queries=10 is no image" in err and " -- model" in err

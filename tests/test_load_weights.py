@@ -254,8 +254,12 @@ def test_own_detr_weights_into_deformable_detr(tmp_path):
 
 def test_every_tool_refuses_a_box_refine_checkpoint_for_the_plain_config(tmp_path, capsys):
     """Predictor, export_onnx.py and benchmark.py --checkpoint all go through the shared loader."""
+    from detrex_lite.benchmark.options import parse_benchmark_args
+    from detrex_lite.benchmark.runner import run_benchmark
+    from detrex_lite.export.onnx_tool import export_onnx_cli
+    from detrex_lite.export.options import parse_export_onnx_args
     from detrex_lite.predictor import Predictor
-    from tools_tiny_models import load_tool, save_config
+    from tools_tiny_models import save_config
 
     two_layers = {"transformer.num_decoder_layers": 2}
     path = _save(tmp_path, _trained(_model("box_refine", **two_layers)), meta=False)
@@ -266,14 +270,14 @@ def test_every_tool_refuses_a_box_refine_checkpoint_for_the_plain_config(tmp_pat
 
     with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
         Predictor(cfg_path, path, device="cpu")
-    assert load_tool("export_onnx").cli(
+    assert export_onnx_cli(parse_export_onnx_args(
         ["--config-file", cfg_path, "--checkpoint", path, "--output", str(tmp_path / "m.onnx")]
-    ) == 1
+    )) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"export_onnx: error: {says} (export): ") and "model.with_box_refine=True" in err
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
-        load_tool("benchmark").main(["--config-file", cfg_path, "--device", "cpu", "--checkpoint", path, "--iters", "1"])
+        run_benchmark(parse_benchmark_args(["--config-file", cfg_path, "--device", "cpu", "--checkpoint", path, "--iters", "1"]))
 
 
 # ------------------------------------------------------------------ poisoned values

@@ -79,7 +79,9 @@ def test_predict_demo_export_from_run_in_a_fresh_process(run_dir, tmp_path):
         demo_rc = load_tool("demo").main(["--run", {run_dir!r}, "--input", {str(tmp_path / "image.png")!r},
                                           "--output", {str(tmp_path / "demo")!r}, "--json",
                                           "--confidence-threshold", "0"])
-        export_rc = load_tool("export_onnx").cli(["--run", {run_dir!r}, "--output", {str(tmp_path / "model.onnx")!r}])
+        from detrex_lite.export.onnx_tool import export_onnx_cli
+        from detrex_lite.export.options import parse_export_onnx_args
+        export_rc = export_onnx_cli(parse_export_onnx_args(["--run", {run_dir!r}, "--output", {str(tmp_path / "model.onnx")!r}]))
         print(json.dumps(dict(
             checkpoint=predictor.checkpoint, classes=list(predictor.metadata.thing_classes),
             num=len(instances), size=list(instances.image_size), demo_rc=demo_rc, export_rc=export_rc,
