@@ -165,6 +165,14 @@ def test_labels_of_stacked_boxes_all_find_a_place():
     assert place_labels([(0, 0, 5, 5)], [(130, 10)], (120, 120)) == [None]
 
 
+def test_a_label_keeps_clear_of_other_boxes_lines_when_it_can():
+    a, b = (10, 40, 40, 70), (0, 25, 100, 38)  # above a, a label would cover b's bottom line
+    assert place_labels([a, b], [(40, 12), (40, 12)], (120, 120))[0] == (10, 71, 50, 83)  # below a
+    # no room below, and a box c across a's inside: no line-free place, the first free one is taken
+    c = (0, 45, 100, 60)
+    assert place_labels([a, b, c], [(40, 12)], (80, 120), max_shift=0) == [(10, 28, 50, 40)]
+
+
 def test_drawn_labels_do_not_cover_each_other():
     """Two boxes on the same spot: both labels are drawn (two tags of the two class colours)."""
     image = np.zeros((100, 120, 3), np.uint8)

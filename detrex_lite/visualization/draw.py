@@ -26,7 +26,7 @@ def default_line_width(height: int, width: int) -> int:
 
 def default_font_scale(height: int, width: int) -> float:
     """OpenCV font scale: text about 10 px high on images up to ~600 px, growing beyond."""
-    return max(0.35, math.sqrt(height * width) / 1500)
+    return max(0.4, math.sqrt(height * width) / 1500)
 
 
 def scaled_size(height: int, width: int, scale: float) -> Tuple[int, int]:

@@ -4,8 +4,9 @@ Each label, in the order given (most important first), takes the first of these 
 lies inside the image and overlaps no label placed before it: above the box's left corner
 (outside the box), below it, inside the box's top edge, inside its bottom edge, each also
 right-aligned with the box; then the same positions moved away from the box in steps of half a
-label height, up to ``max_shift`` label heights. A label that finds no free place is left out
-(its box is still drawn), so labels never cover each other.
+label height, up to ``max_shift`` label heights. A position that also keeps clear of the other
+boxes' lines is preferred to one that crosses them. A label that finds no free place is left
+out (its box is still drawn), so labels never cover each other.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -14,6 +15,13 @@ Rect = Tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
 def _overlaps(a: Rect, b: Rect) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _crosses(rect: Rect, box: Rect) -> bool:
+    """Whether ``rect`` covers part of ``box``'s outline (or all of it)."""
+    x0, y0, x1, y1 = box
+    inside = x0 < rect[0] and rect[2] <= x1 and y0 < rect[1] and rect[3] <= y1
+    return _overlaps(rect, (x0, y0, x1 + 1, y1 + 1)) and not inside
 
 
 def _candidates(box: Rect, size: Tuple[int, int], gap: int, below_first: bool, max_shift: float):
@@ -63,17 +71,22 @@ def place_labels(
     placed: List[Rect] = list(occupied)
     out: List[Optional[Rect]] = []
     for i, (box, (w, h)) in enumerate(zip(boxes, sizes)):
-        chosen = None
+        chosen, fallback = None, None
         if 0 < w <= width and 0 < h <= height:
             first_below = bool(below_first[i]) if below_first is not None else False
+            others = [b for j, b in enumerate(boxes) if j != i and b != box]
             for x, y in _candidates(box, (w, h), gap, first_below, max_shift):
                 x = min(max(0, x), width - w)  # slide along the border rather than leave the image
                 if y < 0 or y + h > height:
                     continue
                 rect = (x, y, x + w, y + h)
-                if not any(_overlaps(rect, other) for other in placed):
+                if any(_overlaps(rect, other) for other in placed):
+                    continue
+                if not any(_crosses(rect, b) for b in others):
                     chosen = rect
                     break
+                fallback = fallback or rect
+        chosen = chosen or fallback
         out.append(chosen)
         if chosen is not None:
             placed.append(chosen)
