@@ -36,7 +36,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--columns", type=int, default=None, help="contact sheet: images per row (ceil(sqrt(num)))")
     parser.add_argument("--palette", action="store_true",
                         help="contact sheet with a 256-colour palette: about 3x smaller, for documentation")
-    add_override_arguments(parser, help="config overrides after the flags, e.g. dataloader.train.dataset.names=my_train")
+    add_override_arguments(
+        parser, help="config overrides after the flags, e.g. dataloader.train.dataset.names=my_train")
     return parser
 
 

@@ -36,7 +36,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=_HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config-file", metavar="FILE", help="LazyConfig .py file (or a run's config.yaml)")
-    source.add_argument("--run", metavar="DIR", help="a training output folder: its config.yaml and newest complete checkpoint")
+    source.add_argument("--run", metavar="DIR",
+                        help="a training output folder: its config.yaml and newest complete checkpoint")
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="image files, folders (their images, sorted), glob patterns (quote them) or videos")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the drawn images/videos")
@@ -61,7 +62,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="CPU inference mode (detrex_lite.inference): fp32 = folded BatchNorm + channels_last; "
                         "bf16 = bfloat16 weights and activations where the CPU has native bf16 (AMX / AVX-512 "
                         "BF16), else fp32 with a warning (default: the model as built)")
-    parser.add_argument("--force-bf16", action="store_true", help="with --precision bf16: run bf16 even without native support")
+    parser.add_argument("--force-bf16", action="store_true",
+                        help="with --precision bf16: run bf16 even without native support")
     add_override_arguments(parser, help="config overrides after the flags, e.g. train.init_checkpoint=model.pth")
     return parser
 
