@@ -194,8 +194,9 @@ def draw_detections(
     items = [(box, _Label(text, fs, color), False) for box, text, color in zip(pixels, labels, colors) if text]
     items += [(box, _Label(text, fs, None, swatch), True)
               for box, text, swatch in zip(gt_pixels, gt_texts, gt_swatches) if text]
+    # a label outside its box starts just past the box line (ground truth: past its outline)
     rects = place_labels([b for b, _, _ in items], [label.size for _, label, _ in items], (out_h, out_w),
-                         gap=lw // 2 + (1 if gt_pixels else 0), below_first=[below for _, _, below in items])
+                         gap=[lw // 2 + int(is_gt) for _, _, is_gt in items], below_first=[is_gt for _, _, is_gt in items])
     for (_, label, _), rect in zip(items, rects):
         if rect is not None:
             label.draw(out, rect)

@@ -8,7 +8,7 @@ label height, up to ``max_shift`` label heights. A position that also keeps clea
 boxes' lines is preferred to one that crosses them. A label that finds no free place is left
 out (its box is still drawn), so labels never cover each other.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 Rect = Tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
@@ -47,7 +47,7 @@ def place_labels(
     sizes: Sequence[Tuple[int, int]],
     image_size: Tuple[int, int],
     *,
-    gap: int = 0,
+    gap: Union[int, Sequence[int]] = 0,
     below_first: Optional[Sequence[bool]] = None,
     occupied: Sequence[Rect] = (),
     max_shift: float = 3.0,
@@ -58,7 +58,8 @@ def place_labels(
         boxes: N boxes (x0, y0, x1, y1) in integer pixels of the drawn image.
         sizes: N label sizes (width, height) in pixels.
         image_size: (height, width) of the drawn image.
-        gap: pixels between a box edge and a label outside it (e.g. half the line width).
+        gap: pixels between a box edge and a label outside it (e.g. half the line width), one
+            for all labels or one per label.
         below_first: per label, try below the box before above it (default: above first).
         occupied: rectangles no label may cover (e.g. labels already drawn).
         max_shift: how far, in label heights, a label may move away from its box.
@@ -68,6 +69,7 @@ def place_labels(
         disjoint, or None for a label that has no free place.
     """
     height, width = image_size
+    gaps = [int(gap)] * len(boxes) if isinstance(gap, (int, float)) else [int(g) for g in gap]
     placed: List[Rect] = list(occupied)
     out: List[Optional[Rect]] = []
     for i, (box, (w, h)) in enumerate(zip(boxes, sizes)):
@@ -75,7 +77,7 @@ def place_labels(
         if 0 < w <= width and 0 < h <= height:
             first_below = bool(below_first[i]) if below_first is not None else False
             others = [b for j, b in enumerate(boxes) if j != i and b != box]
-            for x, y in _candidates(box, (w, h), gap, first_below, max_shift):
+            for x, y in _candidates(box, (w, h), gaps[i], first_below, max_shift):
                 x = min(max(0, x), width - w)  # slide along the border rather than leave the image
                 if y < 0 or y + h > height:
                     continue
