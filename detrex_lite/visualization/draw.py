@@ -15,7 +15,7 @@ from .palette import DASHED, DOTTED, GROUND_TRUTH_COLOR, LINE_STYLES, OUTLINE_CO
 from .placement import place_labels
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-_DARK = np.array((16, 16, 16), np.float32)
+_DARK = (16, 16, 16)
 _DARK_ALPHA = 0.7  # opacity of a ground-truth label's dark tag
 
 
@@ -100,7 +100,8 @@ class _Label:
         x0, y0, x1, y1 = rect
         if self.background is None:  # dark translucent tag, white text
             region = image[y0:y1, x0:x1].astype(np.float32)
-            image[y0:y1, x0:x1] = np.round(region * (1 - _DARK_ALPHA) + _DARK * _DARK_ALPHA).astype(np.uint8)
+            dark = np.asarray(_DARK, np.float32) * _DARK_ALPHA
+            image[y0:y1, x0:x1] = np.round(region * (1 - _DARK_ALPHA) + dark).astype(np.uint8)
             text_color = (255, 255, 255)
         else:
             cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), self.background, -1)

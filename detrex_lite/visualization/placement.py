@@ -69,6 +69,7 @@ def place_labels(
         disjoint, or None for a label that has no free place.
     """
     height, width = image_size
+    boxes = [tuple(int(v) for v in b) for b in boxes]
     gaps = [int(gap)] * len(boxes) if isinstance(gap, (int, float)) else [int(g) for g in gap]
     placed: List[Rect] = list(occupied)
     out: List[Optional[Rect]] = []
