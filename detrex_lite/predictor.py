@@ -17,7 +17,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detrex_lite.data.dataset_mapper import read_image_file
 from detectron2.structures import Instances
 from omegaconf import OmegaConf
 
@@ -185,9 +185,11 @@ class Predictor:
         return next(self.model.parameters()).device
 
     def read(self, image: ImageLike) -> np.ndarray:
-        """Returns the image as an HWC uint8 RGB array (paths are read with EXIF orientation)."""
+        """Returns the image as an HWC uint8 RGB array. Paths are read by the training reader
+        (EXIF orientation; 16-bit images scaled to 8 bits; 32-bit float/int images refused with an
+        ImageReadError naming the file)."""
         if isinstance(image, (str, os.PathLike)):
-            return read_image(os.fspath(image), format="RGB")
+            return read_image_file(os.fspath(image), "RGB")
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             got = getattr(image, "shape", type(image).__name__)
             raise ValueError(f"Expected an image path or an HxWx3 uint8 array, got {got}")

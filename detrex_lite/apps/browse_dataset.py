@@ -61,7 +61,7 @@ def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: st
     """Draws the samples and writes contact_sheet.png, one PNG per sample and stats.json;
     returns the stats ({"dataset": ..., "samples": ..., "images": [...]})."""
     from detectron2.config import instantiate
-    from detectron2.data.detection_utils import read_image
+    from detrex_lite.data.dataset_mapper import read_image_file
 
     dicts, class_names, mapper_cfg = load_split(cfg, split)
     if not dicts:
@@ -87,7 +87,7 @@ def run(cfg, split: str = "train", num: int = 16, raw: bool = False, out_dir: st
     for k, index in enumerate(chosen):
         record = dicts[index]
         if raw:
-            image = read_image(record["file_name"], format="RGB")
+            image = read_image_file(record["file_name"], "RGB", f"image_id={record.get('image_id')}")
             boxes, classes = non_crowd_boxes(record.get("annotations", []))
         else:
             np.random.seed(seed * 100003 + index)  # detectron2's augmentations draw from np.random

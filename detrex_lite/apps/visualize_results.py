@@ -40,9 +40,9 @@ def draw_image(coco_gt, coco_dt, m: ImageMatches, file_name: str, path: str, thr
     """Writes ``path``: the image's ground truth (left) and predictions (right), each panel
     enlarged so that its longer side is at least ``min_side`` pixels. ``dedupe_iou`` drops, from
     the drawing only, predictions overlapping a better-scoring drawn one by more than that IoU."""
-    from detectron2.data.detection_utils import read_image
+    from detrex_lite.data.dataset_mapper import read_image_file
 
-    image = read_image(file_name, format="RGB")
+    image = read_image_file(file_name, "RGB")
     contiguous = {c: k for k, c in enumerate(sorted(coco_gt.getCatIds()))}
     names = {c: coco_gt.cats[c]["name"] for c in coco_gt.getCatIds()}
     gt = [(coco_gt.anns[i], style, suffix) for ids, style, suffix in

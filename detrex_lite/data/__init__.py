@@ -6,7 +6,7 @@ detectron2 itself ("coco_2017_train", "coco_2017_val", under ``$DETECTRON2_DATAS
 """
 from .classes import ClassInfo
 from .coco import DatasetError, accepted_ground_truth, load_coco_detection_json, read_coco_json, register_coco_dataset
-from .dataset_mapper import DetrDatasetMapper, ImageReadError, non_crowd_boxes, read_image
+from .dataset_mapper import DetrDatasetMapper, ImageReadError, non_crowd_boxes, read_image, read_image_file
 from .demo_dataset import (
     DEMO_CLASSES,
     DEMO_DATASET_NAMES,

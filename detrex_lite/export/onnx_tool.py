@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from detectron2.config import instantiate
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detrex_lite.data.dataset_mapper import read_image_file
 
 from detrex_lite.checkpoint import CheckpointError, load_weights
 from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path
@@ -42,7 +42,7 @@ def check_inputs(
     images: List[torch.Tensor] = []
     if image_paths:
         augs = T.AugmentationList(list(augmentations))
-        images = [preprocess_image(read_image(p, format="RGB"), augs)["image"] for p in image_paths]
+        images = [preprocess_image(read_image_file(p, "RGB"), augs)["image"] for p in image_paths]
     else:
         generator = torch.Generator().manual_seed(0)
         for i in range(batch_size):
