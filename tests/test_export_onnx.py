@@ -283,3 +283,53 @@ def test_export_arguments_take_overrides_after_the_flags(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--check-images: model.num_queries=10 is no image" in err and " -- model" in err
+
+
+def test_export_replaces_the_file_only_when_complete(tmp_path, monkeypatch):
+    """A re-export that dies half-way (SIGKILL, a full disk) used to leave a 0-byte model.onnx in
+    place of the good one, which onnx.load accepts; now the old file stays whole."""
+    from detrex_lite.export import onnx_export as module
+
+    _, model = _build("one_stage")
+    path = tmp_path / "model.onnx"
+    export_onnx(model, str(path), CANVAS)
+    good = path.read_bytes()
+    assert len(good) > 1000
+
+    def dies_half_way(wrapper, images, image_sizes, target, dynamic_axes, opset):
+        with open(target, "wb") as f:
+            f.write(good[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "_export_checked", dies_half_way)
+    with pytest.raises(OSError):
+        export_onnx(model, str(path), CANVAS)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary left
+
+
+def test_unwritable_output_fails_before_the_export(tmp_path, capsys):
+    """An --output that cannot be written used to fail with a traceback after the whole export."""
+    from detrex_lite.export.onnx_tool import export_onnx_cli
+    from detrex_lite.export.options import parse_export_onnx_args
+
+    cfg, _ = _build("one_stage")
+    cfg_path = save_config(cfg, str(tmp_path / "tiny.yaml"))
+    (tmp_path / "afile").write_text("")  # a file where the output's folder should be (fails as root too)
+    output = tmp_path / "afile" / "m.onnx"
+    rc = export_onnx_cli(parse_export_onnx_args(["--config-file", cfg_path, "--output", str(output)]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith(f"export_onnx: error: --output {output}: cannot write in {tmp_path / 'afile'} (")
+    assert "Exported" not in "\n".join(err)
+
+
+def test_output_that_is_a_folder_fails_before_the_export(tmp_path, capsys):
+    from detrex_lite.export.onnx_tool import export_onnx_cli
+    from detrex_lite.export.options import parse_export_onnx_args
+
+    cfg, _ = _build("one_stage")
+    cfg_path = save_config(cfg, str(tmp_path / "tiny.yaml"))
+    rc = export_onnx_cli(parse_export_onnx_args(["--config-file", cfg_path, "--output", str(tmp_path)]))
+    assert rc == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"export_onnx: error: --output {tmp_path} is a folder: give a file path"

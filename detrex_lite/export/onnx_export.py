@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -185,7 +186,26 @@ def export_onnx(
             dynamic_axes["image_sizes"] = {0: "batch"}
             for name in wrapper.output_names:
                 dynamic_axes[name] = {0: "batch"}
-    with attention_backend(model, "pytorch"), torch.no_grad(), warnings.catch_warnings():
+    # Written beside ``path`` and renamed over it once checked: a process killed meanwhile leaves
+    # the previous file whole (it used to leave a 0-byte model.onnx that onnx.load accepts).
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.tmp.{os.getpid()}")
+    try:
+        _export_checked(wrapper, images, image_sizes, tmp, dynamic_axes, opset)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    logger.info(
+        "Exported %s to %s (opset %d, %s)", type(model).__name__, path, opset,
+        "dynamic height and width" if dynamic_size else f"fixed canvas {h}x{w}",
+    )
+    return wrapper
+
+
+def _export_checked(wrapper, images, image_sizes, path: str, dynamic_axes, opset: int) -> None:
+    """``torch.onnx.export`` of ``wrapper`` to ``path``, then onnx's model check of the file."""
+    with attention_backend(wrapper.model, "pytorch"), torch.no_grad(), warnings.catch_warnings():
         # The remaining tracer warnings are about sizes that are fixed by the model (last dims of
         # reference points, the query count), not by the image size.
         warnings.simplefilter("ignore")
@@ -203,11 +223,6 @@ def export_onnx(
     import onnx
 
     onnx.checker.check_model(onnx.load(path))
-    logger.info(
-        "Exported %s to %s (opset %d, %s)", type(model).__name__, path, opset,
-        "dynamic height and width" if dynamic_size else f"fixed canvas {h}x{w}",
-    )
-    return wrapper
 
 
 # Two detections whose scores differ by less than this may legitimately sort in either order.

@@ -9,12 +9,14 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from detectron2.config import instantiate
 from detectron2.data import transforms as T
-from detrex_lite.data.dataset_mapper import read_image_file
 
 from detrex_lite.checkpoint import CheckpointError, load_weights
 from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path
+from detrex_lite.data.dataset_mapper import read_image_file
+from detrex_lite.errors import OutputDirError
 from detrex_lite.predictor import load_config, preprocess_image, test_augmentations
 from detrex_lite.utils import json_io
+from detrex_lite.utils.files import check_writable
 from detrex_lite.utils.logger import setup_logger
 
 from .onnx_export import check_onnx_parity, encoder_tokens, export_onnx, prepare_export_inputs
@@ -86,6 +88,9 @@ def export_and_check(args) -> Dict:
     """Exports with the parsed arguments (:func:`detrex_lite.export.options.parse_export_onnx_args`),
     prints the parity lines, writes ``--json``; returns the report."""
     setup_logger()
+    check_writable(args.output)
+    if args.json:
+        check_writable(args.json, "--json")
     cfg = load_config(run_config_path(args.run) if args.run else args.config_file, args.opts)
     model = instantiate(cfg.model).eval()
     checkpoint = args.checkpoint
@@ -137,7 +142,7 @@ def export_onnx_cli(args) -> int:
     stderr, exit 1."""
     try:
         result = export_and_check(args)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, FileNotFoundError, OutputDirError) as e:
         print(f"export_onnx: error: {e}", file=sys.stderr)
         return 1
     return 0 if result.get("max_abs_diff", {"ok": True})["ok"] else 1
