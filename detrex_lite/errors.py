@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "ImageReadError",
+    "ImageNotFoundError",
     "CheckpointError",
     "CheckpointFileError",
     "CheckpointMismatchError",
@@ -40,6 +41,10 @@ class DatasetError(DetrexError, ValueError):
 
 class ImageReadError(DetrexError, OSError):
     """An image file is missing or cannot be decoded; the message names the file and image id."""
+
+
+class ImageNotFoundError(ImageReadError, FileNotFoundError):
+    """An image file does not exist (an ImageReadError that ``except FileNotFoundError`` catches)."""
 
 
 class CheckpointError(DetrexError, RuntimeError):

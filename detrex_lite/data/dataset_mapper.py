@@ -9,7 +9,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.file_io import PathManager
 from PIL import Image
-from detrex_lite.errors import ImageReadError  # noqa: F401  (re-exported)
+from detrex_lite.errors import ImageNotFoundError, ImageReadError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def read_image_file(file_name: str, img_format: str = "RGB", what: str = "") -> 
         return read_image(file_name, img_format)
     except _READ_ERRORS as e:
         where = f" ({what})" if what else ""
-        raise ImageReadError(f"Cannot read image {file_name}{where}: {type(e).__name__}: {e}") from e
+        error = ImageNotFoundError if isinstance(e, FileNotFoundError) else ImageReadError
+        raise error(f"Cannot read image {file_name}{where}: {type(e).__name__}: {e}") from e
 
 
 class DetrDatasetMapper:
