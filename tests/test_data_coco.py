@@ -256,3 +256,42 @@ def test_annotations_without_area_are_evaluated_with_box_area(tmp_path, register
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["bbox"]["APs"] == pytest.approx(100.0)  # the 10 x 20 box is small (200 px)
+
+
+_GOOD_ANNOTATION = {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0, "area": 200}
+
+
+@pytest.mark.parametrize(
+    "where, change, message",
+    [
+        ("categories", [{"id": 3, "name": "cat"}, {"id": "9", "name": "zebra"}], "category 'zebra' has id '9'; category ids are ints"),
+        ("categories", [{"id": 3, "name": "cat"}, {"id": 5, "name": "cat"}], "category name 'cat' is used by ids 3 and 5"),
+        ("images", [{"id": 11, "file_name": None, "height": 40, "width": 50}], "image id 11 has file_name None; expected a file name"),
+        ("images", [{"id": [11], "file_name": "a.png", "height": 40, "width": 50}], "has id [11]; expected an int or a string"),
+        ("images", [{"id": 11, "file_name": "a.png", "height": 40, "width": -50}], "image id 11 has height 40 and width -50; expected positive"),
+        ("annotations", [dict(_GOOD_ANNOTATION, iscrowd="no")], "annotation id 1 has iscrowd 'no'; expected 0 or 1"),
+        ("annotations", [dict(_GOOD_ANNOTATION, id=[1])], "annotations[0] has id [1]; expected an int or a string"),
+        ("annotations", [[1, 11, 3]], "annotations[0] is [1, 11, 3]; expected an object"),
+    ],
+    ids=["mixed-category-ids", "duplicate-names", "file-name-null", "list-image-id", "negative-width",
+         "iscrowd-str", "list-annotation-id", "annotation-not-object"],
+)
+def test_malformed_records_are_one_line_naming_file_and_record(tmp_path, where, change, message):
+    """Each of these used to end in a traceback (TypeError, AttributeError, ValueError) or, for
+    duplicate class names, be accepted silently."""
+    kwargs = {where: change}
+    if where == "images":
+        kwargs["annotations"] = []
+    json_file, image_root = write_coco(tmp_path, **kwargs) if where != "images" else _write_raw(tmp_path, **kwargs)
+    with pytest.raises(DatasetError) as e:
+        load_coco_detection_json(json_file, image_root)
+    assert str(e.value).startswith(f"{json_file}: ") and message in str(e.value)
+
+
+def _write_raw(folder, images, annotations):
+    """A COCO json whose image entries are written as given (no image files)."""
+    os.makedirs(folder / "images", exist_ok=True)
+    path = folder / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 3, "name": "cat"}]}))
+    return str(path), str(folder / "images")

@@ -52,15 +52,55 @@ def read_coco_json(json_file):
     return data
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(value) -> bool:
+    """An image or annotation id: an int or a string (COCO uses ints; lists, floats, null are refused)."""
+    return _is_int(value) or isinstance(value, str)
+
+
+def _image_fields(image, json_file):
+    """(id, height, width) of an ``images`` entry, checked: an int or string id, positive int sizes."""
+    if not isinstance(image, dict) or not all(k in image for k in ("id", "height", "width")):
+        raise DatasetError(f"{json_file}: image entry {image!r} needs 'id', 'file_name', 'height' and 'width'")
+    image_id = image["id"]
+    if not _is_id(image_id):
+        raise DatasetError(f"{json_file}: image entry {image!r} has id {image_id!r}; expected an int or a string")
+    try:
+        height, width = int(image["height"]), int(image["width"])
+    except (TypeError, ValueError):
+        height = width = 0
+    if height <= 0 or width <= 0 or float(image["height"]) != height or float(image["width"]) != width:
+        raise DatasetError(
+            f"{json_file}: image id {image_id} has height {image['height']!r} and width {image['width']!r}; "
+            "expected positive whole numbers of pixels"
+        )
+    return image_id, height, width
+
+
 def _json_classes(data, json_file):
     """The json's categories as :class:`ClassInfo` (class index = rank of the sorted dataset id),
     checked for duplicates."""
     categories = {}
     for category in data["categories"]:
-        if "id" not in category or "name" not in category:
-            raise DatasetError(f"{json_file}: category {category} needs an 'id' and a 'name'")
+        if not isinstance(category, dict) or "id" not in category or "name" not in category:
+            raise DatasetError(f"{json_file}: category {category!r} needs an 'id' and a 'name'")
+        if not _is_int(category["id"]):
+            raise DatasetError(
+                f"{json_file}: category {category['name']!r} has id {category['id']!r}; category ids are ints"
+            )
+        if not isinstance(category["name"], str) or not category["name"]:
+            raise DatasetError(f"{json_file}: category id {category['id']} has name {category['name']!r}; expected a non-empty string")
         if category["id"] in categories:
             raise DatasetError(f"{json_file}: category id {category['id']} appears twice")
+        twin = next((i for i, n in categories.items() if n == category["name"]), None)
+        if twin is not None:
+            raise DatasetError(
+                f"{json_file}: category name {category['name']!r} is used by ids {twin} and {category['id']}; "
+                "class names must be unique (predictions are reported by name)"
+            )
         categories[category["id"]] = category["name"]
     if not categories:
         raise DatasetError(f"{json_file}: 'categories' is empty; a detection dataset needs classes")
@@ -93,8 +133,19 @@ def _accepted_annotations(data, json_file, id_map, image_sizes):
     """
     annotation_ids = set()
     accepted, num_unmatched, num_clipped, dropped_ids = [], 0, 0, []
-    for annotation in data["annotations"]:
+    for index, annotation in enumerate(data["annotations"]):
+        if not isinstance(annotation, dict):
+            raise DatasetError(f"{json_file}: annotations[{index}] is {annotation!r}; expected an object")
         annotation_id = annotation.get("id")
+        for key in ("id", "image_id"):
+            if key in annotation and not _is_id(annotation[key]):
+                raise DatasetError(
+                    f"{json_file}: annotations[{index}] has {key} {annotation[key]!r}; expected an int or a string"
+                )
+        if annotation.get("iscrowd", 0) not in (0, 1):  # True/False compare equal to 1/0
+            raise DatasetError(
+                f"{json_file}: annotation id {annotation_id} has iscrowd {annotation['iscrowd']!r}; expected 0 or 1"
+            )
         if annotation_id in annotation_ids:
             raise DatasetError(f"{json_file}: annotation id {annotation_id} appears twice")
         annotation_ids.add(annotation_id)
@@ -149,13 +200,10 @@ def load_coco_detection_json(json_file, image_root, dataset_name=None):
 
     records, by_image_id = [], {}
     for image in data["images"]:
-        try:
-            image_id, file_name = image["id"], image["file_name"]
-            height, width = int(image["height"]), int(image["width"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DatasetError(
-                f"{json_file}: image entry {image} needs 'id', 'file_name', 'height' and 'width'"
-            ) from e
+        image_id, height, width = _image_fields(image, json_file)
+        file_name = image.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            raise DatasetError(f"{json_file}: image id {image_id} has file_name {file_name!r}; expected a file name")
         if image_id in by_image_id:
             raise DatasetError(f"{json_file}: image id {image_id} appears twice")
         record = {"file_name": os.path.join(image_root, file_name), "height": height,
@@ -227,11 +275,10 @@ def accepted_ground_truth(json_file):
     """
     data = read_coco_json(json_file)
     id_map = _json_classes(data, json_file).dataset_ids
-    try:
-        sizes = {image["id"]: {"height": int(image["height"]), "width": int(image["width"])}
-                 for image in data["images"]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError(f"{json_file}: every image entry needs 'id', 'height' and 'width' ({e})") from e
+    sizes = {}
+    for image in data["images"]:
+        image_id, height, width = _image_fields(image, json_file)
+        sizes[image_id] = {"height": height, "width": width}
     accepted, _, num_clipped, dropped_ids = _accepted_annotations(data, json_file, id_map, sizes)
     annotations = [dict(a, bbox=bbox, area=a.get("area", bbox[2] * bbox[3])) for a, bbox in accepted]
     return dict(data, annotations=annotations), len(dropped_ids), num_clipped, dropped_ids
