@@ -38,11 +38,11 @@ def detect_source(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
             match the layouts of two families.
     """
     state_dict = strip_prefix(state_dict, "module.")
-    # Checked first: a family may keep the official names for everything but the backbone, whose
-    # detectron2 names are this project's.
-    if any(k.startswith("backbone.stem.") for k in state_dict):
-        raise ConversionError("this state dict already has detrex_lite names; load it directly")
+    # The families are asked first: a foreign format may use detectron2's backbone names too
+    # (detrex's), and each family's detect() refuses this project's own names.
     claims = _claims(state_dict)
+    if not claims and any(k.startswith("backbone.stem.") for k in state_dict):
+        raise ConversionError("this state dict already has detrex_lite names; load it directly")
     if len(claims) > 1:
         named = ", ".join(f"{fmt.name} ({family.name})" for family, fmt in claims)
         raise ConversionError(f"the keys match several layouts: {named}; pass --from explicitly")
@@ -78,7 +78,7 @@ def convert_state_dict(
     state_dict = strip_prefix(state_dict, "module.")
     if source is not None and source not in source_formats():
         raise ValueError(f"source must be one of {source_formats()}, got {source!r}")
-    claims = [] if any(k.startswith("backbone.stem.") for k in state_dict) else _claims(state_dict)
+    claims = _claims(state_dict)
     chosen = [(family, fmt) for family, fmt in claims if source is None or fmt.name == source]
     if len(chosen) != 1:
         detected, model = detect_source(state_dict)  # raises for no layout or several

@@ -132,9 +132,16 @@ def apply_state_dict(
     stored = dict((meta or {}).get("arch") or {})
     options = family.arch_options
     reasons = []
-    if stored:
+    # Weights of another family (stored facts name another meta-architecture): say that first;
+    # comparing its facts field by field would name options that do not explain anything.
+    foreign = stored.get("meta_architecture") not in (None, model_facts.get("meta_architecture"))
+    if foreign:
+        hint = foreign_format_hint(state_dict, model, stored)
+        if hint:
+            reasons.append(hint)
+    elif stored:
         reasons += explain_mismatch(options, model_facts, stored, stored=True)
-    if not partial_prefix:
+    if not partial_prefix and not foreign:
         tensor_facts = family.state_dict_arch(state_dict)
         fields = [f for f in options if f != "num_classes" and f not in family.inferred_only and f not in stored]
         reasons += explain_mismatch(options, model_facts, tensor_facts, stored=False, fields=fields)

@@ -283,8 +283,10 @@ class DeformableDETRWeights(WeightFamily):
         """Box refinement is inferred from the heads (independent per-layer heads that differ); a
         model saved right after initialisation cannot be told apart this way, which is why
         training and the converter also store ``meta["arch"]``."""
-        if "transformer.level_embed" not in state_dict:
-            return {}
+        if "transformer.level_embed" not in state_dict or not (
+            "transformer.reference_points.weight" in state_dict or "transformer.pos_trans.weight" in state_dict
+        ):
+            return {}  # not Deformable DETR's (another multi-scale family also has a level embedding)
         level_embed = state_dict["transformer.level_embed"]
         arch: Dict[str, Any] = {
             "meta_architecture": "DeformableDETR",

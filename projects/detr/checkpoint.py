@@ -59,7 +59,13 @@ def is_hf_detr(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def is_official_detr(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return "transformer.decoder.norm.weight" in state_dict and "class_embed.weight" in state_dict
+    # The torchvision backbone tells the release apart from our DETR, which keeps the official
+    # transformer and head names.
+    return (
+        "transformer.decoder.norm.weight" in state_dict
+        and "class_embed.weight" in state_dict
+        and any(k.startswith("backbone.0.body.") for k in state_dict)
+    )
 
 
 def hf_to_official_detr(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
