@@ -202,6 +202,13 @@ class DETRBase(nn.Module):
         """
         raise NotImplementedError
 
+    @classmethod
+    def transformers_reference(cls, model_cfg, num_classes: int) -> nn.Module:
+        """The Hugging Face transformers model with ``model_cfg``'s architecture (randomly
+        initialised), which ``tools/benchmark.py --compare-hf`` times beside this one. A family
+        with a transformers counterpart implements it; by default there is none."""
+        raise ValueError(f"--compare-hf: {cls.__name__} has no Hugging Face transformers counterpart to compare with")
+
     def float32_modules(self) -> List[nn.Module]:
         """Modules a reduced-precision inference mode keeps in float32: what turns features into
         scores and box coordinates (a model lists its prediction heads). None by default: the

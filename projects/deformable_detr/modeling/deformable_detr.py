@@ -139,6 +139,13 @@ class DeformableDETR(DETRBase):
         scores, labels, query_idx = select_topk(outputs["pred_logits"].sigmoid(), self.select_box_nums_for_evaluation)
         return scores, labels, gather_queries(outputs["pred_boxes"], query_idx)
 
+    @classmethod
+    def transformers_reference(cls, model_cfg, num_classes: int) -> nn.Module:
+        """transformers' ``DeformableDetrForObjectDetection`` with this config's architecture."""
+        from ..hf_reference import transformers_model
+
+        return transformers_model(model_cfg, num_classes)
+
     def float32_modules(self) -> List[nn.Module]:
         # The heads (the two-stage proposal heads are entries of the same lists) and, one-stage,
         # the projection that places the reference points.
