@@ -549,7 +549,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const Plan plan = make_plan<scalar_t>(v, in.loc, {v.data_ptr(), grad_out.data_ptr()}, choice);
+      // grad_value takes the packs through atomic_add_run, which on sm_90+ adds four floats with one
+      // 16-byte vector atomic: its pointer must be 16-byte aligned like value's and grad_output's
+      // (a fresh allocation always is; an unaligned one takes the scalar path instead).
+      const Plan plan =
+          make_plan<scalar_t>(v, in.loc, {v.data_ptr(), grad_out.data_ptr(), grad_value.data_ptr()}, choice);
       DETREX_LITE_MSDA_DISPATCH_VARIANT(plan, widest_vec<scalar_t>(), [&] {
         launch(&backward_kernel<scalar_t, acc_t, VEC, kL, kP, index_t>, blocks_for(plan), kThreads,
                v.data_ptr<scalar_t>(), in.spatial_shapes.data_ptr<int64_t>(), in.level_start.data_ptr<int64_t>(),

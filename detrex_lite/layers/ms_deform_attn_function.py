@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .level_layout import LevelLayout, level_shapes, level_starts
+from .level_layout import LevelLayout, host_layout, level_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -444,6 +444,37 @@ def _layout_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.contiguous() if t.device.type == "cpu" else t.to(device).contiguous()
 
 
+def _trusted_layout(
+    device: torch.device, sizes: Sequence[Tuple[int, int]], spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The layout tensors to give the compiled operator for a GPU ``value`` when the host-side
+    ``sizes`` are trusted (a :class:`LevelLayout`).
+
+    Normally the sizes as CPU tensors in pinned memory: the operator checks a CPU layout on the
+    host and copies it with ``non_blocking=True`` (from pinned memory: asynchronous), where a
+    layout on the GPU is bounds-checked by the kernels and their error flag read back after the
+    launch (a host-device synchronisation per attention layer). While a CUDA graph is being
+    captured the layout's own device tensors instead: a captured copy would re-read the host
+    buffer at every replay, after it was freed, and the operator does not read the flag back
+    during a capture (the kernels' bounds test still keeps every access inside value).
+
+    Raises:
+        RuntimeError: captured with a layout that is not on ``value``'s device.
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if spatial_shapes.device != device or level_start_index.device != device:
+            raise RuntimeError(
+                f"ms_deform_attn: under CUDA-graph capture the layout must already be on value's device {device} "
+                f"(got spatial_shapes on {spatial_shapes.device}, level_start_index on {level_start_index.device}): "
+                f"build the LevelLayout with LevelLayout.from_sizes(sizes, {str(device)!r}) or from_features"
+            )
+        return spatial_shapes, level_start_index
+    packed = host_layout(sizes, pin=device.type == "cuda")
+    num_levels = len(sizes)
+    return packed[: 2 * num_levels].view(num_levels, 2), packed[2 * num_levels:]
+
+
 def _run(
     value, spatial_shapes, level_start_index, sizes, sampling_locations, attention_weights, im2col_step, *,
     backend: str, autocast: bool,
@@ -463,12 +494,7 @@ def _run(
         )
     if compiled and backend != "pytorch":
         if sizes is not None and value.device.type != "cpu" and not torch.jit.is_tracing():
-            # The trusted host-side sizes as CPU tensors: the operator checks a CPU layout on the
-            # host and copies it without waiting, where a layout on the GPU is bounds-checked by
-            # the kernels and its error flag read back after the launch (a host-device sync per
-            # attention layer).
-            spatial_shapes = torch.tensor(sizes, dtype=torch.int64)
-            level_start_index = torch.tensor(level_starts(sizes), dtype=torch.int64)
+            spatial_shapes, level_start_index = _trusted_layout(value.device, sizes, spatial_shapes, level_start_index)
         return torch.ops.detrex_lite.ms_deform_attn_forward(
             value.contiguous(),
             _layout_tensor(spatial_shapes, value.device),
