@@ -85,7 +85,8 @@ def make_image_env(root: str) -> str:
 
 
 def _run_check(out, wheels, python, *extra, deadline=None):
-    env = dict(os.environ, PYTHON=python)
+    work = os.path.join(os.path.dirname(str(out)), "work_" + os.path.basename(str(out)))
+    env = dict(os.environ, PYTHON=python, GPU_CHECK_WORK=work)
     env.pop("PYTHONPATH", None)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     if deadline:

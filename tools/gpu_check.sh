@@ -33,15 +33,15 @@
 #
 # Exit status: 0 no step failed or timed out; 1 one did; 2 no usable GPU (not --rehearse).
 # Environment: PYTHON (default python3, the image's), GPU_CHECK_DEADLINE (default 480 s),
+# GPU_CHECK_WORK (logs, overlay venv; default /tmp/detrex_lite_gpu_check, kept afterwards),
 # CUDA_HOME (default: asked from nvcc), MAX_JOBS (default 16).
 #
-# Why an overlay venv for the private folder: PYTHONPATH entries come BEFORE site-packages, so a
-# wheel there would shadow the image's numpy, pytest or torch-dependent packages. The overlay is
-# a venv without packages of its own (python -m venv --without-pip) whose site-packages holds two
-# .pth files, processed in name order at start-up: 00 adds the image's site-packages (with its
-# own .pth files), zz the private folder. Every process started from the overlay's python (pytest
-# workers, compute-sanitizer's target, benchmark subprocesses via sys.executable) gets the same
-# order; nothing of the image is modified. When no wheel is needed the image's python runs as is.
+# Why an overlay venv for the private folder (tools/gpu_env.sh): PYTHONPATH entries come BEFORE
+# site-packages, so a wheel there would shadow the image's numpy, pytest or torch-dependent
+# packages. The overlay is a venv without packages of its own whose two .pth files add the
+# image's site-packages, then the private folder; every process started from its python (pytest,
+# compute-sanitizer's target, sys.executable subprocesses) gets that order, and nothing of the
+# image is modified. When no wheel is needed the image's python runs as is.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -65,9 +65,11 @@ export MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)
 [ -d "$WHEELS_DIR" ] && WHEELS_DIR=$(cd "$WHEELS_DIR" && pwd)
 rm -f "$OUT_DIR"/{summary.json,gpu_check.log,logs.tgz,ops_cuda.json,model_cuda.json}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")  # logs, overlay venv, private folder
+# Logs, the overlay venv and the private folder; kept after the check, so that a second call on
+# the still-warm machine can use the overlay's python (logs/install.env) without reinstalling.
+WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/detrex_lite_gpu_check}
 LOGS=$WORK/logs
-PRIVATE=$WORK/private
+rm -rf "$LOGS"
 mkdir -p "$LOGS"
 exec > >(tee -a "$OUT_DIR/gpu_check.log") 2>&1
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -164,13 +166,12 @@ finish() {
   pack_logs
   printf '\n==> [%4d s] done: %s (exit %d)\n' "$SECONDS" "$VERDICT" "$code"
   for s in "${STEPS[@]}"; do printf '  %-16s %-8s %4d s  %s\n' "$s" "${STATUS[$s]}" "${SECS[$s]}" "${DETAIL[$s]:0:150}"; done
-  rm -rf "$WORK"
   exit $code
 }
 trap 'VERDICT=interrupted; write_summary; pack_logs; exit 130' INT TERM
 
 write_summary
-export REPO LOGS PRIVATE WORK OUT_DIR WHEELS_DIR PY
+export REPO LOGS WORK OUT_DIR WHEELS_DIR PY
 
 # ---- 0. probe ------------------------------------------------------------------------------
 step_probe() {
@@ -290,60 +291,8 @@ GPU_REASON=$(gpu_reason)
 
 # ---- 1. wheels the image lacks, after its site-packages -------------------------------------
 step_install() {
-  if ! compgen -G "$WHEELS_DIR/*.whl" >/dev/null; then
-    echo "no wheels in $WHEELS_DIR"
-  else
-    # The wheels whose top-level modules do not import with the image's packages.
-    needed=$(cd / && "$PY" - "$WHEELS_DIR"/*.whl <<'EOF'
-import importlib.util
-import os
-import sys
-import zipfile
-
-for path in sys.argv[1:]:
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        top = [n for n in names if n.endswith(".dist-info/top_level.txt")]
-        if top:
-            modules = z.read(top[0]).decode().split()
-        else:
-            modules = {n.split("/")[0].removesuffix(".py") for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
-    modules = [m for m in modules if m not in ("tools", "tests", "docs")]
-    if any(importlib.util.find_spec(m) is None for m in modules):
-        print(path)
-EOF
-    )
-    if [ -z "$needed" ]; then
-      echo "every wheel in $WHEELS_DIR already imports: nothing installed"
-    else
-      echo "installing into $PRIVATE:"; printf '  %s\n' $needed
-      mkdir -p "$PRIVATE"
-      # detectron2 is published tagged cp310 only but is pure Python for detrex_lite (its
-      # compiled _C is never imported): unpacked. So is everything when the image has no pip.
-      unpack=$(printf '%s\n' $needed | grep sal_detectron2 || true)
-      others=$(printf '%s\n' $needed | grep -v sal_detectron2 || true)
-      if [ -n "$others" ] && "$PY" -m pip --version >/dev/null 2>&1; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
-          --target "$PRIVATE" $others || exit 1
-      else
-        unpack="$unpack $others"
-      fi
-      for w in $unpack; do "$PY" -m zipfile -e "$w" "$PRIVATE" || exit 1; done
-      rm -rf "$PRIVATE/tools"  # detectron2's tools/, not ours
-      # The overlay venv: the image's site-packages first, then the private folder (header).
-      base=$("$PY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')
-      "$base" -m venv --without-pip "$WORK/env" || exit 1
-      sp=$("$WORK/env/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-      : >"$sp/00_image_site_packages.pth"
-      IFS=: read -ra dirs <<<"$(grep '^site_packages=' "$LOGS/probe.env" | cut -d= -f2-)"
-      for d in "${dirs[@]}"; do echo "import site; site.addsitedir('$d')" >>"$sp/00_image_site_packages.pth"; done
-      echo "import site; site.addsitedir('$PRIVATE')" >"$sp/zz_detrex_lite_private.pth"
-      echo "overlay python: $WORK/env/bin/python"
-      "$WORK/env/bin/python" -c 'import sys; print("sys.path:", *sys.path[1:], sep="\n  ")'
-    fi
-  fi
-  py=$PY
-  [ -x "$WORK/env/bin/python" ] && py=$WORK/env/bin/python
+  py=$(bash "$REPO/tools/gpu_env.sh" "$WHEELS_DIR" "$WORK" | tee /dev/stderr | sed -n 's/^PY_RUN=//p' | tail -1)
+  [ -n "$py" ] || exit 1
   echo "PY_RUN=$py" >"$LOGS/install.env"
   # The proof that nothing is missing: the model's whole stack from its config, on the CPU.
   cd "$REPO" && "$py" - <<'EOF'
