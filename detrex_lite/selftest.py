@@ -1,16 +1,21 @@
 """Checks the multi-scale deformable attention implementations on this machine.
 
     python -m detrex_lite.selftest [--quick]
+    python -m detrex_lite.selftest --smoke [--device cuda] [--no-sync-check]
 
 For each device present (CPU, CUDA), each available implementation (the compiled operator, the
 PyTorch reference), each dtype combination of the contract and each case (the model's kernel
 instance L = 4, P = 4, D = 32, M = 8; D = 48; D = 64; a misaligned value view), and on CUDA each
-kernel instance (DETREX_LITE_MSDA_CUDA_KERNEL = auto, generic, scalar, index64), runs forward and
+kernel instance (the operator's ``kernel`` argument: auto, generic, scalar, index64), runs forward and
 backward on random inputs and compares them with the reference computed in float64. Prints what
 was built and a table; exits non-zero when a comparison fails.
+
+``--smoke`` (tools/gpu_check.sh step 3, and the case compute-sanitizer runs) checks only the
+model's instance in float32 and bfloat16, with the layout on the CPU and on the device and
+through :class:`~detrex_lite.layers.LevelLayout` (the model's path), an out-of-range layout, and
+on CUDA the host synchronisations of the model's path.
 """
 import argparse
-import os
 import sys
 import warnings
 from typing import List
@@ -18,6 +23,7 @@ from typing import List
 import torch
 
 from detrex_lite.layers.level_layout import LevelLayout
+from detrex_lite.layers.ms_deform_attn_function import CUDA_KERNELS as MSDA_CUDA_KERNELS
 from detrex_lite.layers.ms_deform_attn_function import (
     extension_available,
     extension_info,
@@ -53,9 +59,8 @@ CASES = {
     "misaligned": dict(channels=32, misalign=True),
 }
 
-# CUDA kernel instances (DETREX_LITE_MSDA_CUDA_KERNEL); "auto" is what the operator picks.
-CUDA_KERNELS = ["auto", "generic", "scalar", "index64"]
-KERNEL_ENV = "DETREX_LITE_MSDA_CUDA_KERNEL"
+# CUDA kernel instances (the operator's ``kernel`` argument); "auto" is what the model uses.
+CUDA_KERNELS = list(MSDA_CUDA_KERNELS)
 
 
 def _inputs(device, quick, channels, misalign=False, seed=0):
@@ -84,15 +89,15 @@ def _shifted(t: torch.Tensor, misalign: bool) -> torch.Tensor:
     return view
 
 
-def _run(impl, value, shapes, starts, loc, attn, grad, misalign=False):
+def _run(impl, value, shapes, starts, loc, attn, grad, misalign=False, kernel="auto"):
     leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
     if impl in ("native", "layout"):
         v = _shifted(leaves[0], misalign)
         if impl == "native":
-            out = ms_deform_attn(v, shapes, starts, leaves[1], leaves[2])
+            out = ms_deform_attn(v, shapes, starts, leaves[1], leaves[2], kernel=kernel)
         else:
             layout = LevelLayout.from_sizes([tuple(hw) for hw in shapes.tolist()], v.device)
-            out = ms_deform_attn_with_layout(v, layout, leaves[1], leaves[2], backend="compiled")
+            out = ms_deform_attn_with_layout(v, layout, leaves[1], leaves[2], backend="compiled", kernel=kernel)
         grads = torch.autograd.grad(out, leaves, _shifted(grad.to(out.dtype), misalign))
     else:
         out = ms_deform_attn_pytorch(leaves[0], shapes, leaves[1], leaves[2])
@@ -100,11 +105,12 @@ def _run(impl, value, shapes, starts, loc, attn, grad, misalign=False):
     return out, grads
 
 
-def check(device, dtypes, impl, quick, case="L4P4_D32_M8", layout_device=None):
+def check(device, dtypes, impl, quick, case="L4P4_D32_M8", layout_device=None, kernel="auto"):
     """(forward error, backward error, passed) of ``impl`` against the float64 reference.
     ``layout_device``: where spatial_shapes / level_start_index live (default: ``device``; "cpu"
     next to CUDA values is what the model passes). ``impl`` "layout": the model's path, a
-    :class:`LevelLayout` built from host-side sizes and :func:`ms_deform_attn_with_layout`."""
+    :class:`LevelLayout` built from host-side sizes and :func:`ms_deform_attn_with_layout`.
+    ``kernel``: the CUDA kernel instance (ignored on the CPU)."""
     value_dtype, sample_dtype = dtypes
     spec = dict(CASES[case])
     misalign = spec.pop("misalign", False)
@@ -112,7 +118,7 @@ def check(device, dtypes, impl, quick, case="L4P4_D32_M8", layout_device=None):
     if layout_device is not None:
         shapes, starts = shapes.to(layout_device), starts.to(layout_device)
     rounded = [value.to(value_dtype), loc.to(sample_dtype), attn.to(sample_dtype)]
-    out, grads = _run(impl, rounded[0], shapes, starts, rounded[1], rounded[2], grad, misalign)
+    out, grads = _run(impl, rounded[0], shapes, starts, rounded[1], rounded[2], grad, misalign, kernel)
     # The float64 reference on the same (rounded) inputs.
     ref, ref_grads = _run("reference", *(t.double() for t in rounded[:1]), shapes, starts,
                           *(t.double() for t in rounded[1:]), grad)
@@ -260,24 +266,15 @@ def main(argv=None) -> int:
 
     rows = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    previous_kernel = os.environ.get(KERNEL_ENV)
-    try:
-        for device in devices:
-            for case, kernel, dtypes, impl in _plan(device):
-                if kernel != "-":
-                    os.environ[KERNEL_ENV] = kernel
-                try:
-                    fwd, bwd, ok = check(device, dtypes, impl, args.quick, case)
-                    rows.append((device, case, kernel, _dtype_name(dtypes), impl, f"{fwd:.2e}", f"{bwd:.2e}",
-                                 "PASS" if ok else "FAIL"))
-                except Exception as e:  # a crash is a failure; report it in the table
-                    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    rows.append((device, case, kernel, _dtype_name(dtypes), impl, "-", "-", f"FAIL ({message})"))
-    finally:
-        if previous_kernel is None:
-            os.environ.pop(KERNEL_ENV, None)
-        else:
-            os.environ[KERNEL_ENV] = previous_kernel
+    for device in devices:
+        for case, kernel, dtypes, impl in _plan(device):
+            try:
+                fwd, bwd, ok = check(device, dtypes, impl, args.quick, case, kernel="auto" if kernel == "-" else kernel)
+                rows.append((device, case, kernel, _dtype_name(dtypes), impl, f"{fwd:.2e}", f"{bwd:.2e}",
+                             "PASS" if ok else "FAIL"))
+            except Exception as e:  # a crash is a failure; report it in the table
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                rows.append((device, case, kernel, _dtype_name(dtypes), impl, "-", "-", f"FAIL ({message})"))
     _print_table(("device", "case", "kernel", "dtype", "impl", "fwd err", "bwd err", "result"), rows)
     failed = [r for r in rows if not r[-1].startswith("PASS")]
     if not extension_available("cpu"):

@@ -319,7 +319,7 @@ if [ "${STATUS[probe]}" != ok ]; then
 elif [ "${PROBE[gpu_state]}" = no-python ] || [ "${PROBE[gpu_state]}" = no-torch ]; then
   skip install "$(gpu_reason)"
 else
-  run_step install 60 10 step_install
+  run_step install "$([ $REHEARSE = 1 ] && echo 150 || echo 60)" 10 step_install  # CI: 2 slow cores
   [ -f "$LOGS/install.env" ] && PY_RUN=$(sed -n 's/^PY_RUN=//p' "$LOGS/install.env")
 fi
 export PY_RUN
@@ -330,6 +330,7 @@ if [ -n "$GPU_REASON" ]; then
   finish
 fi
 export CUDA_HOME=${PROBE[cuda_home]:-} TORCH_CUDA_ARCH_LIST=${PROBE[capability]:-} SANITIZER=${PROBE[compute_sanitizer]:-}
+export PYTHONPATH=$REPO  # this checkout's detrex_lite for tools/*.py (nothing else lives there)
 
 # ---- 2. build for this GPU -----------------------------------------------------------------
 step_build() {

@@ -48,6 +48,7 @@
 #include "device_primitives.cuh"
 #endif
 
+#include "ms_deform_attn.h"
 #include "ms_deform_attn_layout.h"
 
 namespace detrex_lite {
@@ -352,28 +353,9 @@ constexpr int widest_vec() {
 
 inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// Which kernel instance runs: kAuto picks the fastest that applies (what the operator does);
-// the others force a more general instance, so that tests and benchmarks can run every
-// instance on the same inputs.
-enum class KernelChoice { kAuto, kGeneric, kScalar, kIndex64 };
-
-// "auto", "generic", "scalar" or "index64".
-inline KernelChoice parse_kernel_choice(const std::string& name) {
-  if (name.empty() || name == "auto") return KernelChoice::kAuto;
-  if (name == "generic") return KernelChoice::kGeneric;
-  if (name == "scalar") return KernelChoice::kScalar;
-  if (name == "index64") return KernelChoice::kIndex64;
-  TORCH_CHECK(false, "ms_deform_attn (CUDA): kernel choice must be auto, generic, scalar or index64, got '", name, "'");
-}
-
-// The environment variable that benchmarks set to time the other instances
-// (tools/benchmark_ops.py --cuda-kernels); unset means auto. Read at every call.
-constexpr const char* kKernelChoiceEnv = "DETREX_LITE_MSDA_CUDA_KERNEL";
-
-inline KernelChoice kernel_choice_from_env() {
-  const char* name = std::getenv(kKernelChoiceEnv);
-  return name == nullptr ? KernelChoice::kAuto : parse_kernel_choice(name);
-}
+// Which kernel instance runs: the operators' `kernel` argument (ms_deform_attn.h).
+using detrex_lite::KernelChoice;
+using detrex_lite::parse_kernel_choice;
 
 struct Plan {
   int vec;            // widest_vec or 1
