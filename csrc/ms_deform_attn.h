@@ -24,6 +24,20 @@
 
 namespace detrex_lite {
 
+// Which CUDA kernel instance runs: the operators' `kernel` argument ("auto", "generic", "scalar"
+// or "index64"). kAuto picks the fastest instance that applies (what the model uses); the others
+// force a more general instance, so that tests and benchmarks run every instance on the same
+// inputs. The CPU has one kernel: it checks the name and ignores the choice.
+enum class KernelChoice { kAuto, kGeneric, kScalar, kIndex64 };
+
+inline KernelChoice parse_kernel_choice(c10::string_view name) {
+  if (name.empty() || name == "auto") return KernelChoice::kAuto;
+  if (name == "generic") return KernelChoice::kGeneric;
+  if (name == "scalar") return KernelChoice::kScalar;
+  if (name == "index64") return KernelChoice::kIndex64;
+  TORCH_CHECK(false, "ms_deform_attn: kernel must be auto, generic, scalar or index64, got '", std::string(name), "'");
+}
+
 // torch's spelling of a dtype ("float32", not "Float"), so that messages match the Python side.
 std::string dtype_name(at::ScalarType t);
 
@@ -47,7 +61,8 @@ at::Tensor ms_deform_attn_forward_cpu(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_loc,
     const at::Tensor& attn_weight,
-    int64_t im2col_step);
+    int64_t im2col_step,
+    c10::string_view kernel);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& value,
@@ -56,6 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& sampling_loc,
     const at::Tensor& attn_weight,
     const at::Tensor& grad_output,
-    int64_t im2col_step);
+    int64_t im2col_step,
+    c10::string_view kernel);
 
 }  // namespace detrex_lite

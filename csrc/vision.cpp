@@ -99,10 +99,10 @@ void check_grad_output(const at::Tensor& value, const at::Tensor& sampling_loc, 
 TORCH_LIBRARY(detrex_lite, m) {
   m.def(
       "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
-      "Tensor sampling_loc, Tensor attn_weight, int im2col_step) -> Tensor");
+      "Tensor sampling_loc, Tensor attn_weight, int im2col_step, str kernel=\"auto\") -> Tensor");
   m.def(
       "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
-      "Tensor sampling_loc, Tensor attn_weight, Tensor grad_output, int im2col_step) "
+      "Tensor sampling_loc, Tensor attn_weight, Tensor grad_output, int im2col_step, str kernel=\"auto\") "
       "-> (Tensor, Tensor, Tensor)");
 }
 

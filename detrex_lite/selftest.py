@@ -1,25 +1,35 @@
 """Checks the multi-scale deformable attention implementations on this machine.
 
     python -m detrex_lite.selftest [--quick]
+    python -m detrex_lite.selftest --smoke [--device cuda] [--no-sync-check]
 
 For each device present (CPU, CUDA), each available implementation (the compiled operator, the
 PyTorch reference), each dtype combination of the contract and each case (the model's kernel
 instance L = 4, P = 4, D = 32, M = 8; D = 48; D = 64; a misaligned value view), and on CUDA each
-kernel instance (DETREX_LITE_MSDA_CUDA_KERNEL = auto, generic, scalar, index64), runs forward and
+kernel instance (the operator's ``kernel`` argument: auto, generic, scalar, index64), runs forward and
 backward on random inputs and compares them with the reference computed in float64. Prints what
 was built and a table; exits non-zero when a comparison fails.
+
+``--smoke`` (tools/gpu_check.sh step 3, and the case compute-sanitizer runs) checks only the
+model's instance in float32 and bfloat16, with the layout on the CPU and on the device and
+through :class:`~detrex_lite.layers.LevelLayout` (the model's path), an out-of-range layout, and
+on CUDA the host synchronisations of the model's path.
 """
 import argparse
-import os
 import sys
+import warnings
+from typing import List
 
 import torch
 
+from detrex_lite.layers.level_layout import LevelLayout
+from detrex_lite.layers.ms_deform_attn_function import CUDA_KERNELS as MSDA_CUDA_KERNELS
 from detrex_lite.layers.ms_deform_attn_function import (
     extension_available,
     extension_info,
     ms_deform_attn,
     ms_deform_attn_pytorch,
+    ms_deform_attn_with_layout,
 )
 
 # Allowed max abs error (forward, backward) relative to max(1, |reference|), per value dtype.
@@ -49,9 +59,8 @@ CASES = {
     "misaligned": dict(channels=32, misalign=True),
 }
 
-# CUDA kernel instances (DETREX_LITE_MSDA_CUDA_KERNEL); "auto" is what the operator picks.
-CUDA_KERNELS = ["auto", "generic", "scalar", "index64"]
-KERNEL_ENV = "DETREX_LITE_MSDA_CUDA_KERNEL"
+# CUDA kernel instances (the operator's ``kernel`` argument); "auto" is what the model uses.
+CUDA_KERNELS = list(MSDA_CUDA_KERNELS)
 
 
 def _inputs(device, quick, channels, misalign=False, seed=0):
@@ -80,11 +89,15 @@ def _shifted(t: torch.Tensor, misalign: bool) -> torch.Tensor:
     return view
 
 
-def _run(impl, value, shapes, starts, loc, attn, grad, misalign=False):
+def _run(impl, value, shapes, starts, loc, attn, grad, misalign=False, kernel="auto"):
     leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
-    if impl == "native":
+    if impl in ("native", "layout"):
         v = _shifted(leaves[0], misalign)
-        out = ms_deform_attn(v, shapes, starts, leaves[1], leaves[2])
+        if impl == "native":
+            out = ms_deform_attn(v, shapes, starts, leaves[1], leaves[2], kernel=kernel)
+        else:
+            layout = LevelLayout.from_sizes([tuple(hw) for hw in shapes.tolist()], v.device)
+            out = ms_deform_attn_with_layout(v, layout, leaves[1], leaves[2], backend="compiled", kernel=kernel)
         grads = torch.autograd.grad(out, leaves, _shifted(grad.to(out.dtype), misalign))
     else:
         out = ms_deform_attn_pytorch(leaves[0], shapes, leaves[1], leaves[2])
@@ -92,14 +105,20 @@ def _run(impl, value, shapes, starts, loc, attn, grad, misalign=False):
     return out, grads
 
 
-def check(device, dtypes, impl, quick, case="L4P4_D32_M8"):
-    """(forward error, backward error, passed) of ``impl`` against the float64 reference."""
+def check(device, dtypes, impl, quick, case="L4P4_D32_M8", layout_device=None, kernel="auto"):
+    """(forward error, backward error, passed) of ``impl`` against the float64 reference.
+    ``layout_device``: where spatial_shapes / level_start_index live (default: ``device``; "cpu"
+    next to CUDA values is what the model passes). ``impl`` "layout": the model's path, a
+    :class:`LevelLayout` built from host-side sizes and :func:`ms_deform_attn_with_layout`.
+    ``kernel``: the CUDA kernel instance (ignored on the CPU)."""
     value_dtype, sample_dtype = dtypes
     spec = dict(CASES[case])
     misalign = spec.pop("misalign", False)
     value, shapes, starts, loc, attn, grad = _inputs(device, quick, **spec)
+    if layout_device is not None:
+        shapes, starts = shapes.to(layout_device), starts.to(layout_device)
     rounded = [value.to(value_dtype), loc.to(sample_dtype), attn.to(sample_dtype)]
-    out, grads = _run(impl, rounded[0], shapes, starts, rounded[1], rounded[2], grad, misalign)
+    out, grads = _run(impl, rounded[0], shapes, starts, rounded[1], rounded[2], grad, misalign, kernel)
     # The float64 reference on the same (rounded) inputs.
     ref, ref_grads = _run("reference", *(t.double() for t in rounded[:1]), shapes, starts,
                           *(t.double() for t in rounded[1:]), grad)
@@ -107,7 +126,7 @@ def check(device, dtypes, impl, quick, case="L4P4_D32_M8"):
     # d out / d location jumps where a pixel coordinate crosses an integer (the bilinear cell
     # changes), so a coordinate within rounding distance of one may land in either cell:
     # those entries are left out of the location-gradient comparison.
-    wh = shapes.flip(-1).to(torch.float64)  # (L, 2) as (W, H)
+    wh = shapes.flip(-1).to(device=rounded[1].device, dtype=torch.float64)  # (L, 2) as (W, H)
     pixel = rounded[1].double() * wh[None, None, None, :, None, :] - 0.5
     on_seam = (pixel - pixel.round()).abs() < 1e-3
     keep = [torch.ones_like(ref_grads[0], dtype=torch.bool), ~on_seam, torch.ones_like(ref_grads[2], dtype=torch.bool)]
@@ -140,10 +159,104 @@ def _plan(device: str) -> list:
     return rows
 
 
+# The smoke test (tools/gpu_check.sh step 3, and the case compute-sanitizer runs): the model's
+# kernel instance in float32 and bfloat16 (float32 locations, what the model passes under
+# autocast), small enough to run under the sanitizer.
+SMOKE_DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
+
+
+def _model_path_syncs(device: str) -> List[str]:
+    """The host synchronisations that ``torch.cuda.set_sync_debug_mode("warn")`` reports during
+    one forward + backward of the model's path: a :class:`LevelLayout` built from host-side
+    sizes, then :func:`ms_deform_attn_with_layout` (the compiled op). Each is a first line of
+    the warning; the model's path should have none."""
+    value, shapes, _, loc, attn, grad = _inputs(device, True, channels=32)
+    sizes = [tuple(hw) for hw in shapes.tolist()]
+    leaves = [t.float().requires_grad_() for t in (value, loc, attn)]
+    grad = grad.float()
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            layout = LevelLayout.from_sizes(sizes, torch.device(device))
+            out = ms_deform_attn_with_layout(leaves[0], layout, leaves[1], leaves[2], backend="compiled")
+            torch.autograd.grad(out, leaves, grad)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+
+
+def _bad_layout_refused(device: str, layout_device: str) -> str:
+    """The raw operator on a layout whose level 1 lies outside value: "" when it raises (host
+    check for a CPU layout, the kernels' bounds flag for a GPU one), else what went wrong."""
+    value, _, starts, loc, attn, _ = _inputs(device, True, channels=32)
+    bad = torch.tensor([[8, 10], [400, 500], [2, 3], [1, 1]], dtype=torch.int64, device=layout_device)
+    try:
+        torch.ops.detrex_lite.ms_deform_attn_forward(
+            value.float(), bad, starts.to(layout_device), loc.float(), attn.float(), 64
+        )
+    except RuntimeError:
+        return ""
+    return "an out-of-range layout was accepted"
+
+
+def smoke(device: str, sync_check: bool = True) -> List[tuple]:
+    """Rows (path, layout, dtype, fwd err, bwd err, result) of the smoke test on ``device``:
+    the raw operator with the layout on the CPU and on ``device``, the model's path
+    (:class:`LevelLayout`), an out-of-range layout refused, and (CUDA, ``sync_check``) the
+    model's path free of host synchronisations."""
+    rows = []
+    layouts = ["cpu"] if device == "cpu" else ["cpu", device]
+    for dtypes in SMOKE_DTYPES:
+        for path, layout_device in [("raw op", d) for d in layouts] + [("model (LevelLayout)", device)]:
+            impl = "native" if path == "raw op" else "layout"
+            try:
+                fwd, bwd, ok = check(device, dtypes, impl, True, layout_device=layout_device)
+                rows.append((path, layout_device, _dtype_name(dtypes), f"{fwd:.2e}", f"{bwd:.2e}", "PASS" if ok else "FAIL"))
+            except Exception as e:  # a crash is a failure; report it in the table
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                rows.append((path, layout_device, _dtype_name(dtypes), "-", "-", f"FAIL ({message})"))
+    for layout_device in layouts:
+        problem = _bad_layout_refused(device, layout_device)
+        rows.append(("out-of-range layout", layout_device, "float32", "-", "-", f"FAIL ({problem})" if problem else "PASS"))
+    if device != "cpu" and sync_check:
+        syncs = _model_path_syncs(device)
+        result = "PASS" if not syncs else f"FAIL ({len(syncs)}: {syncs[0]})"
+        rows.append(("host syncs, model path", "-", "float32", "-", "-", result))
+    return rows
+
+
+def _print_table(header, rows) -> None:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes only")
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="only the smoke test (tools/gpu_check.sh): the model's instance in float32 and bfloat16, CPU- and "
+             "device-resident layouts, an out-of-range layout, host synchronisations of the model's path",
+    )
+    parser.add_argument("--device", default=None, help="the smoke test's device (default: cuda when present)")
+    parser.add_argument("--no-sync-check", action="store_true", help="smoke test without the synchronisation count")
     args = parser.parse_args(argv)
+
+    if args.smoke:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        print(f"torch {torch.__version__}, CUDA runtime {torch.version.cuda}, extension {extension_info()}")
+        if not extension_available(torch.device(device).type):
+            print(f"smoke: FAILED (detrex_lite._C has no kernel for {device})")
+            return 1
+        rows = smoke(device, sync_check=not args.no_sync_check)
+        _print_table(("path", "layout", "dtype", "fwd err", "bwd err", "result"), rows)
+        failed = [r for r in rows if not r[-1].startswith("PASS")]
+        print(f"smoke: {'FAILED' if failed else 'passed'} ({len(rows) - len(failed)}/{len(rows)} rows passed on {device})")
+        return 1 if failed else 0
 
     info = extension_info()
     print(f"torch {torch.__version__}, CUDA runtime {torch.version.cuda}, "
@@ -153,28 +266,16 @@ def main(argv=None) -> int:
 
     rows = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    previous_kernel = os.environ.get(KERNEL_ENV)
-    try:
-        for device in devices:
-            for case, kernel, dtypes, impl in _plan(device):
-                if kernel != "-":
-                    os.environ[KERNEL_ENV] = kernel
-                try:
-                    fwd, bwd, ok = check(device, dtypes, impl, args.quick, case)
-                    rows.append((device, case, kernel, _dtype_name(dtypes), impl, f"{fwd:.2e}", f"{bwd:.2e}",
-                                 "PASS" if ok else "FAIL"))
-                except Exception as e:  # a crash is a failure; report it in the table
-                    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    rows.append((device, case, kernel, _dtype_name(dtypes), impl, "-", "-", f"FAIL ({message})"))
-    finally:
-        if previous_kernel is None:
-            os.environ.pop(KERNEL_ENV, None)
-        else:
-            os.environ[KERNEL_ENV] = previous_kernel
-    header = ("device", "case", "kernel", "dtype", "impl", "fwd err", "bwd err", "result")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    for device in devices:
+        for case, kernel, dtypes, impl in _plan(device):
+            try:
+                fwd, bwd, ok = check(device, dtypes, impl, args.quick, case, kernel="auto" if kernel == "-" else kernel)
+                rows.append((device, case, kernel, _dtype_name(dtypes), impl, f"{fwd:.2e}", f"{bwd:.2e}",
+                             "PASS" if ok else "FAIL"))
+            except Exception as e:  # a crash is a failure; report it in the table
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                rows.append((device, case, kernel, _dtype_name(dtypes), impl, "-", "-", f"FAIL ({message})"))
+    _print_table(("device", "case", "kernel", "dtype", "impl", "fwd err", "bwd err", "result"), rows)
     failed = [r for r in rows if not r[-1].startswith("PASS")]
     if not extension_available("cpu"):
         print("note: the compiled operator is not built; only the PyTorch reference was checked")

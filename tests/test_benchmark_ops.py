@@ -1,17 +1,16 @@
-"""tools/benchmark_ops.py: the bytes-moved floor, the input generators (realistic, uniform,
-out-of-bounds) and the JSON it writes, checked on CPU."""
+"""tools/benchmark_ops.py (detrex_lite.layers.ops_benchmark): the bytes-moved floor, the input
+generators (realistic, uniform, out-of-bounds) and the JSON it writes, checked on CPU."""
 import json
-import os
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from detrex_lite.layers.ms_deform_attn_function import ms_deform_attn_pytorch
-from tools_tiny_models import load_tool
-
-bench = load_tool("benchmark_ops")
+from detrex_lite.layers import ops_benchmark
+from detrex_lite.layers import ops_benchmark_inputs as bench
 
 
 def test_bytes_moved_matches_hand_count():
@@ -128,18 +127,18 @@ def test_robustness_shapes(name, head_dim, points):
 
 
 def test_known_bandwidth_table():
-    assert bench.known_bandwidth("NVIDIA H100 80GB HBM3") == (3350.0, "H100")
-    assert bench.known_bandwidth("NVIDIA H100 PCIe")[0] == 2000.0
-    assert bench.known_bandwidth("NVIDIA H200")[0] == 4800.0
-    assert bench.known_bandwidth("Some Future GPU") is None
+    assert ops_benchmark.known_bandwidth("NVIDIA H100 80GB HBM3") == (3350.0, "H100")
+    assert ops_benchmark.known_bandwidth("NVIDIA H100 PCIe")[0] == 2000.0
+    assert ops_benchmark.known_bandwidth("NVIDIA H200")[0] == 4800.0
+    assert ops_benchmark.known_bandwidth("Some Future GPU") is None
 
 
 def test_tiny_run_writes_json(tmp_path, capsys):
     out = tmp_path / "ops.json"
-    result = bench.main([
-        "--device", "cpu", "--threads", "1", "--shapes", "tiny", "--dtypes", "float32,bfloat16",
-        "--repeats", "2", "--warmup", "0", "--peak-bandwidth", "10", "--out", str(out),
-    ])
+    result = ops_benchmark.run(
+        device="cpu", threads=1, shapes="tiny", dtypes="float32,bfloat16", repeats=2, warmup=0, peak_bandwidth=10,
+        out=str(out),
+    )
     data = json.load(open(out))
     assert data == json.loads(json.dumps(result))
     for key in ("device_name", "torch", "cuda", "date", "repeats", "warmup", "statistic", "timer", "extension",
@@ -178,30 +177,28 @@ def test_tiny_run_writes_json(tmp_path, capsys):
 
 
 def test_unknown_shape_is_an_error():
-    with pytest.raises(SystemExit):
-        bench.main(["--device", "cpu", "--shapes", "E9"])
+    with pytest.raises(ValueError, match="--shapes: unknown shape 'E9'"):
+        ops_benchmark.run(device="cpu", shapes="E9")
 
 
-def test_cuda_kernel_choice_is_set_around_each_call_and_restored(monkeypatch):
-    """--cuda-kernels: each native closure runs with DETREX_LITE_MSDA_CUDA_KERNEL set (the CUDA
-    operator reads it at every call) and leaves the environment as it found it."""
-    seen = []
-    monkeypatch.delenv(bench.CUDA_KERNEL_ENV, raising=False)
-    bench.with_cuda_kernel(lambda: seen.append(os.environ.get(bench.CUDA_KERNEL_ENV)), "generic")()
-    assert seen == ["generic"] and bench.CUDA_KERNEL_ENV not in os.environ
-    monkeypatch.setenv(bench.CUDA_KERNEL_ENV, "scalar")
-    bench.with_cuda_kernel(lambda: seen.append(os.environ.get(bench.CUDA_KERNEL_ENV)), "index64")()
-    assert seen[-1] == "index64" and os.environ[bench.CUDA_KERNEL_ENV] == "scalar"
+def test_native_rows_pass_the_cuda_kernel_to_the_operator():
+    """--cuda-kernels: each native row calls the operator with its `kernel` argument (no
+    process-wide switch); the CPU kernel ignores the choice, an unknown name is an error."""
+    inputs = bench.make_inputs("tiny", "cpu", torch.float32)
+    auto = ops_benchmark.native(*inputs)
+    for kernel in ops_benchmark.CUDA_KERNELS:
+        torch.testing.assert_close(ops_benchmark.native(*inputs, kernel=kernel), auto, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        ops_benchmark.native(*inputs, kernel="vector")
 
 
 @pytest.mark.parametrize(
-    "argv,message",
+    "kwargs,message",
     [
-        (["--device", "cpu", "--cuda-kernels", "auto,generic"], "needs --device cuda"),
-        (["--device", "cuda", "--cuda-kernels", "auto,vector"], "unknown kernel 'vector'"),
+        (dict(device="cpu", cuda_kernels="auto,generic"), "needs --device cuda"),
+        (dict(device="cuda", cuda_kernels="auto,vector"), "unknown kernel 'vector'"),
     ],
 )
-def test_cuda_kernels_argument_errors(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        bench.main(argv)
-    assert message in capsys.readouterr().err
+def test_cuda_kernels_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ops_benchmark.run(**kwargs)

@@ -146,7 +146,7 @@ def test_cuda_compile():
 # The model's own kernel instance (L = 4, P = 4, D = 32, M = 8), 2 x 150 queries: many blocks.
 MODEL_SHAPE = dict(batch=2, heads=8, channels=32, queries=150, points=4,
                    levels=((25, 42), (13, 21), (7, 11), (4, 6)))
-KERNELS = ["auto", "generic", "scalar", "index64"]  # DETREX_LITE_MSDA_CUDA_KERNEL
+KERNELS = ["auto", "generic", "scalar", "index64"]  # the operators' `kernel` argument
 MODEL_DTYPES = {  # value dtype, locations/weights dtype, tolerance
     "float64": (torch.float64, torch.float64, 1e-10),
     "float32": (torch.float32, torch.float32, 1e-5),
@@ -157,7 +157,7 @@ MODEL_DTYPES = {  # value dtype, locations/weights dtype, tolerance
 }
 
 
-def _raw_op_vs_reference(inputs64, value_dtype, sample_dtype, tol, misalign=False):
+def _raw_op_vs_reference(inputs64, value_dtype, sample_dtype, tol, misalign=False, kernel="auto"):
     """The raw operators on rounded inputs against the float64 reference on the same inputs.
     Location gradients of samples within 1e-4 px of a cell seam are left out (the float64
     reference may pick the other cell there). `misalign`: value and grad_output are views that
@@ -175,8 +175,8 @@ def _raw_op_vs_reference(inputs64, value_dtype, sample_dtype, tol, misalign=Fals
             return view
         value_q, grad_q = shifted(value_q), shifted(grad_q)
         assert value_q.data_ptr() % 16 != 0
-    out = torch.ops.detrex_lite.ms_deform_attn_forward(value_q, shapes, starts, loc_q, attn_q, 64)
-    grads = torch.ops.detrex_lite.ms_deform_attn_backward(value_q, shapes, starts, loc_q, attn_q, grad_q, 64)
+    out = torch.ops.detrex_lite.ms_deform_attn_forward(value_q, shapes, starts, loc_q, attn_q, 64, kernel)
+    grads = torch.ops.detrex_lite.ms_deform_attn_backward(value_q, shapes, starts, loc_q, attn_q, grad_q, 64, kernel)
     leaves = [t.double().requires_grad_() for t in (value_q, loc_q, attn_q)]
     ref = ms_deform_attn_pytorch(leaves[0], shapes, leaves[1], leaves[2])
     ref_grads = torch.autograd.grad(ref, leaves, grad_q.double())
@@ -196,26 +196,25 @@ def _raw_op_vs_reference(inputs64, value_dtype, sample_dtype, tol, misalign=Fals
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", sorted(MODEL_DTYPES))
-def test_cuda_model_shape_every_dtype_and_kernel(monkeypatch, kernel, dtype):
+def test_cuda_model_shape_every_dtype_and_kernel(kernel, dtype):
     """L = P = 4, D = 32, M = 8 over many blocks, in every dtype and every kernel instance."""
-    monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", kernel)
-    _raw_op_vs_reference(make_inputs(device="cuda", **MODEL_SHAPE), *MODEL_DTYPES[dtype])
+    _raw_op_vs_reference(make_inputs(device="cuda", **MODEL_SHAPE), *MODEL_DTYPES[dtype], kernel=kernel)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16+fp32_locations", "float64"])
-def test_cuda_model_shape_misaligned_view(monkeypatch, kernel, dtype):
+def test_cuda_model_shape_misaligned_view(kernel, dtype):
     """value and grad_output start 1 element into their buffers: the scalar path, no fault."""
-    monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", kernel)
-    _raw_op_vs_reference(make_inputs(device="cuda", **MODEL_SHAPE), *MODEL_DTYPES[dtype], misalign=True)
+    _raw_op_vs_reference(make_inputs(device="cuda", **MODEL_SHAPE), *MODEL_DTYPES[dtype], misalign=True,
+                         kernel=kernel)
 
 
 @pytest.mark.parametrize("channels", [48, 64])
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16+fp32_locations", "float16"])
-def test_cuda_d48_d64(monkeypatch, channels, kernel, dtype):
-    monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", kernel)
-    _raw_op_vs_reference(make_inputs(device="cuda", **dict(MODEL_SHAPE, channels=channels)), *MODEL_DTYPES[dtype])
+def test_cuda_d48_d64(channels, kernel, dtype):
+    _raw_op_vs_reference(make_inputs(device="cuda", **dict(MODEL_SHAPE, channels=channels)), *MODEL_DTYPES[dtype],
+                         kernel=kernel)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])

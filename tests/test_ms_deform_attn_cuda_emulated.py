@@ -161,21 +161,17 @@ def test_emulator_catches_kernel_faults(emulated, fault, message):
 
 
 @pytest.mark.parametrize(
-    "setting,expected", [(None, 0), ("", 0), ("auto", 0), ("generic", 1), ("scalar", 2), ("index64", 3)]
+    "setting,expected", [("", 0), ("auto", 0), ("generic", 1), ("scalar", 2), ("index64", 3)]
 )
-def test_kernel_choice_from_environment(emulated, monkeypatch, setting, expected):
-    """What tools/benchmark_ops.py --cuda-kernels sets to time each kernel instance on a GPU."""
-    if setting is None:
-        monkeypatch.delenv("DETREX_LITE_MSDA_CUDA_KERNEL", raising=False)
-    else:
-        monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", setting)
-    assert emulated.kernel_choice_from_env() == expected
+def test_kernel_choice_argument(emulated, setting, expected):
+    """The operators' `kernel` argument (what tools/benchmark_ops.py --cuda-kernels passes to time
+    each kernel instance on a GPU)."""
+    assert emulated.kernel_choice(setting) == expected
 
 
-def test_kernel_choice_typo_is_an_error(emulated, monkeypatch):
-    monkeypatch.setenv("DETREX_LITE_MSDA_CUDA_KERNEL", "vectorised")
+def test_kernel_choice_typo_is_an_error(emulated):
     with pytest.raises(RuntimeError, match="auto, generic, scalar or index64, got 'vectorised'"):
-        emulated.kernel_choice_from_env()
+        emulated.kernel_choice("vectorised")
 
 
 def _blocks(emulated, value, loc, choice="auto", misalign=False):

@@ -1,45 +1,67 @@
 #!/usr/bin/env bash
-# Downloads into .whl/ (git-ignored) the wheels that tools/gpu_check.sh and
-# tools/run_gpu_benchmarks.sh install on a GPU machine that has PyTorch (Python 3.12) but no
-# package registry: detectron2 and the dependencies of detrex_lite that such an image lacks,
-# pytest, and transformers with its own required dependencies, at the versions installed in this
-# project's environment (what the project tests against; for benchmark.py --compare-hf). Run it
-# where pip can reach PyPI. PYTHON_VERSION (default 3.12) must match the GPU machine's Python.
+# Downloads into DIR (default .whl/, git-ignored) the wheels of the packages that the lent GPU
+# machine's image lacks and tools/gpu_check.sh installs there (it has no package registry):
+#
+#   tools/fetch_gpu_wheels.sh [DIR]
+#
+# The image (docs/ops.md, "The GPU check") has Python 3.12, torch 2.11.0, numpy, pytest,
+# transformers, scipy, opencv, matplotlib, tensorboard, PyYAML, tqdm, tabulate, cloudpickle,
+# portalocker and Pillow; of this project's requirements it lacks the nine below, and torchvision
+# is not known to be there (detectron2 imports it; gpu_check.sh installs it only when it does not
+# import). Nothing the image has is downloaded (a second numpy or pytest would shadow the image's
+# own). Versions are those of this project's environment (PYTHON, default .venv/bin/python),
+# torchvision the one built for the image's torch (TORCH_VERSION, default 2.11.0: torch 2.x.y
+# pairs with torchvision 0.(x+15).y; TORCHVISION_VERSION overrides); wheels are for CPython
+# PYTHON_VERSION (default 3.12, the image's), manylinux x86-64. Needs pip and a registry.
+# Fails when the folder would exceed 15 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DIR=${1:-.whl}
 PY=${PYTHON:-.venv/bin/python}
 PYV=${PYTHON_VERSION:-3.12}
-mkdir -p .whl
-plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-# transformers and pytest with everything they require, at this environment's versions.
-pinned=$("$PY" - <<'EOF'
-import importlib.metadata as md
-import re
+TORCH_VERSION=${TORCH_VERSION:-2.11.0}
+MAX_MB=15
+if [ -z "${TORCHVISION_VERSION:-}" ]; then
+  IFS=. read -r major minor patch <<<"${TORCH_VERSION%%+*}"
+  [ "$major" = 2 ] || { echo "fetch_gpu_wheels: set TORCHVISION_VERSION for torch $TORCH_VERSION" >&2; exit 2; }
+  TORCHVISION_VERSION=0.$((minor + 15)).${patch:-0}
+fi
+# What the image lacks: distribution names (detectron2 is published as sal-detectron2).
+BINARY="pycocotools omegaconf hydra-core yacs termcolor"
+SOURCE_ONLY="fvcore iopath antlr4-python3-runtime"  # published as source: built here (pure Python)
+DETECTRON2=sal-detectron2                           # tagged cp310 only; pure Python for detrex_lite
 
-# What the GPU image has with torch (and must not be shadowed) is left out.
-SKIP = re.compile(r"^(torch|triton|nvidia-.*|setuptools|pip|wheel)$")
-names, todo = set(), ["transformers", "pytest"]
-while todo:
-    name = todo.pop()
-    if name in names or SKIP.match(name):
-        continue
+pins() {  # name==version of each argument, from $PY's environment
+  "$PY" - "$@" <<'EOF'
+import importlib.metadata as md
+import sys
+
+out = []
+for name in sys.argv[1:]:
     try:
-        requirements = md.requires(name) or []
-    except md.PackageNotFoundError:  # a requirement whose marker excludes this Python
-        continue
-    names.add(name)
-    for requirement in requirements:
-        if "extra ==" not in requirement:
-            todo.append(re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-"))
-print(" ".join(sorted(f"{name}=={md.version(name)}" for name in names)))
+        out.append(f"{name}=={md.version(name)}")
+    except md.PackageNotFoundError:
+        sys.exit(f"fetch_gpu_wheels: {name} is not installed in {sys.executable}: run make setup first")
+print(" ".join(out))
 EOF
-)
-echo "pinned from $PY: $pinned"
-# shellcheck disable=SC2086  # one argument per requirement
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" --implementation cp "${plat[@]}" \
-  -d .whl $pinned pycocotools==2.0.11 omegaconf==2.3.1 hydra-core==1.3.8 yacs==0.1.8 termcolor==3.3.0
-# Tagged cp310 but pure Python for detrex_lite's use (its compiled _C is not imported).
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.10 -d .whl sal-detectron2==0.7.2
-# Published as source only: built here into pure-Python wheels.
-"$PY" -m pip wheel -q --no-deps -w .whl fvcore==0.1.5.post20221221 iopath==0.1.10 antlr4-python3-runtime==4.9.3
-ls -l .whl
+}
+
+mkdir -p "$DIR"
+# shellcheck disable=SC2046,SC2086  # one argument per requirement
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d "$DIR" $(pins $BINARY) "torchvision==$TORCHVISION_VERSION"
+# Only cp310 wheels exist; tools/gpu_check.sh unpacks it (its compiled _C is never imported).
+# shellcheck disable=SC2046
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.10 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d "$DIR" $(pins $DETECTRON2)
+# shellcheck disable=SC2046,SC2086
+"$PY" -m pip wheel -q --no-deps -w "$DIR" $(pins $SOURCE_ONLY)
+ls -l "$DIR"
+kb=$(du -sk "$DIR" | cut -f1)
+if [ "$kb" -gt $((MAX_MB * 1024)) ]; then
+  echo "fetch_gpu_wheels: $DIR holds $((kb / 1024)) MB, more than $MAX_MB MB: something besides the missing packages is there" >&2
+  exit 1
+fi
+echo "fetch_gpu_wheels: $(ls "$DIR"/*.whl | wc -l) wheels, $((kb / 1024)) MB in $DIR"

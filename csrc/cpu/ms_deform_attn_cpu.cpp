@@ -516,8 +516,10 @@ at::Tensor ms_deform_attn_forward_cpu(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_loc,
     const at::Tensor& attn_weight,
-    int64_t im2col_step) {
+    int64_t im2col_step,
+    c10::string_view kernel) {
   check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step);
+  (void)parse_kernel_choice(kernel);  // a valid name; the CPU has one kernel
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn_forward_cpu: value must be on the CPU");
   // The layout's values decide which memory the kernel reads: checked before it runs.
   check_layout_values_on_host(spatial_shapes, level_start_index, value.size(1));
@@ -546,8 +548,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& sampling_loc,
     const at::Tensor& attn_weight,
     const at::Tensor& grad_output,
-    int64_t im2col_step) {
+    int64_t im2col_step,
+    c10::string_view kernel) {
   check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step);
+  (void)parse_kernel_choice(kernel);  // a valid name; the CPU has one kernel
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn_backward_cpu: value must be on the CPU");
   check_grad_output(value, sampling_loc, grad_output);
   // The layout's values decide which memory the kernel reads and writes: checked before it runs.

@@ -82,7 +82,8 @@ at::Tensor ms_deform_attn_forward_cuda(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_loc,
     const at::Tensor& attn_weight,
-    int64_t im2col_step) {
+    int64_t im2col_step,
+    c10::string_view kernel) {
   check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step);
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn (CUDA): value must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(value.device());
@@ -91,7 +92,7 @@ at::Tensor ms_deform_attn_forward_cuda(
       value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
       layout_check(spatial_shapes, level_start_index));
   return msda_cuda::forward(
-      inputs, StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());
+      inputs, StreamLauncher{c10::cuda::getCurrentCUDAStream()}, parse_kernel_choice(kernel));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
@@ -101,7 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& sampling_loc,
     const at::Tensor& attn_weight,
     const at::Tensor& grad_output,
-    int64_t im2col_step) {
+    int64_t im2col_step,
+    c10::string_view kernel) {
   check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step);
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn (CUDA): value must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(value.device());
@@ -112,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
       layout_check(spatial_shapes, level_start_index));
   return msda_cuda::backward(
       inputs, grad_output, sampling_loc.scalar_type(), attn_weight.scalar_type(),
-      StreamLauncher{c10::cuda::getCurrentCUDAStream()}, msda_cuda::kernel_choice_from_env());
+      StreamLauncher{c10::cuda::getCurrentCUDAStream()}, parse_kernel_choice(kernel));
 }
 
 }  // namespace detrex_lite

@@ -48,6 +48,7 @@
 #include "device_primitives.cuh"
 #endif
 
+#include "ms_deform_attn.h"
 #include "ms_deform_attn_layout.h"
 
 namespace detrex_lite {
@@ -352,28 +353,9 @@ constexpr int widest_vec() {
 
 inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// Which kernel instance runs: kAuto picks the fastest that applies (what the operator does);
-// the others force a more general instance, so that tests and benchmarks can run every
-// instance on the same inputs.
-enum class KernelChoice { kAuto, kGeneric, kScalar, kIndex64 };
-
-// "auto", "generic", "scalar" or "index64".
-inline KernelChoice parse_kernel_choice(const std::string& name) {
-  if (name.empty() || name == "auto") return KernelChoice::kAuto;
-  if (name == "generic") return KernelChoice::kGeneric;
-  if (name == "scalar") return KernelChoice::kScalar;
-  if (name == "index64") return KernelChoice::kIndex64;
-  TORCH_CHECK(false, "ms_deform_attn (CUDA): kernel choice must be auto, generic, scalar or index64, got '", name, "'");
-}
-
-// The environment variable that benchmarks set to time the other instances
-// (tools/benchmark_ops.py --cuda-kernels); unset means auto. Read at every call.
-constexpr const char* kKernelChoiceEnv = "DETREX_LITE_MSDA_CUDA_KERNEL";
-
-inline KernelChoice kernel_choice_from_env() {
-  const char* name = std::getenv(kKernelChoiceEnv);
-  return name == nullptr ? KernelChoice::kAuto : parse_kernel_choice(name);
-}
+// Which kernel instance runs: the operators' `kernel` argument (ms_deform_attn.h).
+using detrex_lite::KernelChoice;
+using detrex_lite::parse_kernel_choice;
 
 struct Plan {
   int vec;            // widest_vec or 1
@@ -549,7 +531,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const Plan plan = make_plan<scalar_t>(v, in.loc, {v.data_ptr(), grad_out.data_ptr()}, choice);
+      // grad_value takes the packs through atomic_add_run, which on sm_90+ adds four floats with one
+      // 16-byte vector atomic: its pointer must be 16-byte aligned like value's and grad_output's
+      // (a fresh allocation always is; an unaligned one takes the scalar path instead).
+      const Plan plan =
+          make_plan<scalar_t>(v, in.loc, {v.data_ptr(), grad_out.data_ptr(), grad_value.data_ptr()}, choice);
       DETREX_LITE_MSDA_DISPATCH_VARIANT(plan, widest_vec<scalar_t>(), [&] {
         launch(&backward_kernel<scalar_t, acc_t, VEC, kL, kP, index_t>, blocks_for(plan), kThreads,
                v.data_ptr<scalar_t>(), in.spatial_shapes.data_ptr<int64_t>(), in.level_start.data_ptr<int64_t>(),

@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-__all__ = ["LevelLayout", "level_shapes", "level_starts"]
+__all__ = ["LevelLayout", "host_layout", "level_shapes", "level_starts"]
 
 
 def level_starts(sizes: Sequence[Tuple[int, int]]) -> List[int]:
@@ -40,6 +40,20 @@ def level_shapes(spatial_shapes: torch.Tensor) -> list:
     return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
 
 
+def _packed_values(sizes: Sequence[Tuple[int, int]]) -> List[int]:
+    """H_0, W_0, ..., H_{L-1}, W_{L-1}, then the L level starts."""
+    return [v for hw in sizes for v in hw] + level_starts(sizes)
+
+
+def host_layout(sizes: Sequence[Tuple[int, int]], pin: bool = False) -> torch.Tensor:
+    """spatial_shapes and level_start_index of ``sizes`` in one (3 * L,) int64 CPU tensor:
+    ``[:2L].view(L, 2)`` and ``[2L:]``. ``pin``: in page-locked memory, so that a copy to a GPU
+    with ``non_blocking=True`` is asynchronous (from pageable memory CUDA may first synchronise
+    the stream)."""
+    packed = torch.tensor(_packed_values(sizes), dtype=torch.int64)
+    return packed.pin_memory() if pin and not torch.compiler.is_compiling() else packed
+
+
 @dataclass(frozen=True)
 class LevelLayout:
     """Where each feature level lies in a flattened (N, S, ...) sequence.
@@ -63,6 +77,13 @@ class LevelLayout:
     def from_sizes(cls, sizes: Sequence[Tuple[int, int]], device: torch.device) -> "LevelLayout":
         """A layout from host-side (H_l, W_l) of each level.
 
+        The two tensors are built on the host in one buffer and, for a CUDA ``device``, copied
+        from pinned memory with ``non_blocking=True``: one asynchronous copy, no wait for the
+        work already queued (``torch.tensor(..., device="cuda")`` would copy from pageable memory
+        and synchronise the stream, twice per forward). While a CUDA graph is being captured
+        no host memory is read at all (a replay would read the buffer again, long after it was
+        freed): the values are written by fill kernels, which the graph keeps as constants.
+
         Raises:
             ValueError: ``sizes`` is empty or holds a non-positive or non-integer size.
         """
@@ -72,10 +93,20 @@ class LevelLayout:
             shapes = ()
         if not shapes or not all(h > 0 and w > 0 for h, w in shapes):
             raise ValueError(f"LevelLayout: sizes must be a non-empty list of positive int (H, W), got {list(sizes)}")
+        device = torch.device(device)
+        num_levels = len(shapes)
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            packed = torch.empty(3 * num_levels, dtype=torch.int64, device=device)
+            for i, v in enumerate(_packed_values(shapes)):
+                packed[i].fill_(v)
+        else:
+            packed = host_layout(shapes, pin=device.type == "cuda")
+            if device.type != "cpu":
+                packed = packed.to(device, non_blocking=True)
         return cls(
             sizes=shapes,
-            spatial_shapes=torch.tensor(shapes, dtype=torch.int64, device=device),
-            level_start_index=torch.tensor(level_starts(shapes), dtype=torch.int64, device=device),
+            spatial_shapes=packed[: 2 * num_levels].view(num_levels, 2),
+            level_start_index=packed[2 * num_levels:],
         )
 
     @classmethod

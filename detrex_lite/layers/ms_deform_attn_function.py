@@ -36,12 +36,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .level_layout import LevelLayout, level_shapes, level_starts
+from .level_layout import LevelLayout, host_layout, level_shapes
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
+    "CUDA_KERNELS",
     "ms_deform_attn",
     "ms_deform_attn_pytorch",
     "ms_deform_attn_with_layout",
@@ -54,6 +55,12 @@ __all__ = [
 # once); "compiled": the compiled operator or an error; "pytorch": the grid_sample reference
 # (what tracing / ONNX export needs: standard ops only).
 BACKENDS = ("auto", "compiled", "pytorch")
+
+# The CUDA kernel instances of the compiled operator (its `kernel` argument): "auto" picks the
+# fastest that applies (what the model uses); the others force a more general instance (the
+# generic L/P loop, 1-element packs, 64-bit indexing), so that tests and benchmarks can run each
+# on the same inputs. The CPU has one kernel and ignores the choice.
+CUDA_KERNELS = ("auto", "generic", "scalar", "index64")
 
 BUILD_HINT = (
     "build it with `pip install --no-build-isolation --no-deps -e .` in the detrex_lite "
@@ -136,28 +143,29 @@ def _register_compiled_ops() -> None:
     backward_op = "detrex_lite::ms_deform_attn_backward"
 
     @torch.library.register_fake(forward_op)
-    def _forward_fake(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step):
+    def _forward_fake(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step, kernel="auto"):
         n, _, m, d = value.shape
         return value.new_empty((n, sampling_loc.shape[1], m * d))
 
     @torch.library.register_fake(backward_op)
     def _backward_fake(
-        value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output, im2col_step
+        value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output, im2col_step, kernel="auto"
     ):
         return torch.empty_like(value), torch.empty_like(sampling_loc), torch.empty_like(attn_weight)
 
     def _setup_context(ctx, inputs, output):
-        value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step = inputs
+        value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step = inputs[:6]
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_loc, attn_weight)
         ctx.im2col_step = im2col_step
+        ctx.kernel = inputs[6] if len(inputs) > 6 else "auto"
 
     def _backward(ctx, grad_output):
         value, spatial_shapes, level_start_index, sampling_loc, attn_weight = ctx.saved_tensors
         grad_value, grad_loc, grad_attn = torch.ops.detrex_lite.ms_deform_attn_backward(
             value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
-            grad_output.contiguous(), ctx.im2col_step,
+            grad_output.contiguous(), ctx.im2col_step, ctx.kernel,
         )
-        return grad_value, None, None, grad_loc, grad_attn, None
+        return grad_value, None, None, grad_loc, grad_attn, None, None
 
     torch.library.register_autograd(forward_op, _backward, setup_context=_setup_context)
 
@@ -167,11 +175,11 @@ def _register_compiled_ops() -> None:
     def _autocast_kernel(device_type):
         excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, _AUTOCAST_KEYS[device_type]))
 
-        def kernel(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step):
+        def kernel(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step, kernel="auto"):
             value, sampling_loc, attn_weight = _autocast_inputs(device_type, value, sampling_loc, attn_weight)
             with torch._C._ExcludeDispatchKeyGuard(excluded):
                 return torch.ops.detrex_lite.ms_deform_attn_forward(
-                    value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step
+                    value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step, kernel
                 )
 
         return kernel
@@ -364,6 +372,7 @@ def ms_deform_attn(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     im2col_step: int = 64,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Multi-scale deformable attention (bilinear sampling, zero padding, align_corners=False).
 
@@ -376,6 +385,9 @@ def ms_deform_attn(
         attention_weights: (N, Lq, M, L, P), usually a softmax over L * P.
         im2col_step: a positive int, kept for compatibility with the official operator;
             it changes nothing (the whole batch is one kernel launch).
+        kernel: the compiled operator's CUDA kernel instance, one of :data:`CUDA_KERNELS`
+            ("auto": the fastest that applies; the others for tests and benchmarks). The CPU
+            kernel and the reference ignore it.
 
     Returns:
         (N, Lq, M * D) in value's dtype; under autocast in the autocast dtype on CUDA, float32
@@ -391,9 +403,10 @@ def ms_deform_attn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step,
         check_dtypes=not autocast,
     )
+    _check_kernel(kernel)
     return _run(
         value, spatial_shapes, level_start_index, shapes, sampling_locations, attention_weights, im2col_step,
-        backend="auto", autocast=autocast,
+        backend="auto", autocast=autocast, kernel=kernel,
     )
 
 
@@ -404,6 +417,7 @@ def ms_deform_attn_with_layout(
     attention_weights: torch.Tensor,
     im2col_step: int = 64,
     backend: str = "auto",
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """:func:`ms_deform_attn` on a :class:`LevelLayout` built by the caller from the feature
     shapes (what :class:`~detrex_lite.layers.MultiScaleDeformableAttention` uses).
@@ -413,7 +427,7 @@ def ms_deform_attn_with_layout(
     :func:`ms_deform_attn`, and S against ``layout.sizes``.
 
     Args:
-        value, sampling_locations, attention_weights, im2col_step: as :func:`ms_deform_attn`.
+        value, sampling_locations, attention_weights, im2col_step, kernel: as :func:`ms_deform_attn`.
         layout: the levels of ``value``'s S axis.
         backend: "auto" (compiled operator when built for the device, else the reference with a
             one-time warning), "compiled" (RuntimeError when not built for the device) or
@@ -424,6 +438,7 @@ def ms_deform_attn_with_layout(
     """
     if backend not in BACKENDS:
         _fail("backend", f"must be one of {BACKENDS}, got {backend!r}")
+    _check_kernel(kernel)
     if not isinstance(value, torch.Tensor):
         _fail("value", f"must be a torch.Tensor, got {type(value).__name__}")
     autocast = autocast_enabled(value.device)
@@ -434,8 +449,13 @@ def ms_deform_attn_with_layout(
         )
     return _run(
         value, layout.spatial_shapes, layout.level_start_index, layout.sizes, sampling_locations, attention_weights,
-        im2col_step, backend=backend, autocast=autocast,
+        im2col_step, backend=backend, autocast=autocast, kernel=kernel,
     )
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in CUDA_KERNELS:
+        _fail("kernel", f"must be one of {CUDA_KERNELS}, got {kernel!r}")
 
 
 def _layout_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -444,9 +464,40 @@ def _layout_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.contiguous() if t.device.type == "cpu" else t.to(device).contiguous()
 
 
+def _trusted_layout(
+    device: torch.device, sizes: Sequence[Tuple[int, int]], spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The layout tensors to give the compiled operator for a GPU ``value`` when the host-side
+    ``sizes`` are trusted (a :class:`LevelLayout`).
+
+    Normally the sizes as CPU tensors in pinned memory: the operator checks a CPU layout on the
+    host and copies it with ``non_blocking=True`` (from pinned memory: asynchronous), where a
+    layout on the GPU is bounds-checked by the kernels and their error flag read back after the
+    launch (a host-device synchronisation per attention layer). While a CUDA graph is being
+    captured the layout's own device tensors instead: a captured copy would re-read the host
+    buffer at every replay, after it was freed, and the operator does not read the flag back
+    during a capture (the kernels' bounds test still keeps every access inside value).
+
+    Raises:
+        RuntimeError: captured with a layout that is not on ``value``'s device.
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if spatial_shapes.device != device or level_start_index.device != device:
+            raise RuntimeError(
+                f"ms_deform_attn: under CUDA-graph capture the layout must already be on value's device {device} "
+                f"(got spatial_shapes on {spatial_shapes.device}, level_start_index on {level_start_index.device}): "
+                f"build the LevelLayout with LevelLayout.from_sizes(sizes, {str(device)!r}) or from_features"
+            )
+        return spatial_shapes, level_start_index
+    packed = host_layout(sizes, pin=device.type == "cuda")
+    num_levels = len(sizes)
+    return packed[: 2 * num_levels].view(num_levels, 2), packed[2 * num_levels:]
+
+
 def _run(
     value, spatial_shapes, level_start_index, sizes, sampling_locations, attention_weights, im2col_step, *,
-    backend: str, autocast: bool,
+    backend: str, autocast: bool, kernel: str = "auto",
 ) -> torch.Tensor:
     """The op on validated inputs; ``sizes``: host-side (H_l, W_l), or None to read them from
     ``spatial_shapes`` (reference path only)."""
@@ -463,12 +514,7 @@ def _run(
         )
     if compiled and backend != "pytorch":
         if sizes is not None and value.device.type != "cpu" and not torch.jit.is_tracing():
-            # The trusted host-side sizes as CPU tensors: the operator checks a CPU layout on the
-            # host and copies it without waiting, where a layout on the GPU is bounds-checked by
-            # the kernels and its error flag read back after the launch (a host-device sync per
-            # attention layer).
-            spatial_shapes = torch.tensor(sizes, dtype=torch.int64)
-            level_start_index = torch.tensor(level_starts(sizes), dtype=torch.int64)
+            spatial_shapes, level_start_index = _trusted_layout(value.device, sizes, spatial_shapes, level_start_index)
         return torch.ops.detrex_lite.ms_deform_attn_forward(
             value.contiguous(),
             _layout_tensor(spatial_shapes, value.device),
@@ -476,6 +522,7 @@ def _run(
             sampling_locations.contiguous(),
             attention_weights.contiguous(),
             im2col_step,
+            kernel,
         )
     if backend == "auto":
         if _C is None:

@@ -106,11 +106,11 @@ void run_faulty(const std::string& which) {
 
 }  // namespace
 
-// The choice the CUDA entry points read from DETREX_LITE_MSDA_CUDA_KERNEL, as an int.
-int64_t kernel_choice_from_env() { return static_cast<int64_t>(msda::kernel_choice_from_env()); }
+// The KernelChoice of the operators' `kernel` argument, as an int.
+int64_t kernel_choice(const std::string& name) { return static_cast<int64_t>(msda::parse_kernel_choice(name)); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("kernel_choice_from_env", &kernel_choice_from_env, "KernelChoice from the environment");
+  m.def("kernel_choice", &kernel_choice, "KernelChoice of a `kernel` argument");
   m.def("forward", &forward, "emulated CUDA forward", py::arg("value"), py::arg("shapes"), py::arg("starts"),
         py::arg("loc"), py::arg("attn"), py::arg("misalign") = false, py::arg("choice") = "auto",
         py::arg("layout_check") = "host");
