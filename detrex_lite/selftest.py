@@ -143,10 +143,11 @@ def _dtype_name(dtypes) -> str:
     return value_dtype if value_dtype == sample_dtype else f"{value_dtype}+{sample_dtype} loc"
 
 
-def _plan(device: str) -> list:
-    """(case, kernel, dtypes, impl) rows to run on ``device``."""
+def _plan(device: str, extension=None) -> list:
+    """(case, kernel, dtypes, impl) rows to run on ``device`` (with ``extension``, by default the
+    compiled operator this process loaded)."""
     rows = []
-    native = extension_available(device)
+    native = extension_available(device, extension)
     kernels = CUDA_KERNELS if device == "cuda" else ["-"]
     for case in CASES:
         for dtypes in DTYPES:

@@ -87,15 +87,14 @@ def test_trusted_layout_reads_nothing_back_and_matches_the_public_op(monkeypatch
         ms_deform_attn_with_layout(value, layout, loc, attn, backend="cuda")
 
 
-def test_compiled_backend_without_kernel_is_an_error(monkeypatch):
+def test_compiled_backend_without_kernel_is_an_error():
     value, _, _, loc, attn = make_inputs()
     layout = LevelLayout.from_sizes([(6, 4), (3, 5)], value.device)
-    monkeypatch.setattr(msda, "_C", None)
+    not_built = msda.OpExtension(None)  # injected: a build without the extension
     with pytest.raises(RuntimeError, match="backend='compiled'"):
-        ms_deform_attn_with_layout(value, layout, loc, attn, backend="compiled")
-    monkeypatch.setattr(msda, "_fallback_warned", False)
+        ms_deform_attn_with_layout(value, layout, loc, attn, backend="compiled", extension=not_built)
     with pytest.warns(RuntimeWarning, match="falls back"):
-        ms_deform_attn_with_layout(value, layout, loc, attn, backend="auto")
+        ms_deform_attn_with_layout(value, layout, loc, attn, backend="auto", extension=not_built)
 
 
 def _module_call(attn, layout=None, raw=None):

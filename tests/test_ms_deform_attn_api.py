@@ -125,16 +125,15 @@ def test_bad_im2col_step():
         ms_deform_attn(*make_inputs(), im2col_step=0)
 
 
-def test_fallback_without_extension_warns_once(monkeypatch):
+def test_fallback_without_extension_warns_once():
     inputs = make_inputs()
-    monkeypatch.setattr(msda, "_C", None)
-    monkeypatch.setattr(msda, "_fallback_warned", False)
-    assert not msda.extension_available("cpu")
-    assert msda.extension_info() == {"built": False, "with_cuda": False, "cuda_archs": []}
+    not_built = msda.OpExtension(None)  # injected: a build without the extension
+    assert not msda.extension_available("cpu", not_built)
+    assert msda.extension_info(not_built) == {"built": False, "with_cuda": False, "cuda_archs": []}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = ms_deform_attn(*inputs)
-        out2 = ms_deform_attn(*inputs)
+        out = ms_deform_attn(*inputs, extension=not_built)
+        out2 = ms_deform_attn(*inputs, extension=not_built)
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "not built" in messages[0] and "pip install" in messages[0]
     value, shapes, _, loc, attn = inputs
@@ -146,9 +145,11 @@ def test_fallback_without_extension_warns_once(monkeypatch):
 def test_module_runs_without_extension(monkeypatch):
     from detrex_lite.layers import MultiScaleDeformableAttention
 
-    monkeypatch.setattr(msda, "_C", None)
-    monkeypatch.setattr(msda, "_fallback_warned", True)  # already warned: stays quiet
-    attn = MultiScaleDeformableAttention(embed_dim=16, num_heads=2, num_levels=2, num_points=2, dropout=0.0)
+    not_built = msda.OpExtension(None)
+    not_built.warned = True  # already warned: stays quiet
+    attn = MultiScaleDeformableAttention(
+        embed_dim=16, num_heads=2, num_levels=2, num_points=2, dropout=0.0, extension=not_built
+    )
     _, shapes, starts, _, _ = make_inputs()
     query = torch.randn(2, 5, 16)
     value = torch.randn(2, 39, 16)
@@ -163,9 +164,9 @@ def test_fallback_without_extension_accepts_mixed_dtypes(monkeypatch):
     """The reference needs one dtype (grid_sample): the fallback computes a half value with
     float32 locations and weights in float32 and returns value's dtype."""
     value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
-    monkeypatch.setattr(msda, "_C", None)
-    monkeypatch.setattr(msda, "_fallback_warned", True)
-    out = ms_deform_attn(value.bfloat16(), shapes, starts, loc, attn)
+    not_built = msda.OpExtension(None)
+    not_built.warned = True
+    out = ms_deform_attn(value.bfloat16(), shapes, starts, loc, attn, extension=not_built)
     assert out.dtype == torch.bfloat16
     expected = ms_deform_attn_pytorch(value.bfloat16().float(), shapes, loc, attn).bfloat16()
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
@@ -226,15 +227,13 @@ def test_torch_compile_makes_no_call_into_the_extension(monkeypatch, backend):
     """The CUDA branch of extension_available (forced on here with a fake CUDA build) and the
     whole ms_deform_attn path trace without calling into _C: availability is a plain value read
     at import. A GPU would hit the same path (tests/test_ms_deform_attn_cuda.py::test_cuda_compile)."""
-    fake = _ExtensionWithCuda()
-    monkeypatch.setattr(msda, "_C", fake)
-    monkeypatch.setattr(msda, "_KERNEL_DEVICES", msda._kernel_devices(fake))
-    assert msda.extension_available("cuda") and msda.extension_info()["cuda_archs"] == ["sm_90"]
+    fake = msda.OpExtension(_ExtensionWithCuda())  # injected: a CUDA build
+    assert msda.extension_available("cuda", fake) and msda.extension_info(fake)["cuda_archs"] == ["sm_90"]
     value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
 
     def fn(v, l, a):
-        out = ms_deform_attn(v, shapes, starts, l, a)
-        return out * 2 if msda.extension_available("cuda") else out
+        out = ms_deform_attn(v, shapes, starts, l, a, extension=fake)
+        return out * 2 if msda.extension_available("cuda", fake) else out
 
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend=backend, fullgraph=True)

@@ -190,8 +190,10 @@ def _spy_on_op(monkeypatch):
     """Records (value, locations, weights, output) dtypes of each ms_deform_attn call the module makes."""
     calls = []
 
-    def spy(value, layout, sampling_locations, attention_weights, im2col_step, backend):
-        out = msda.ms_deform_attn_with_layout(value, layout, sampling_locations, attention_weights, im2col_step, backend)
+    def spy(value, layout, sampling_locations, attention_weights, im2col_step, backend, extension=None):
+        out = msda.ms_deform_attn_with_layout(
+            value, layout, sampling_locations, attention_weights, im2col_step, backend, extension=extension
+        )
         calls.append((value.dtype, sampling_locations.dtype, attention_weights.dtype, out.dtype))
         return out
 

@@ -83,17 +83,19 @@ def grid_sample_attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> int
     return int(np.prod(get_shape(outputs[0]))) * 5
 
 
-def model_flop_analysis(model: nn.Module, inputs: List[Dict]) -> FlopCountAnalysis:
+def model_flop_analysis(model: nn.Module, inputs: List[Dict], extension=None) -> FlopCountAnalysis:
     """detectron2's ``FlopCountAnalysis`` on ``model(inputs)`` with the deformable attention
     counted (module docstring), the trace taken now. The model should be in eval mode.
 
     ``aten::grid_sampler`` is counted as the deformable attention's reference uses it: a model
-    that calls ``grid_sample`` elsewhere gets 5 instead of 4 FLOPs per sample there."""
+    that calls ``grid_sample`` elsewhere gets 5 instead of 4 FLOPs per sample there.
+    ``extension``: the compiled operator to trace (default: the one built; without one, the
+    reference is traced)."""
     from detrex_lite.layers import attention_backend
     from detrex_lite.layers.ms_deform_attn_function import extension_available
 
     device = next(iter(model.parameters()), torch.empty(0)).device
-    backend = "compiled" if extension_available(device.type) else "pytorch"
+    backend = "compiled" if extension_available(device.type, extension) else "pytorch"
     analysis = FlopCountAnalysis(model, inputs)
     analysis.set_op_handle(MS_DEFORM_ATTN_OP_NAME, ms_deform_attn_flop_jit)
     analysis.set_op_handle("aten::grid_sampler", grid_sample_attention_flop_jit)

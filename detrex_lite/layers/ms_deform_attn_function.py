@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,8 @@ __all__ = [
     "ms_deform_attn_pytorch",
     "ms_deform_attn_with_layout",
     "extension_available",
+    "OpExtension",
+    "EXTENSION",
     "extension_info",
     "level_shapes",
 ]
@@ -69,46 +71,77 @@ BUILD_HINT = (
 )
 
 
-def _load_extension():
-    try:
-        from detrex_lite import _C
-    except ImportError as e:
-        logger.debug("detrex_lite._C is not available: %s", e)
-        return None
-    return _C
+class OpExtension:
+    """The compiled operator as the Python side sees it: the ``detrex_lite._C`` module (or None
+    when it is not built), the device types it has kernels for, and whether the one-time
+    fallback warning was given.
+
+    The facts are plain Python values read once, so that a function traced by
+    ``torch.compile(fullgraph=True)`` never calls into the compiled module (dynamo cannot trace a
+    pybind11 function). :data:`EXTENSION` is the one loaded at import; every function that
+    depends on it takes an ``extension`` argument, so a test injects ``OpExtension()`` (a build
+    without the extension) instead of reassigning module globals.
+    """
+
+    def __init__(self, module: Any = None):
+        self.module = module
+        self.devices = frozenset() if module is None else frozenset({"cpu", "cuda"} if module.with_cuda() else {"cpu"})
+        self.warned = False
+
+    @classmethod
+    def load(cls) -> "OpExtension":
+        """``detrex_lite._C`` when it imports, else an extension that is not built."""
+        try:
+            from detrex_lite import _C
+        except ImportError as e:
+            logger.debug("detrex_lite._C is not available: %s", e)
+            return cls(None)
+        return cls(_C)
+
+    def available(self, device_type: str) -> bool:
+        return self.module is not None and device_type in self.devices
+
+    def info(self) -> dict:
+        if self.module is None:
+            return {"built": False, "with_cuda": False, "cuda_archs": []}
+        archs = [a for a in self.module.cuda_archs().split("+") if a]
+        return {"built": True, "with_cuda": bool(self.module.with_cuda()), "cuda_archs": archs}
+
+    def warn_fallback(self, device_type: str) -> None:
+        """The one-time warning that the reference implementation runs instead."""
+        if self.warned:
+            return
+        self.warned = True
+        reason = (
+            "the compiled extension detrex_lite._C is not built"
+            if self.module is None
+            else f"detrex_lite._C was built without a kernel for {device_type} tensors"
+        )
+        warnings.warn(
+            f"detrex_lite: {reason}; ms_deform_attn falls back to the slower pure-PyTorch "
+            f"implementation. To use the compiled operator, {BUILD_HINT}.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
-def _kernel_devices(ext) -> frozenset:
-    """Device types ("cpu", "cuda") that the extension ``ext`` has kernels for (empty for None)."""
-    if ext is None:
-        return frozenset()
-    return frozenset({"cpu", "cuda"} if ext.with_cuda() else {"cpu"})
+# The extension this process loaded (an import-time fact, like a registry entry).
+EXTENSION = OpExtension.load()
 
 
-# Build facts, read once at import: plain Python values, so that a function traced by
-# torch.compile(fullgraph=True) never calls into the compiled module (dynamo cannot trace a
-# pybind11 function and would stop with "Attempted to call function marked as skipped").
-# Tests replace _C with None to simulate a build without the extension.
-_C = _load_extension()
-_KERNEL_DEVICES = _kernel_devices(_C)
-_fallback_warned = False
+def extension_available(device_type: str = "cpu", extension: Optional[OpExtension] = None) -> bool:
+    """Whether the compiled operator (``extension``, by default the loaded one) has a kernel for
+    ``device_type`` ("cpu" or "cuda").
 
-
-def extension_available(device_type: str = "cpu") -> bool:
-    """Whether the compiled operator has a kernel for ``device_type`` ("cpu" or "cuda").
-
-    A plain Python value decided when this module is imported (no call into ``detrex_lite._C``),
+    A plain Python value decided when the extension was loaded (no call into ``detrex_lite._C``),
     so it is safe inside ``torch.compile(fullgraph=True)``.
     """
-    return _C is not None and device_type in _KERNEL_DEVICES
+    return (extension or EXTENSION).available(device_type)
 
 
-def extension_info() -> dict:
+def extension_info(extension: Optional[OpExtension] = None) -> dict:
     """What was built: {"built": bool, "with_cuda": bool, "cuda_archs": list[str]}."""
-    if _C is None:
-        return {"built": False, "with_cuda": False, "cuda_archs": []}
-    archs = [a for a in _C.cuda_archs().split("+") if a]
-    return {"built": True, "with_cuda": bool(_C.with_cuda()), "cuda_archs": archs}
+    return (extension or EXTENSION).info()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +221,7 @@ def _register_compiled_ops() -> None:
         torch.library.impl(forward_op, key, _autocast_kernel(device_type))
 
 
-if _C is not None:
+if EXTENSION.module is not None:
     _register_compiled_ops()
 
 
@@ -353,18 +386,6 @@ def _check_layout_values(value, spatial_shapes, level_start_index) -> list:
     return list(LevelLayout.from_tensors(spatial_shapes, level_start_index, caller="ms_deform_attn").sizes)
 
 
-def _warn_fallback(reason: str) -> None:
-    global _fallback_warned
-    if not _fallback_warned:
-        _fallback_warned = True
-        warnings.warn(
-            f"detrex_lite: {reason}; ms_deform_attn falls back to the slower pure-PyTorch "
-            f"implementation. To use the compiled operator, {BUILD_HINT}.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-
-
 def ms_deform_attn(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -373,6 +394,7 @@ def ms_deform_attn(
     attention_weights: torch.Tensor,
     im2col_step: int = 64,
     kernel: str = "auto",
+    extension: Optional[OpExtension] = None,
 ) -> torch.Tensor:
     """Multi-scale deformable attention (bilinear sampling, zero padding, align_corners=False).
 
@@ -388,6 +410,7 @@ def ms_deform_attn(
         kernel: the compiled operator's CUDA kernel instance, one of :data:`CUDA_KERNELS`
             ("auto": the fastest that applies; the others for tests and benchmarks). The CPU
             kernel and the reference ignore it.
+        extension: the compiled operator to use (:class:`OpExtension`); default: the one built.
 
     Returns:
         (N, Lq, M * D) in value's dtype; under autocast in the autocast dtype on CUDA, float32
@@ -406,7 +429,7 @@ def ms_deform_attn(
     _check_kernel(kernel)
     return _run(
         value, spatial_shapes, level_start_index, shapes, sampling_locations, attention_weights, im2col_step,
-        backend="auto", autocast=autocast, kernel=kernel,
+        backend="auto", autocast=autocast, kernel=kernel, extension=extension or EXTENSION,
     )
 
 
@@ -418,6 +441,7 @@ def ms_deform_attn_with_layout(
     im2col_step: int = 64,
     backend: str = "auto",
     kernel: str = "auto",
+    extension: Optional[OpExtension] = None,
 ) -> torch.Tensor:
     """:func:`ms_deform_attn` on a :class:`LevelLayout` built by the caller from the feature
     shapes (what :class:`~detrex_lite.layers.MultiScaleDeformableAttention` uses).
@@ -427,7 +451,8 @@ def ms_deform_attn_with_layout(
     :func:`ms_deform_attn`, and S against ``layout.sizes``.
 
     Args:
-        value, sampling_locations, attention_weights, im2col_step, kernel: as :func:`ms_deform_attn`.
+        value, sampling_locations, attention_weights, im2col_step, kernel, extension: as
+            :func:`ms_deform_attn`.
         layout: the levels of ``value``'s S axis.
         backend: "auto" (compiled operator when built for the device, else the reference with a
             one-time warning), "compiled" (RuntimeError when not built for the device) or
@@ -449,7 +474,7 @@ def ms_deform_attn_with_layout(
         )
     return _run(
         value, layout.spatial_shapes, layout.level_start_index, layout.sizes, sampling_locations, attention_weights,
-        im2col_step, backend=backend, autocast=autocast, kernel=kernel,
+        im2col_step, backend=backend, autocast=autocast, kernel=kernel, extension=extension or EXTENSION,
     )
 
 
@@ -497,7 +522,7 @@ def _trusted_layout(
 
 def _run(
     value, spatial_shapes, level_start_index, sizes, sampling_locations, attention_weights, im2col_step, *,
-    backend: str, autocast: bool, kernel: str = "auto",
+    backend: str, autocast: bool, kernel: str = "auto", extension: OpExtension = EXTENSION,
 ) -> torch.Tensor:
     """The op on validated inputs; ``sizes``: host-side (H_l, W_l), or None to read them from
     ``spatial_shapes`` (reference path only)."""
@@ -506,7 +531,7 @@ def _run(
         value, sampling_locations, attention_weights = _autocast_inputs(
             device_type, value, sampling_locations, attention_weights
         )
-    compiled = extension_available(device_type)
+    compiled = extension.available(device_type)
     if backend == "compiled" and not compiled:
         raise RuntimeError(
             f"ms_deform_attn: backend='compiled' but detrex_lite._C has no kernel for {device_type} tensors; "
@@ -525,10 +550,7 @@ def _run(
             kernel,
         )
     if backend == "auto":
-        if _C is None:
-            _warn_fallback("the compiled extension detrex_lite._C is not built")
-        else:
-            _warn_fallback(f"detrex_lite._C was built without a kernel for {device_type} tensors")
+        extension.warn_fallback(device_type)
     # grid_sample needs one dtype: the compiled operator's compute dtype, cast back at the end.
     compute_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
     out = _grid_sample_attention(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .level_layout import LevelLayout
-from .ms_deform_attn_function import BACKENDS, autocast_enabled, ms_deform_attn_with_layout
+from .ms_deform_attn_function import BACKENDS, OpExtension, autocast_enabled, ms_deform_attn_with_layout
 from .position_embedding import with_pos_embed
 
 __all__ = ["MultiScaleDeformableAttention", "attention_backend"]
@@ -43,6 +43,8 @@ class MultiScaleDeformableAttention(nn.Module):
             "compiled" (the operator, or an error) or "pytorch" (the ``grid_sample`` reference,
             standard ops only: what tracing and ONNX export need). Not saved in checkpoints;
             switch a whole model with :func:`attention_backend`.
+        extension: the compiled operator (:class:`~detrex_lite.layers.ms_deform_attn_function.OpExtension`);
+            None: the one this process loaded (tests inject one that is not built).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class MultiScaleDeformableAttention(nn.Module):
         batch_first: bool = True,
         add_identity: bool = True,
         backend: str = "auto",
+        extension: Optional[OpExtension] = None,
     ):
         super().__init__()
         if embed_dim % num_heads != 0:
@@ -68,6 +71,7 @@ class MultiScaleDeformableAttention(nn.Module):
         self.batch_first = batch_first
         self.add_identity = add_identity
         self.backend = _check_backend(backend)
+        self.extension = extension  # None: the compiled operator this process loaded
 
         self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
@@ -184,7 +188,9 @@ class MultiScaleDeformableAttention(nn.Module):
             sample_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
             sampling_locations = sampling_locations.to(sample_dtype)
             weights = weights.to(sample_dtype)
-        out = ms_deform_attn_with_layout(value, layout, sampling_locations, weights, self.im2col_step, self.backend)
+        out = ms_deform_attn_with_layout(
+            value, layout, sampling_locations, weights, self.im2col_step, self.backend, extension=self.extension
+        )
         out = self.output_proj(out)
         if not self.batch_first:
             out = out.transpose(0, 1)
