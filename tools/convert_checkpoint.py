@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Convert released weights to detrex_lite names.
+r"""Convert released weights to detrex_lite names.
 
     python tools/convert_checkpoint.py [--from FORMAT] IN OUT [--check-config CONFIG [KEY=VALUE ...]]
 
-FORMAT is one of official-deformable-detr, official-detr, hf, torchvision-resnet (the formats the
-model families under projects/ declare, and torchvision ResNets); without --from it is detected
-from the parameter names. IN is a .pth/.bin/.safetensors file or a Hugging Face
+FORMAT is one of the formats the model families under projects/ declare (official-deformable-detr,
+official-detr, official-dino, detrex-dino, hf: docs/checkpoints.md) or torchvision-resnet; without
+--from it is detected from the parameter names. IN is a .pth/.bin/.safetensors file or a Hugging Face
 model directory. OUT loads with ``train.init_checkpoint=OUT`` and carries the same metadata as a
 checkpoint written by training (architecture from the official ``args`` / the HF ``config.json``
 and the tensors; COCO class names for 80-class heads), so Predictor, demo.py and export_onnx.py
@@ -20,87 +20,17 @@ Examples:
     python tools/convert_checkpoint.py --from torchvision-resnet resnet50-0676ba61.pth out/r50_backbone.pth
 """
 import argparse
-import logging
-import os
 import re
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import projects  # noqa: E402
-from detrex_lite.checkpoint import (  # noqa: E402
-    CheckpointError,
-    ConversionError,
-    converted_arch,
-    convert_state_dict,
-    describe_converted,
-    import_weight_families,
-    load_weights,
-    read_checkpoint,
-    save_checkpoint,
-    source_formats,
-)
-from detrex_lite.checkpoint.io import load_state_dict, read_hf_config  # noqa: E402
-from detrex_lite.checkpoint.run import coco_run_metadata  # noqa: E402
-from detrex_lite.config import ConfigError  # noqa: E402
-
-# Every model family under projects/ registers its weight formats when imported: a new family
-# folder is found without editing this file.
-import_weight_families(projects)
-
-logger = logging.getLogger("convert_checkpoint")
-
-
-def check_with_config(path: str, config_file: str, overrides, *, partial: bool = False) -> str:
-    """Load ``path`` strictly into the model of ``config_file`` (+ overrides), as evaluation does
-    (as training's init_checkpoint for a bare backbone). Returns the OK line."""
-    from detectron2.config import instantiate
-
-    from detrex_lite.config import apply_overrides_checked, load_config_file
-
-    cfg = apply_overrides_checked(load_config_file(config_file), list(overrides))
-    model = instantiate(cfg.model).eval()
-    load_weights(model, path, purpose="train" if partial else "eval", cfg=cfg)
-    return f"OK: {path} loads into the model of {config_file}"
-
-
-def convert(args, overrides) -> str:
-    """Read, convert, write and check; returns the summary line."""
-    hf_config = read_hf_config(args.input) if os.path.isdir(args.input) or args.source == "hf" else None
-    official_args = None
-    if os.path.isdir(args.input) or args.input.endswith(".safetensors"):
-        state_dict = load_state_dict(args.input)
-    else:
-        raw = read_checkpoint(args.input)
-        state_dict, official_args = raw["model"], raw.get("args")
-    converted, meta = convert_state_dict(
-        state_dict, args.source, class_map=args.class_map, backbone_prefix=args.backbone_prefix
-    )
-    if hf_config and hf_config.get("dilation"):
-        logger.info("the Hugging Face config has dilation=True: evaluate with a DC5 config (res5_dilation=2)")
-    if "partial" not in meta:
-        # what the source states about itself: the official args and/or the HF config.json
-        stated = {**(vars(official_args) if official_args is not None else {}), **(hf_config or {})}
-        arch = converted_arch(converted, meta, stated)
-        meta["meta"] = coco_run_metadata(arch.get("num_classes"), arch)
-    save_checkpoint(args.output, converted, **meta)
-    summary = f"wrote {args.output}: {len(converted)} tensors, {describe_converted(converted, meta)}"
-    if args.check_config:
-        try:
-            logger.info(summary)
-            summary = check_with_config(args.output, args.check_config, overrides, partial="partial" in meta)
-        except BaseException:
-            os.remove(args.output)  # a file that does not fit is not left for someone to use
-            raise
-    return summary
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="checkpoint file or Hugging Face model directory")
     parser.add_argument("output", help="converted checkpoint (.pth)")
-    parser.add_argument("--from", dest="source", choices=source_formats(), default=None,
-                        help="source format (default: detect from the parameter names)")
+    parser.add_argument("--from", dest="source", default=None, metavar="FORMAT",
+                        help="source format, one of those the model families under projects/ declare "
+                             "(docs/checkpoints.md); default: detect from the parameter names")
     parser.add_argument("--class-map", choices=["auto", "coco", "none"], default="auto",
                         help="coco: 91 COCO-id logits (92 for DETR) -> 80 contiguous classes; "
                              "auto: do that exactly when the head has the COCO-id size")
@@ -123,14 +53,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args, overrides = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        logger.info(convert(args, overrides))
-    except (CheckpointError, ConversionError, ConfigError, OSError, ValueError) as e:
-        print(f"convert_checkpoint: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    args, overrides = parse_args(argv)  # before any heavy import: --help answers at once
+    from detrex_lite.checkpoint.convert_tool import convert_checkpoint_cli
+
+    return convert_checkpoint_cli(args, overrides)
 
 
 if __name__ == "__main__":
