@@ -28,7 +28,7 @@ The command line is detrex_lite.cli.plot_metrics; the work is detrex_lite.analys
 """
 import sys
 
-from detrex_lite.cli.plot_metrics import get_parser, main  # noqa: F401  (get_parser: for docs checks)
+from detrex_lite.cli.plot_metrics import get_parser, main  # noqa: F401  (get_parser: tests/test_tools_docs.py)
 
 if __name__ == "__main__":
     sys.exit(main())

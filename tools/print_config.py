@@ -18,7 +18,7 @@ The command line is detrex_lite.cli.print_config; the work is detrex_lite.config
 """
 import sys
 
-from detrex_lite.cli.print_config import get_parser, main  # noqa: F401  (get_parser: for docs checks)
+from detrex_lite.cli.print_config import get_parser, main  # noqa: F401  (get_parser: tests/test_tools_docs.py)
 
 if __name__ == "__main__":
     sys.exit(main())

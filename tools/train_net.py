@@ -9,7 +9,7 @@ docs/reliability.md.
 """
 import sys
 
-from detrex_lite.cli.train_net import cli, get_parser  # noqa: F401  (get_parser: for docs checks)
+from detrex_lite.cli.train_net import cli, get_parser, parse_args  # noqa: F401  (tests/test_tools_docs.py)
 
 if __name__ == "__main__":
     sys.exit(cli())

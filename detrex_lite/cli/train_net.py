@@ -12,7 +12,7 @@ from detrex_lite.errors import ConfigError
 from .overrides import add_override_arguments, collect_overrides
 from .quiet_imports import import_detectron2_quietly
 
-__all__ = ["cli", "get_parser"]
+__all__ = ["cli", "get_parser", "parse_args"]
 
 DESCRIPTION = """\
 Train or evaluate a detrex_lite LazyConfig model (detectron2's trainer and COCO evaluation).
@@ -99,12 +99,20 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """Run train_net with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """train_net's arguments; ``opts`` holds every override (the bare ``key=value`` words, then
+    those of the deprecated ``--opts``). Raises ConfigError for a flag written after the first
+    override (and SystemExit, as argparse does, for an unknown flag or ``--help``)."""
     parser = get_parser()
     args = parser.parse_args(argv)
+    args.opts = collect_overrides(parser, args)
+    return args
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Run train_net with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     try:
-        args.opts = collect_overrides(parser, args)  # bare key=value, then the deprecated --opts ones
+        args = parse_args(argv)
     except ConfigError as e:  # a flag written after the first override
         print(f"train_net: error: {e}", file=sys.stderr)
         return 2
