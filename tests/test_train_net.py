@@ -159,6 +159,8 @@ def test_two_cpu_processes_with_gloo(tmp_path):
     assert [m["iteration"] for m in read_metrics(out) if "total_loss" in m] == [0, 1, 2, 3]
     assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_final.pth"]
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
+    # Each spawned worker imports detectron2 without its torch.jit.script deprecation warning.
+    assert "torch.jit.script" not in proc.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
