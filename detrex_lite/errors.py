@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "ImageReadError",
+    "ImageNotFoundError",
     "CheckpointError",
     "CheckpointFileError",
     "CheckpointMismatchError",
@@ -21,6 +22,7 @@ __all__ = [
     "AnalysisError",
     "NonFiniteLossError",
     "CheckpointWriteError",
+    "OutputDirError",
     "OutputDirBusyError",
 ]
 
@@ -39,6 +41,10 @@ class DatasetError(DetrexError, ValueError):
 
 class ImageReadError(DetrexError, OSError):
     """An image file is missing or cannot be decoded; the message names the file and image id."""
+
+
+class ImageNotFoundError(ImageReadError, FileNotFoundError):
+    """An image file does not exist (an ImageReadError that ``except FileNotFoundError`` catches)."""
 
 
 class CheckpointError(DetrexError, RuntimeError):
@@ -79,5 +85,10 @@ class CheckpointWriteError(DetrexError, OSError):
     """A checkpoint could not be written (e.g. the disk is full); nothing was replaced."""
 
 
-class OutputDirBusyError(DetrexError, RuntimeError):
+class OutputDirError(DetrexError, OSError):
+    """The output folder or its lock file cannot be used (not writable, disk full, the lock path
+    is a directory); the message names the path and the cause."""
+
+
+class OutputDirBusyError(OutputDirError, RuntimeError):
     """Another live run holds the output folder's lock."""

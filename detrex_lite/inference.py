@@ -1,6 +1,7 @@
 """Fast CPU inference: ``optimize_for_inference(model, precision="fp32" | "bf16")``.
 
-Inference-only transforms of a built detector (a copy by default; training code never sees them):
+Inference-only transforms of a copy of a built detector (the caller's model is never changed, so
+training code never sees them):
 
 * FrozenBatchNorm / eval-mode BatchNorm folded into the preceding convolution (one elementwise
   pass over every backbone activation less); results equal the unfolded model to ~1e-6 relative;
@@ -204,9 +205,13 @@ def optimize_for_inference(
     force_bf16: bool = False,
     channels_last: bool = True,
     compile: bool = False,
-    inplace: bool = False,
 ) -> nn.Module:
-    """A CPU-inference version of a detrex_lite detector (see the module docstring).
+    """A CPU-inference copy of a detrex_lite detector (see the module docstring).
+
+    ``model`` itself is left untouched (no folded norms, no dtype change, no hooks, no
+    attributes): the transforms run on a deep copy, which is returned. Memory: while both exist
+    the weights are held twice (about 160 MB more for an R50 Deformable DETR in float32); a caller
+    that only needs the fast model drops the original (``model = optimize_for_inference(model)``).
 
     Args:
         model: a built detector (e.g. ``instantiate(cfg.model)`` with weights loaded).
@@ -215,16 +220,14 @@ def optimize_for_inference(
         force_bf16: run bf16 even without native support (slow; for tests).
         channels_last: convolution weights (hence activations) in NHWC.
         compile: ``torch.compile`` the backbone + neck and the transformer (inductor, freezing).
-        inplace: transform ``model`` itself instead of a deep copy.
 
     Returns:
-        The transformed model in eval mode, with ``inference_precision`` ("fp32"/"bf16", what it
+        A new model object in eval mode (``model``'s class, frozen parameters), with ``inference_precision`` ("fp32"/"bf16", what it
         runs) and ``inference_dtype``. Outputs are float32 ``[{"instances": Instances}]``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"optimize_for_inference: precision must be one of {PRECISIONS}, got {precision!r}")
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = copy.deepcopy(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -17,12 +17,14 @@ import torch
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detrex_lite.data.dataset_mapper import read_image_file
 from detectron2.structures import Instances
+from omegaconf import OmegaConf
 
 from detrex_lite.checkpoint import load_weights
-from detrex_lite.checkpoint.run import find_run_checkpoint, metadata_from_meta, run_config_path
+from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path
 from detrex_lite.config import apply_overrides_checked, load_config_file
+from detrex_lite.data.classes import ClassInfo
 
 __all__ = ["Predictor", "load_config", "preprocess_image", "test_augmentations", "test_metadata"]
 
@@ -49,21 +51,6 @@ def load_config(cfg_or_path: Any, opts: Sequence[str] = ()) -> Any:
     return cfg
 
 
-def _select(cfg: Any, dotted: str) -> Any:
-    node = cfg
-    for key in dotted.split("."):
-        try:
-            node = node[key]
-        except (KeyError, TypeError, AttributeError):
-            try:
-                node = getattr(node, key)
-            except AttributeError:
-                return None
-        if node is None:
-            return None
-    return node
-
-
 def test_augmentations(cfg: Any, meta: Optional[dict] = None) -> List[T.Augmentation]:
     """The test mapper's augmentations (``cfg.dataloader.test.mapper.augmentation``), built.
 
@@ -71,7 +58,7 @@ def test_augmentations(cfg: Any, meta: Optional[dict] = None) -> List[T.Augmenta
     (``meta["test_resize"]``) is used, else ``ResizeShortestEdge(800, max_size=1333)`` with a
     warning.
     """
-    augs = _select(cfg, "dataloader.test.mapper.augmentation")
+    augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentation", default=None)
     if augs is None:
         resize = (meta or {}).get("test_resize")
         if resize:
@@ -91,14 +78,11 @@ def test_metadata(cfg: Any, meta: Optional[dict] = None):
     """Class names (and dataset ids) for drawing and JSON: the ones stored with the checkpoint
     (``meta``, so a fresh process needs no dataset registration), else the ``MetadataCatalog``
     entry of the first test dataset."""
-    stored = metadata_from_meta(meta or {})
+    stored = ClassInfo.from_meta(meta or {})
     if stored is not None:
-        return stored
-    try:  # registers the built-in demo datasets; optional for model-only use
-        import detrex_lite.data  # noqa: F401
-    except ImportError:
-        pass
-    names = _select(cfg, "dataloader.test.dataset.names")
+        return stored.to_metadata()
+    # The demo datasets are registered: this module imports detrex_lite.data (for ClassInfo).
+    names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
     if names is None:
         return MetadataCatalog.get("__unused")
     if not isinstance(names, str):
@@ -165,7 +149,7 @@ class Predictor:
         self.model = instantiate(self.cfg.model).to(torch.device(device)).eval()
 
         if checkpoint is None:
-            checkpoint = _select(self.cfg, "train.init_checkpoint") or ""
+            checkpoint = OmegaConf.select(self.cfg, "train.init_checkpoint", default=None) or ""
         self.checkpoint = checkpoint
         self.meta: dict = {}
         if checkpoint:
@@ -178,44 +162,34 @@ class Predictor:
                 raise ValueError(f"Predictor: precision={precision!r} is the CPU inference mode; the model is on {device}")
             from detrex_lite.inference import optimize_for_inference
 
-            self.model = optimize_for_inference(self.model, precision, force_bf16=force_bf16, inplace=True)
+            # A transformed copy; the built model is dropped (its weights held twice meanwhile).
+            self.model = optimize_for_inference(self.model, precision, force_bf16=force_bf16)
         self.augmentations = T.AugmentationList(test_augmentations(self.cfg, self.meta))
         self.metadata = test_metadata(self.cfg, self.meta)
 
     @classmethod
-    def from_run(
-        cls,
-        run_dir: Union[str, os.PathLike],
-        checkpoint: Optional[str] = None,
-        *,
-        device: Optional[Union[str, torch.device]] = None,
-        opts: Sequence[str] = (),
-        input_format: str = "BGR",
-        precision: Optional[str] = None,
-        force_bf16: bool = False,
-    ) -> "Predictor":
+    def from_run(cls, run_dir: Union[str, os.PathLike], checkpoint: Optional[str] = None, **kwargs: Any) -> "Predictor":
         """A predictor from a training output folder: its ``config.yaml`` and its newest complete
         checkpoint (or ``checkpoint``, a file name in the folder or a path). Works in a process
-        that registered no dataset: class names come from the checkpoint's metadata."""
+        that registered no dataset: class names come from the checkpoint's metadata.
+
+        Args:
+            kwargs: :class:`Predictor`'s keyword arguments (``device``, ``opts``,
+                ``input_format``, ``precision``, ``force_bf16``).
+        """
         run_dir = os.fspath(run_dir)
-        return cls(
-            run_config_path(run_dir),
-            find_run_checkpoint(run_dir, checkpoint),
-            device=device,
-            opts=opts,
-            input_format=input_format,
-            precision=precision,
-            force_bf16=force_bf16,
-        )
+        return cls(run_config_path(run_dir), find_run_checkpoint(run_dir, checkpoint), **kwargs)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def read(self, image: ImageLike) -> np.ndarray:
-        """Returns the image as an HWC uint8 RGB array (paths are read with EXIF orientation)."""
+        """Returns the image as an HWC uint8 RGB array. Paths are read by the training reader
+        (EXIF orientation; 16-bit images scaled to 8 bits; 32-bit float/int images refused with an
+        ImageReadError naming the file)."""
         if isinstance(image, (str, os.PathLike)):
-            return read_image(os.fspath(image), format="RGB")
+            return read_image_file(os.fspath(image), "RGB")
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             got = getattr(image, "shape", type(image).__name__)
             raise ValueError(f"Expected an image path or an HxWx3 uint8 array, got {got}")

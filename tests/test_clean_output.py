@@ -10,7 +10,6 @@ import pytest
 
 from detrex_lite.utils.json_io import dumps, finite_or_none
 from test_train_net import TOY_CONFIG, _train_net_module, read_metrics, run_train_net
-from tools_tiny_models import load_tool
 
 
 def _strict_json(text):
@@ -97,14 +96,15 @@ def _report(device="cpu", compare=False):
 
 
 def test_benchmark_table_columns_and_header():
-    benchmark = load_tool("benchmark")
-    cpu = benchmark.format_table(_report("cpu"))
+    from detrex_lite.benchmark.report import describe_row, format_table
+
+    cpu = format_table(_report("cpu"))
     header, columns = cpu.splitlines()[:2]
     assert "CUDA" not in header and "2 threads" in header and "Some Chip (cpu" in header
     assert "x HF fp32" not in cpu and "model" not in columns and "2.00 img/s" in cpu and "{" not in cpu
-    cuda = benchmark.format_table(_report("cuda:0"))
+    cuda = format_table(_report("cuda:0"))
     assert "CUDA 13.0" in cuda.splitlines()[0] and "peak MB" in cuda
-    compared = benchmark.format_table(_report("cpu", compare=True))
+    compared = format_table(_report("cpu", compare=True))
     assert "x HF fp32" in compared and "hf_transformers" in compared and "2.00x" in compared
-    line = benchmark.describe_row(_report()["results"][0])
+    line = describe_row(_report()["results"][0])
     assert line == "detrex_lite inference fp32 batch 1: 2.00 img/s (500.0 ms/iter)"

@@ -233,3 +233,35 @@ def test_optim_config_survives_save_and_load(tmp_path):
     reloaded.AdamW.params.model = model
     opt = instantiate(reloaded.AdamW)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 2e-4
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.log_period", 0, "train.log_period=0: expected a positive int"),
+        ("train.checkpointer", {"period": 5, "max_to_keep": 0}, "train.checkpointer.max_to_keep=0: expected a positive int or None"),
+        ("train.checkpointer", {"period": 5, "max_to_keep": -1}, "train.checkpointer.max_to_keep=-1: expected a positive int or None"),
+        ("dataloader.train.total_batch_size", 0, "dataloader.train.total_batch_size=0: expected a positive int"),
+        ("optimizer.lr", -1.0, "optimizer.lr=-1.0: expected a positive finite number"),
+        ("optimizer.lr", float("nan"), "optimizer.lr=nan: expected a positive finite number"),
+        ("train.output_dir", "", "train.output_dir='': expected a folder path (not empty)"),
+    ],
+)
+def test_check_structure_names_values_train_net_cannot_use(key, value, message):
+    """Each of these used to end in a traceback deep in detectron2 or torch (issue: one line promised)."""
+    cfg = _cfg()
+    OmegaConf.update(cfg, key, value, force_add=True)
+    with pytest.raises(ConfigError) as e:
+        check_structure(cfg)
+    assert str(e.value).startswith(message)
+
+
+def test_check_structure_accepts_keep_all_and_a_file_output_dir_is_named(tmp_path):
+    cfg = _cfg()
+    OmegaConf.update(cfg, "train.checkpointer", {"period": 5, "max_to_keep": None}, force_add=True)
+    check_structure(cfg)
+    afile = tmp_path / "out"
+    afile.write_text("")
+    cfg.train.output_dir = str(afile)
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        check_structure(cfg)

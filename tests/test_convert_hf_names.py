@@ -8,10 +8,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from detrex_lite.checkpoint.deformable_detr import hf_to_official_deformable_detr  # noqa: E402
-from detrex_lite.checkpoint.detr import hf_to_official_detr  # noqa: E402
 from detrex_lite.checkpoint.io import load_state_dict  # noqa: E402
 from detrex_lite.checkpoint.rename import ConversionError  # noqa: E402
+from projects.deformable_detr.checkpoint import hf_to_official_deformable_detr  # noqa: E402
+from projects.detr.checkpoint import hf_to_official_detr  # noqa: E402
 
 BACKBONE = dict(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="bottleneck")
 TINY = dict(

@@ -16,11 +16,11 @@ from detrex_lite.checkpoint import (  # noqa: E402
     ConversionError,
     DetrexCheckpointer,
     convert_state_dict,
-    hf_to_official_deformable_detr,
     load_checkpoint,
     load_model_state,
     save_checkpoint,
 )
+from projects.deformable_detr.checkpoint import hf_to_official_deformable_detr  # noqa: E402
 from test_convert_parity import _hf_deformable, _hf_detr, _input, _our_deformable, _our_detr, _our_outputs  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,15 +8,12 @@ from detectron2.structures import ImageList
 
 transformers = pytest.importorskip("transformers")
 
-from detrex_lite.checkpoint import (  # noqa: E402
-    convert_state_dict,
-    hf_to_official_deformable_detr,
-    hf_to_official_detr,
-    load_model_state,
-)
+from detrex_lite.checkpoint import convert_state_dict, load_model_state  # noqa: E402
 from detrex_lite.checkpoint.class_heads import coco_contiguous_to_id  # noqa: E402
 from detrex_lite.layers import PositionEmbeddingSine  # noqa: E402
 from detrex_lite.modeling import ChannelMapper, HungarianMatcher, SetCriterion  # noqa: E402
+from projects.deformable_detr.checkpoint import hf_to_official_deformable_detr  # noqa: E402
+from projects.detr.checkpoint import hf_to_official_detr  # noqa: E402
 from test_convert_resnet import d2_resnet_like_hf  # noqa: E402
 
 D_MODEL, HEADS, FFN, QUERIES = 32, 2, 64, 10

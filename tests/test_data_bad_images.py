@@ -116,3 +116,18 @@ def test_float_image_is_refused_naming_file_and_mode(tmp_path):
         _mapper()(_record(str(path), image_id=77))
     assert str(path) in str(error.value) and "image_id=77" in str(error.value)
     assert "image mode 'F' (32-bit float pixels) has no faithful 8-bit reading" in str(error.value)
+
+
+def test_image_over_pils_pixel_limit_is_named_and_skippable(tmp_path, monkeypatch, caplog):
+    """PIL's DecompressionBombError is no OSError: it used to escape as a traceback without the file
+    name, and skip_unreadable=True did not skip it. (The limit is lowered here so that a 20 x 20
+    image is over it, as a 15000 x 15000 one is over the real 178 M-pixel limit.)"""
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    record = _record(str(path), height=20, width=20)
+    with pytest.raises(ImageReadError, match=rf"^Cannot read image {path} \(image_id=5\): DecompressionBombError"):
+        _mapper()(dict(record))
+    with caplog.at_level(logging.WARNING):
+        assert _mapper(skip_unreadable=True)(dict(record)) is None
+    assert "huge.png" in caplog.text and "skipped" in caplog.text

@@ -184,7 +184,7 @@ def test_evaluation_ground_truth_is_what_training_accepted(tmp_path, registered,
         {"id": 3, "image_id": 12, "category_id": 5, "bbox": [30, 10, 40, 20], "iscrowd": 0, "area": 800},  # clipped
     ])
     registered("accepted_gt", json_file, image_root)
-    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.evaluation"):
         evaluator = build_coco_evaluator("accepted_gt", output_dir=str(tmp_path / "eval"))
     assert any("Evaluating 'accepted_gt' against the 2 annotations the loader accepted: 1 dropped as invalid "
                "(annotation ids [2]), 1 clipped" in r.getMessage() for r in caplog.records)
@@ -230,3 +230,68 @@ def test_missing_evaluation_json_names_the_path(tmp_path, registered):
     os.remove(json_file)
     with pytest.raises(FileNotFoundError, match=f"annotation file for evaluation not found: {json_file}"):
         build_coco_evaluator("eval_json_gone")
+
+
+def test_annotations_without_area_are_evaluated_with_box_area(tmp_path, registered, caplog):
+    """A bbox-only COCO file (no "area") trains and evaluates: it used to crash at the final
+    evaluation with KeyError: 'area', after the whole training."""
+    from detectron2.structures import Boxes, Instances
+
+    json_file, image_root = write_coco(tmp_path, annotations=[
+        {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+        {"id": 2, "image_id": 12, "category_id": 5, "bbox": [0, 0, 50, 40], "iscrowd": 0},
+    ])
+    registered("no_area", json_file, image_root)
+    with caplog.at_level(logging.WARNING, logger="detrex_lite.data.evaluation"):
+        evaluator = build_coco_evaluator("no_area", output_dir=str(tmp_path / "eval"))
+    assert any("2 of 2 annotations have no 'area'" in r.getMessage() for r in caplog.records)
+    evaluator.reset()
+    for record in get_detection_dataset_dicts("no_area", filter_empty=False):
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]]
+        instances = Instances((record["height"], record["width"]))
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.int64)
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    results = evaluator.evaluate()
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["bbox"]["APs"] == pytest.approx(100.0)  # the 10 x 20 box is small (200 px)
+
+
+_GOOD_ANNOTATION = {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0, "area": 200}
+
+
+@pytest.mark.parametrize(
+    "where, change, message",
+    [
+        ("categories", [{"id": 3, "name": "cat"}, {"id": "9", "name": "zebra"}], "category 'zebra' has id '9'; category ids are ints"),
+        ("categories", [{"id": 3, "name": "cat"}, {"id": 5, "name": "cat"}], "category name 'cat' is used by ids 3 and 5"),
+        ("images", [{"id": 11, "file_name": None, "height": 40, "width": 50}], "image id 11 has file_name None; expected a file name"),
+        ("images", [{"id": [11], "file_name": "a.png", "height": 40, "width": 50}], "has id [11]; expected an int or a string"),
+        ("images", [{"id": 11, "file_name": "a.png", "height": 40, "width": -50}], "image id 11 has height 40 and width -50; expected positive"),
+        ("annotations", [dict(_GOOD_ANNOTATION, iscrowd="no")], "annotation id 1 has iscrowd 'no'; expected 0 or 1"),
+        ("annotations", [dict(_GOOD_ANNOTATION, id=[1])], "annotations[0] has id [1]; expected an int or a string"),
+        ("annotations", [[1, 11, 3]], "annotations[0] is [1, 11, 3]; expected an object"),
+    ],
+    ids=["mixed-category-ids", "duplicate-names", "file-name-null", "list-image-id", "negative-width",
+         "iscrowd-str", "list-annotation-id", "annotation-not-object"],
+)
+def test_malformed_records_are_one_line_naming_file_and_record(tmp_path, where, change, message):
+    """Each of these used to end in a traceback (TypeError, AttributeError, ValueError) or, for
+    duplicate class names, be accepted silently."""
+    kwargs = {where: change}
+    if where == "images":
+        kwargs["annotations"] = []
+    json_file, image_root = write_coco(tmp_path, **kwargs) if where != "images" else _write_raw(tmp_path, **kwargs)
+    with pytest.raises(DatasetError) as e:
+        load_coco_detection_json(json_file, image_root)
+    assert str(e.value).startswith(f"{json_file}: ") and message in str(e.value)
+
+
+def _write_raw(folder, images, annotations):
+    """A COCO json whose image entries are written as given (no image files)."""
+    os.makedirs(folder / "images", exist_ok=True)
+    path = folder / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 3, "name": "cat"}]}))
+    return str(path), str(folder / "images")

@@ -191,3 +191,68 @@ def test_every_image_unreadable_with_skip_unreadable_is_one_clear_error(tmp_path
     trainer = DetrTrainer(_Quadratic(), loader, torch.optim.SGD(_Quadratic().parameters(), lr=0.1))
     with pytest.raises(ImageReadError, match="^no training image could be read: the mapper skipped every image"):
         _steps(trainer, 1)
+
+
+# ------------------------------------------------------------------ divergence
+class _Diverging(nn.Module):
+    """A noisy least-squares problem: stable at a small lr, geometrically diverging at a large one."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 1)
+
+    def forward(self, batch):
+        x, y = batch
+        return {"loss_a": ((self.linear(x).squeeze(-1) - y) ** 2).mean()}
+
+
+def _noisy_batches(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(8, generator=g)
+    while True:
+        x = torch.randn(16, 8, generator=g)
+        yield x, x @ w + 0.1 * torch.randn(16, generator=g)
+
+
+def test_last_good_checkpoint_after_divergence_is_from_before_it_and_resuming_from_it_works(tmp_path):
+    """The run trains well, then its lr is raised 100x: the loss grows for tens of iterations
+    (checkpoints of that stretch are finite but exploded) and then turns non-finite. The named
+    checkpoint must be from before the loss left its range, `last_checkpoint` must name it, and
+    following the advice (--resume with a lower lr) must train on without a non-finite value
+    (it used to name the newest, exploded checkpoint and fail again at iteration 1)."""
+    torch.manual_seed(0)
+    model = _Diverging()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02)
+    trainer = DetrTrainer(model, _noisy_batches(), optimizer, clip_grad_params={"max_norm": float("inf")})
+    trainer.checkpointer = AtomicCheckpointer(model, str(tmp_path), trainer=trainer)
+    healthy_max = None
+    with pytest.raises(NonFiniteLossError) as e, EventStorage(0) as storage:
+        for i in range(2000):
+            if i == 100:
+                healthy_max = float(model.linear.weight.detach().abs().max())
+                for group in optimizer.param_groups:
+                    group["lr"] = 2.0  # diverges
+            trainer.iter = storage.iter = i
+            trainer.run_step()
+            if i % 5 == 4:
+                trainer.checkpointer.save(f"model_{i:07d}", iteration=i)
+    message = str(e.value)
+    start = trainer.divergence.excursion_start
+    assert 100 <= start <= 102
+    named = open(tmp_path / "last_checkpoint").read()
+    named_iteration = int(named[len("model_"):-len(".pth")])
+    assert named_iteration + 1 < start and named_iteration >= start - 7
+    assert f"last good checkpoint: {tmp_path / named} (resume from it with --resume" in message
+    newest = max(p for p in os.listdir(tmp_path) if p.startswith("model_"))
+    exploded = torch.load(tmp_path / newest, weights_only=False)["model"]["linear.weight"].abs().max()
+    saved = torch.load(tmp_path / named, weights_only=False)["model"]["linear.weight"].abs().max()
+    assert exploded > 100 * healthy_max and saved < 2 * healthy_max
+    # Follow the advice: --resume (from what last_checkpoint names) with a lower lr.
+    resumed_model = _Diverging()
+    optimizer = torch.optim.SGD(resumed_model.parameters(), lr=0.01)
+    resumed = DetrTrainer(resumed_model, _noisy_batches(seed=1), optimizer, clip_grad_params={"max_norm": float("inf")})
+    resumed.checkpointer = AtomicCheckpointer(resumed_model, str(tmp_path), trainer=resumed)
+    resumed.checkpointer.resume_or_load("", resume=True)
+    assert resumed.checkpointer.resumed == str(tmp_path / named)
+    _steps(resumed, 200, start=named_iteration + 1)
+    assert float(resumed_model.linear.weight.detach().abs().max()) < 2 * healthy_max

@@ -210,3 +210,40 @@ def test_resume_skips_an_unreadable_checkpoint(tmp_path):
     extra = AtomicCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
     assert extra["iteration"] == 4
     assert torch.all(fresh.linear.weight == 7.0)
+
+
+def test_resume_without_last_checkpoint_takes_the_newest_complete_one(tmp_path, caplog):
+    """`last_checkpoint` lost (e.g. a partial copy): --resume continues from the newest complete
+    checkpoint and says so; it used to start again from iteration 0 and overwrite the files."""
+    model = _TwoLoss()
+    checkpointer = AtomicCheckpointer(model, str(tmp_path))
+    for it, value in ((4, 4.0), (9, 9.0)):
+        with torch.no_grad():
+            model.linear.weight.fill_(value)
+        checkpointer.save(f"model_{it:07d}", iteration=it)
+    os.utime(tmp_path / "model_0000004.pth", (1, 1))  # older on disk too
+    os.remove(tmp_path / "last_checkpoint")
+    fresh = _TwoLoss()
+    resumer = AtomicCheckpointer(fresh, str(tmp_path))
+    with caplog.at_level("WARNING"):
+        extra = resumer.resume_or_load("", resume=True)
+    assert extra["iteration"] == 9 and torch.all(fresh.linear.weight == 9.0)
+    assert resumer.resumed == str(tmp_path / "model_0000009.pth")
+    assert "has no last_checkpoint file: resuming from the newest complete checkpoint" in caplog.text
+
+
+def test_resume_with_only_unloadable_checkpoints_refuses_to_start_over(tmp_path):
+    from detrex_lite.errors import CheckpointError
+
+    (tmp_path / "model_0000004.pth").write_bytes(b"truncated")
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(CheckpointError, match=r"^--resume: no checkpoint in .* can be loaded, and training from scratch would overwrite them"):
+        AtomicCheckpointer(_TwoLoss(), str(tmp_path)).resume_or_load("", resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_resume_in_an_empty_folder_starts_fresh(tmp_path):
+    checkpointer = AtomicCheckpointer(_TwoLoss(), str(tmp_path))
+    assert checkpointer.resume_or_load("", resume=True) == {}
+    assert checkpointer.resumed == ""

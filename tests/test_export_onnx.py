@@ -2,6 +2,7 @@
 with onnxruntime against PyTorch at several input sizes (batch, height and width are dynamic),
 and the exported contract checked against the model itself."""
 import json
+import math
 
 import cv2
 import numpy as np
@@ -18,7 +19,7 @@ from detrex_lite.export.onnx_export import (
 )
 from detrex_lite.layers import LevelLayout, MultiScaleDeformableAttention, attention_backend
 from detrex_lite.layers.ms_deform_attn_function import extension_available
-from tools_tiny_models import load_tool, save_config, tiny_deformable_detr_config, tiny_detr_config
+from tools_tiny_models import save_config, tiny_deformable_detr_config, tiny_detr_config
 
 CANVAS = (96, 96)
 
@@ -132,11 +133,22 @@ def test_detections_match_onnxruntime_and_the_model(variant, tmp_path):
         np.testing.assert_allclose(boxes[0], ref.pred_boxes.tensor.numpy(), atol=1e-2, rtol=0)
 
 
+def _reference_masks(image_sizes, feature_shapes, strides):
+    """Padding masks with Python numbers: an (h, w) image covers (ceil(h / s), ceil(w / s))."""
+    masks = []
+    for (feat_h, feat_w), stride in zip(feature_shapes, strides):
+        mask = torch.ones((len(image_sizes), feat_h, feat_w), dtype=torch.bool)
+        for i, (h, w) in enumerate(image_sizes):
+            mask[i, : math.ceil(h / stride), : math.ceil(w / stride)] = False
+        masks.append(mask)
+    return masks
+
+
 def test_graph_masks_equal_the_models_masks():
     # The graph computes each level's padding mask from image_sizes with tensor ops; they must be
-    # the masks the model computes with Python numbers (DETRBase.feature_masks).
-    from detrex_lite.export.onnx_export import level_masks
-    from detrex_lite.modeling.meta_arch import DETRBase
+    # the exact masks (computed here with Python numbers), as the model gets them from a list of
+    # (h, w) (padding_masks is the one function both call).
+    from detrex_lite.modeling.padding import padding_masks
 
     rng = np.random.default_rng(0)
     strides = [8, 16, 32, 64]
@@ -144,9 +156,11 @@ def test_graph_masks_equal_the_models_masks():
         sizes = [(int(rng.integers(1, 97)), int(rng.integers(1, 97))) for _ in range(3)]
         shapes = [(-(-96 // s), -(-96 // s)) for s in strides]
         features = [torch.zeros(3, 1, h, w) for h, w in shapes]
-        got = level_masks(torch.tensor(sizes), features, strides)
-        expected = DETRBase.feature_masks(sizes, shapes, strides)
+        got = padding_masks(torch.tensor(sizes), features, strides)
+        expected = _reference_masks(sizes, shapes, strides)
         for g, e in zip(got, expected):
+            assert torch.equal(g, e), sizes
+        for g, e in zip(padding_masks(sizes, features, strides), expected):
             assert torch.equal(g, e), sizes
 
 
@@ -202,12 +216,14 @@ def test_export_tool_with_checkpoint_and_images(tmp_path):
     for name, (h, w) in {"a.png": (50, 120), "b.png": (90, 70)}.items():
         cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         image_paths.append(str(tmp_path / name))
-    tool = load_tool("export_onnx")
-    report = tool.main([
+    from detrex_lite.export.onnx_tool import export_and_check
+    from detrex_lite.export.options import parse_export_onnx_args
+
+    report = export_and_check(parse_export_onnx_args([
         "--config-file", cfg_path, "--checkpoint", str(tmp_path / "model_final.pth"),
         "--output", str(tmp_path / "out" / "model.onnx"), "--check-images", *image_paths,
         "--json", str(tmp_path / "report.json"),
-    ])
+    ]))
     # Canvas from the test resize (max_size 96); the images resized like the test loader:
     # 50x120 -> 40x96, 90x70 -> short side 64 -> 82x64 (long side 82.3 <= 96).
     assert report["canvas"] == [96, 96]
@@ -248,3 +264,72 @@ def test_query_matching_tolerates_reordering_only():
     assert _matched_query_diff(logits, boxes, logits2 + 1e-6, boxes2, 1e-3) == pytest.approx((1e-6, 0.0, 2))
     boxes2[1, 4] += 0.01  # a genuinely different query is still found
     assert _matched_query_diff(logits, boxes, logits2, boxes2, 1e-3)[1] == pytest.approx(0.01)
+
+
+def test_export_arguments_take_overrides_after_the_flags(tmp_path, capsys):
+    from detrex_lite.export.options import parse_export_onnx_args
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    args = parse_export_onnx_args(["--config-file", "c.py", "--output", "m.onnx", "--fixed-size", "model.num_queries=10"])
+    assert args.opts == ["model.num_queries=10"] and args.fixed_size
+    args = parse_export_onnx_args(["--config-file", "c.py", "--output", "m.onnx", "--check-images", str(image), "--",
+                                   "model.num_queries=10"])
+    assert args.opts == ["model.num_queries=10"] and args.check_images == [str(image)]
+    # Without the "--" the override would be read as an image: refused in one line, naming it.
+    with pytest.raises(SystemExit) as exit_info:
+        parse_export_onnx_args(["--config-file", "c.py", "--output", "m.onnx", "--check-images", str(image),
+                                "model.num_queries=10"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--check-images: model.num_queries=10 is no image" in err and " -- model" in err
+
+
+def test_export_replaces_the_file_only_when_complete(tmp_path, monkeypatch):
+    """A re-export that dies half-way (SIGKILL, a full disk) used to leave a 0-byte model.onnx in
+    place of the good one, which onnx.load accepts; now the old file stays whole."""
+    from detrex_lite.export import onnx_export as module
+
+    _, model = _build("one_stage")
+    path = tmp_path / "model.onnx"
+    export_onnx(model, str(path), CANVAS)
+    good = path.read_bytes()
+    assert len(good) > 1000
+
+    def dies_half_way(wrapper, images, image_sizes, target, dynamic_axes, opset):
+        with open(target, "wb") as f:
+            f.write(good[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "_export_checked", dies_half_way)
+    with pytest.raises(OSError):
+        export_onnx(model, str(path), CANVAS)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary left
+
+
+def test_unwritable_output_fails_before_the_export(tmp_path, capsys):
+    """An --output that cannot be written used to fail with a traceback after the whole export."""
+    from detrex_lite.export.onnx_tool import export_onnx_cli
+    from detrex_lite.export.options import parse_export_onnx_args
+
+    cfg, _ = _build("one_stage")
+    cfg_path = save_config(cfg, str(tmp_path / "tiny.yaml"))
+    (tmp_path / "afile").write_text("")  # a file where the output's folder should be (fails as root too)
+    output = tmp_path / "afile" / "m.onnx"
+    rc = export_onnx_cli(parse_export_onnx_args(["--config-file", cfg_path, "--output", str(output)]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith(f"export_onnx: error: --output {output}: cannot write in {tmp_path / 'afile'} (")
+    assert "Exported" not in "\n".join(err)
+
+
+def test_output_that_is_a_folder_fails_before_the_export(tmp_path, capsys):
+    from detrex_lite.export.onnx_tool import export_onnx_cli
+    from detrex_lite.export.options import parse_export_onnx_args
+
+    cfg, _ = _build("one_stage")
+    cfg_path = save_config(cfg, str(tmp_path / "tiny.yaml"))
+    rc = export_onnx_cli(parse_export_onnx_args(["--config-file", cfg_path, "--output", str(tmp_path)]))
+    assert rc == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"export_onnx: error: --output {tmp_path} is a folder: give a file path"

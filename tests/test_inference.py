@@ -123,6 +123,23 @@ def test_bf16_top_detections_match_fp32(variant):
     assert matched >= 0.95 * total, f"{matched}/{total} top detections kept"
 
 
+def test_the_callers_model_is_left_untouched():
+    """optimize_for_inference returns a new object; the model given keeps its modules, dtypes,
+    training mode, gradients and attributes (nothing is set on it from outside)."""
+    model = _model("one_stage").train()
+    before = {name: (type(m), m.training) for name, m in model.named_modules()}
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+    fast = optimize_for_inference(model, "bf16", force_bf16=True)
+    assert fast is not model and fast.inference_precision == "bf16"
+    assert not hasattr(model, "inference_precision") and not hasattr(model, "inference_dtype")
+    assert {name: (type(m), m.training) for name, m in model.named_modules()} == before
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == grads and any(grads.values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # not folded
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())  # folded in the copy
+
+
 def test_bf16_without_native_support_runs_fp32(monkeypatch, caplog):
     monkeypatch.setattr(inference, "cpu_flags", lambda: {f: False for f in inference._REPORTED_FLAGS})
     assert inference.bf16_hardware_support() is None

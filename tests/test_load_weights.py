@@ -13,8 +13,8 @@ from detrex_lite.checkpoint import (
     CheckpointMismatchError,
     convert_state_dict,
     load_weights,
+    model_arch,
 )
-from detrex_lite.checkpoint.arch import model_arch
 from tools_tiny_models import tiny_deformable_detr_config, tiny_detr_config
 
 STRICT = ("eval", "predict", "export")
@@ -254,8 +254,12 @@ def test_own_detr_weights_into_deformable_detr(tmp_path):
 
 def test_every_tool_refuses_a_box_refine_checkpoint_for_the_plain_config(tmp_path, capsys):
     """Predictor, export_onnx.py and benchmark.py --checkpoint all go through the shared loader."""
+    from detrex_lite.benchmark.options import parse_benchmark_args
+    from detrex_lite.benchmark.runner import run_benchmark
+    from detrex_lite.export.onnx_tool import export_onnx_cli
+    from detrex_lite.export.options import parse_export_onnx_args
     from detrex_lite.predictor import Predictor
-    from tools_tiny_models import load_tool, save_config
+    from tools_tiny_models import save_config
 
     two_layers = {"transformer.num_decoder_layers": 2}
     path = _save(tmp_path, _trained(_model("box_refine", **two_layers)), meta=False)
@@ -266,11 +270,44 @@ def test_every_tool_refuses_a_box_refine_checkpoint_for_the_plain_config(tmp_pat
 
     with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
         Predictor(cfg_path, path, device="cpu")
-    assert load_tool("export_onnx").cli(
+    assert export_onnx_cli(parse_export_onnx_args(
         ["--config-file", cfg_path, "--checkpoint", path, "--output", str(tmp_path / "m.onnx")]
-    ) == 1
+    )) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"export_onnx: error: {says} (export): ") and "model.with_box_refine=True" in err
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(CheckpointMismatchError, match="model.with_box_refine=True"):
-        load_tool("benchmark").main(["--config-file", cfg_path, "--device", "cpu", "--checkpoint", path, "--iters", "1"])
+        run_benchmark(parse_benchmark_args(["--config-file", cfg_path, "--device", "cpu", "--checkpoint", path, "--iters", "1"]))
+
+
+# ------------------------------------------------------------------ poisoned values
+@pytest.mark.parametrize("purpose", ["train", "eval", "predict", "export"])
+def test_non_finite_weights_are_refused_with_their_names(tmp_path, purpose):
+    """One NaN weight used to give an AP (and "score": NaN results) with rc 0; all-NaN weights an
+    AssertionError deep in the box code; as init, a message blaming optimizer.lr."""
+    from detrex_lite.checkpoint import CheckpointError
+
+    source = _trained(_model())
+    state = source.state_dict()
+    name = next(k for k in state if k.startswith("transformer.encoder.layers.0.") and k.endswith("weight"))
+    state[name][0].view(-1)[0] = float("nan")
+    path = _save(tmp_path, source)
+    target = _model()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError) as e:
+        load_weights(target, path, purpose=purpose)
+    message = _one_line(e)
+    assert message.startswith(f"{path}: 1 tensor(s) hold NaN or infinite values: {name} (damaged weights")
+    assert message.endswith("; nothing was loaded")
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # untouched
+
+
+def test_integer_weights_are_refused(tmp_path):
+    from detrex_lite.checkpoint import CheckpointError
+
+    source = _model()
+    state = {k: (v.round().long() if k.startswith("neck.") and v.is_floating_point() else v) for k, v in source.state_dict().items()}
+    path = str(tmp_path / "ints.pth")
+    torch.save({"model": state, "meta": {"arch": model_arch(source)}}, path)
+    with pytest.raises(CheckpointError, match=r"tensor\(s\) are integers where the model has floating-point weights: neck\."):
+        load_weights(_model(), path, purpose="eval")

@@ -79,7 +79,9 @@ def test_predict_demo_export_from_run_in_a_fresh_process(run_dir, tmp_path):
         demo_rc = load_tool("demo").main(["--run", {run_dir!r}, "--input", {str(tmp_path / "image.png")!r},
                                           "--output", {str(tmp_path / "demo")!r}, "--json",
                                           "--confidence-threshold", "0"])
-        export_rc = load_tool("export_onnx").cli(["--run", {run_dir!r}, "--output", {str(tmp_path / "model.onnx")!r}])
+        from detrex_lite.export.onnx_tool import export_onnx_cli
+        from detrex_lite.export.options import parse_export_onnx_args
+        export_rc = export_onnx_cli(parse_export_onnx_args(["--run", {run_dir!r}, "--output", {str(tmp_path / "model.onnx")!r}]))
         print(json.dumps(dict(
             checkpoint=predictor.checkpoint, classes=list(predictor.metadata.thing_classes),
             num=len(instances), size=list(instances.image_size), demo_rc=demo_rc, export_rc=export_rc,
@@ -113,6 +115,26 @@ def test_eval_only_from_run(run_dir, tmp_path):
     with open(os.path.join(out, "eval_results.json")) as f:
         assert "AP" in json.load(f)["bbox"]
     assert os.path.isfile(os.path.join(out, "inference", "detrex_demo_val", "coco_instances_results.json"))
+
+
+def test_eval_only_in_the_run_folder_keeps_its_training_config(run_dir, tmp_path):
+    """`--eval-only --run DIR k=v` evaluating into DIR itself used to rewrite DIR's config.yaml
+    with the eval-time settings, which Predictor.from_run, demo and export then used."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(run_dir, run)
+    before = open(os.path.join(run, "config.yaml"), "rb").read()
+    proc = _run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--eval-only", "--run", run,
+         "dataloader.test.mapper.augmentation.min_size=32"],
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert open(os.path.join(run, "config.yaml"), "rb").read() == before
+    with open(os.path.join(run, "eval_config.yaml")) as f:
+        assert yaml.safe_load(f)["dataloader"]["test"]["mapper"]["augmentation"]["min_size"] == 32
+    assert not [n for n in os.listdir(run) if ".tmp." in n]
 
 
 def _train_net():

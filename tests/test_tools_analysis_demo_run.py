@@ -10,11 +10,9 @@ import torch
 from detectron2.config import instantiate
 
 from detrex_lite.engine import do_test
+from detrex_lite.apps import analyze_results, visualize_results
 from tests.tools_analysis_data import TRAIN, VAL, register_small_demo
-from tests.tools_tiny_models import load_tool, tiny_deformable_detr_config
-
-analyze_results = load_tool("analyze_results")
-visualize_results = load_tool("visualize_results")
+from tests.tools_tiny_models import tiny_deformable_detr_config
 
 
 @pytest.fixture(scope="module")

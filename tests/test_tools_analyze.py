@@ -1,5 +1,5 @@
-"""tools/analyze_model.py and detrex_lite.export.flops: parameter and FLOP counts checked
-against counts worked out by hand from the layer shapes."""
+"""tools/analyze_model.py (detrex_lite.export.model_analysis) and detrex_lite.export.flops:
+parameter and FLOP counts checked against counts worked out by hand from the layer shapes."""
 import json
 import math
 
@@ -14,9 +14,9 @@ from detrex_lite.export.flops import (
     synthetic_image_inputs,
 )
 from detrex_lite.layers.ms_deform_attn_function import extension_available
-from tools_tiny_models import DEFORMABLE_DETR_MODEL, load_tool, save_config, tiny_deformable_detr_config
-
-analyze_model = load_tool("analyze_model")
+from detrex_lite.export.model_analysis import analyze, analyze_model_main
+from detrex_lite.export.options import parse_analyze_model_args
+from tools_tiny_models import DEFORMABLE_DETR_MODEL, save_config, tiny_deformable_detr_config
 
 H, W = 64, 96
 _DEFORM_OP = "ms_deform_attn_forward" if extension_available("cpu") else "grid_sampler"
@@ -78,9 +78,9 @@ def test_module_breakdown_params_and_flops_add_up(tiny):
 def test_tool_writes_report(tiny, tmp_path):
     cfg, _, analysis = tiny
     cfg_path = save_config(cfg, str(tmp_path / "tiny.yaml"))
-    report = analyze_model.main([
+    report = analyze_model_main(parse_analyze_model_args([
         "--config-file", cfg_path, "--image-size", str(H), str(W), "--json", str(tmp_path / "r.json"),
-    ])
+    ]))
     assert report["flops"] == analysis.total()
     assert json.load(open(tmp_path / "r.json"))["params"] == report["params"]
     assert report["flops_by_operator"][_DEFORM_OP] == analysis.by_operator()[_DEFORM_OP]
@@ -104,7 +104,7 @@ def test_deformable_detr_r50_has_the_papers_40m_parameters():
     # Zhu et al. 2021, Table 1: Deformable DETR (R50) has 40M parameters.
     cfg = LazyConfig.load(DEFORMABLE_DETR_MODEL)
     model = instantiate(cfg.model)
-    report = analyze_model.analyze(model, ["parameter"], (800, 1333), max_depth=1)
+    report = analyze(model, ["parameter"], (800, 1333), max_depth=1)
     assert 39.5e6 < report["params"] < 40.5e6
     # The backbone's parameters are torchvision ResNet-50's convolutions (FrozenBN keeps its
     # affine terms as buffers, and there is no fc).

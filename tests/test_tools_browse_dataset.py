@@ -94,3 +94,15 @@ def test_clear_errors(folder, tmp_path, capsys):
         assert run(argv[:2] + ["--out", str(tmp_path / "o")] + argv[2:]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_help_and_deprecated_opts(folder, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        browse_dataset.get_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # the description is whole sentences, not the docstring's first line cut mid-sentence
+    assert "as the model gets them (after the config's augmentation) or as stored (--raw)." in text
+    argv = ["--config-file", CONFIG, "--out", str(tmp_path / "o"), "--opts", "dataloader.train.dataset.names=no_such_set"]
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--opts is deprecated" in err[0] and "unknown dataset 'no_such_set'" in err[1] and len(err) == 2

@@ -1,4 +1,5 @@
-"""tools/demo.py on a tiny Deformable DETR: folders, globs, a video, an unreadable file, JSON."""
+"""tools/demo.py on a tiny Deformable DETR: folders, globs, a video, an unreadable file, JSON
+(with --dataset: the dataset's image ids), the override syntax."""
 import json
 import logging
 import os
@@ -10,10 +11,11 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 
+from detrex_lite.apps.demo import expand_inputs, output_name, split_overrides
 from detrex_lite.predictor import Predictor
 from tools_tiny_models import load_tool, save_config, tiny_deformable_detr_config
 
-demo = load_tool("demo")
+demo = load_tool("demo")  # the command line; what it does is detrex_lite.apps.demo
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +131,12 @@ def test_drawing_changes_pixels_only_with_detections(setup, tmp_path):
 def test_expand_inputs(tmp_path):
     for name in ("x.jpg", "y.PNG", "notes.txt", "v.mp4"):
         (tmp_path / name).write_bytes(b"")
-    folder = demo.expand_inputs([str(tmp_path)])
+    folder = expand_inputs([str(tmp_path)])
     assert [os.path.basename(p) for p in folder] == ["v.mp4", "x.jpg", "y.PNG"]
-    assert [os.path.basename(p) for p in demo.expand_inputs([str(tmp_path / "*.jpg")])] == ["x.jpg"]
-    assert demo.expand_inputs(["missing.jpg"]) == ["missing.jpg"]
+    assert [os.path.basename(p) for p in expand_inputs([str(tmp_path / "*.jpg")])] == ["x.jpg"]
+    assert expand_inputs(["missing.jpg"]) == ["missing.jpg"]
     used = {}
-    assert [demo.output_name(p, used) for p in ("a/x.jpg", "b/x.jpg", "c/y.jpg")] == ["x.jpg", "x_1.jpg", "y.jpg"]
+    assert [output_name(p, used) for p in ("a/x.jpg", "b/x.jpg", "c/y.jpg")] == ["x.jpg", "x_1.jpg", "y.jpg"]
 
 
 def test_command_line_exit_status(setup, tmp_path):
@@ -147,3 +149,45 @@ def test_command_line_exit_status(setup, tmp_path):
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Skipping " + str(tmp_path / "missing.jpg") in done.stdout + done.stderr
     assert os.path.isfile(tmp_path / "o" / "a.jpg")
+
+
+def test_json_keeps_the_dataset_image_ids(setup, tmp_path):
+    """With --dataset, an input that is an image of the dataset is written with the dataset's
+    image_id (so detections.json can be scored against it); other inputs come after its ids."""
+    from detectron2.data import DatasetCatalog
+
+    from tests.tools_analysis_data import VAL, register_small_demo
+
+    cfg_path, inputs, _, _ = setup
+    folder = register_small_demo(str(tmp_path / "data"))
+    records = sorted(DatasetCatalog.get(VAL), key=lambda r: r["image_id"])[:3]
+    files = [r["file_name"] for r in records] + [str(inputs / "a.jpg")]
+    out = tmp_path / "out"
+    code = demo.main(["--config-file", cfg_path, "--input", *files, "--output", str(out), "--json",
+                      "--confidence-threshold", "0", "--device", "cpu", "--dataset", VAL])
+    assert code == 0 and os.path.isdir(folder)
+    results = json.load(open(out / "detections.json"))
+    ids = {os.path.basename(r["file_name"]): r["image_id"] for r in results}
+    expected = {os.path.basename(r["file_name"]): r["image_id"] for r in records}
+    expected["a.jpg"] = max(r["image_id"] for r in DatasetCatalog.get(VAL)) + 1
+    assert ids == expected
+    assert len(results) == 4 * 10  # threshold 0: every detection (select_box_nums_for_evaluation = 10)
+
+
+def test_overrides_after_the_flags(setup, tmp_path, capsys):
+    cfg_path, inputs, _, _ = setup
+    missing = str(tmp_path / "no_such_weights.pth")
+    image = str(inputs / "a.jpg")
+    assert split_overrides([image, f"train.init_checkpoint={missing}", "+x.y=1"]) == (
+        [image], [f"train.init_checkpoint={missing}", "+x.y=1"])
+    base = ["--config-file", cfg_path, "--output", str(tmp_path / "o"), "--device", "cpu"]
+    for argv, deprecated in (
+        (base + ["--input", image, f"train.init_checkpoint={missing}"], False),  # right after --input
+        (["--input", image] + base + [f"train.init_checkpoint={missing}"], False),  # after the last flag
+        (base + ["--input", image, "--opts", f"train.init_checkpoint={missing}"], True),
+    ):
+        code = demo.main(argv)
+        err = capsys.readouterr().err
+        assert code == 1 and "demo: error:" in err and "no_such_weights.pth" in err, err
+        assert ("--opts is deprecated" in err) == deprecated
+    assert not os.path.exists(tmp_path / "o" / "a.jpg")

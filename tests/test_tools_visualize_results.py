@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from detrex_lite.apps.visualize_results import run
 from tests.tools_analysis_data import VAL, perturbed_predictions, register_small_demo, write_predictions
 from tests.tools_tiny_models import load_tool
 
-visualize_results = load_tool("visualize_results")
+visualize_results = load_tool("visualize_results")  # the command line; what it does is detrex_lite.apps
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def expected_errors(gt_json, threshold):
 def test_worst_images_and_their_counts(demo, tmp_path, threshold, worst):
     gt_json, path = demo
     out = tmp_path / "worst"
-    drawn = visualize_results.run(path, VAL, str(out), threshold=threshold, worst=worst)
+    drawn = run(path, VAL, str(out), threshold=threshold, worst=worst)
     expected = expected_errors(gt_json, threshold)
     ranking = sorted(expected, key=lambda i: (-sum(expected[i]), i))[:worst]
     assert [m.image_id for _, m in drawn] == ranking
@@ -84,3 +85,16 @@ def test_clear_errors(demo, tmp_path, capsys):
         assert visualize_results.main(argv + ["--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+def test_dedupe_changes_the_drawing_only(demo, tmp_path):
+    _, path = demo
+    plain = run(path, VAL, str(tmp_path / "plain"), threshold=0.0, worst=4)
+    deduped = run(path, VAL, str(tmp_path / "dedupe"), threshold=0.0, worst=4, dedupe_iou=0.5)
+    # the same images and counts (the matching is of every prediction) ...
+    assert [(m.image_id, m.missed_gt, m.false_dt) for _, m in plain] == [
+        (m.image_id, m.missed_gt, m.false_dt) for _, m in deduped]
+    # ... but the duplicate pairs of the data (an exact copy of a found box) are drawn once
+    differ = [not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+              for (a, _), (b, _) in zip(plain, deduped)]
+    assert any(differ)

@@ -3,8 +3,9 @@
 
     python tools/convert_checkpoint.py [--from FORMAT] IN OUT [--check-config CONFIG [KEY=VALUE ...]]
 
-FORMAT is one of official-deformable-detr, official-detr, hf, torchvision-resnet; without --from
-it is detected from the parameter names. IN is a .pth/.bin/.safetensors file or a Hugging Face
+FORMAT is one of official-deformable-detr, official-detr, hf, torchvision-resnet (the formats the
+model families under projects/ declare, and torchvision ResNets); without --from it is detected
+from the parameter names. IN is a .pth/.bin/.safetensors file or a Hugging Face
 model directory. OUT loads with ``train.init_checkpoint=OUT`` and carries the same metadata as a
 checkpoint written by training (architecture from the official ``args`` / the HF ``config.json``
 and the tensors; COCO class names for 80-class heads), so Predictor, demo.py and export_onnx.py
@@ -26,73 +27,28 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import projects  # noqa: E402
 from detrex_lite.checkpoint import (  # noqa: E402
-    SOURCES,
     CheckpointError,
     ConversionError,
+    converted_arch,
     convert_state_dict,
+    describe_converted,
+    import_weight_families,
     load_weights,
     read_checkpoint,
     save_checkpoint,
+    source_formats,
 )
-from detrex_lite.checkpoint.arch import state_dict_arch  # noqa: E402
 from detrex_lite.checkpoint.io import load_state_dict, read_hf_config  # noqa: E402
 from detrex_lite.checkpoint.run import coco_run_metadata  # noqa: E402
 from detrex_lite.config import ConfigError  # noqa: E402
 
+# Every model family under projects/ registers its weight formats when imported: a new family
+# folder is found without editing this file.
+import_weight_families(projects)
+
 logger = logging.getLogger("convert_checkpoint")
-
-
-def describe_variant(state_dict) -> str:
-    """What a converted detector is, from its parameter names (for choosing the config)."""
-    if "transformer.level_embed" not in state_dict:
-        if "class_embed.weight" in state_dict:
-            return f"DETR, {state_dict['class_embed.weight'].shape[0] - 1} classes + no-object"
-        return "ResNet backbone"
-    levels = state_dict["transformer.level_embed"].shape[0]
-    two_stage = "transformer.enc_output.weight" in state_dict
-    refine = "bbox_embed.1.layers.0.weight" in state_dict and not all(
-        (state_dict[f"bbox_embed.1.{k}"] == state_dict[f"bbox_embed.0.{k}"]).all()
-        for k in ("layers.0.weight", "layers.2.bias")
-    )
-    num_classes = state_dict["class_embed.0.weight"].shape[0]
-    parts = ["Deformable DETR", "multi-scale" if levels > 1 else "single-scale"]
-    parts += ["box refinement"] * refine + ["two-stage"] * two_stage
-    return (
-        f"{', '.join(parts)}, {num_classes} classes "
-        f"(model.transformer.num_feature_levels={levels}, model.with_box_refine={refine}, model.as_two_stage={two_stage})"
-    )
-
-
-# fields of the official repositories' argparse "args" / HF config.json -> our arch names
-_OFFICIAL_ARGS = {
-    "with_box_refine": "with_box_refine", "two_stage": "as_two_stage", "num_feature_levels": "num_feature_levels",
-    "enc_layers": "num_encoder_layers", "dec_layers": "num_decoder_layers", "num_queries": "num_queries",
-    "hidden_dim": "d_model",
-}
-_HF_CONFIG = {
-    "with_box_refine": "with_box_refine", "two_stage": "as_two_stage", "num_feature_levels": "num_feature_levels",
-    "encoder_layers": "num_encoder_layers", "decoder_layers": "num_decoder_layers", "num_queries": "num_queries",
-    "d_model": "d_model",
-}
-
-
-def source_arch(converted, official_args=None, hf_config=None) -> dict:
-    """The architecture of converted weights: what the source file states (official ``args``,
-    HF ``config.json``), then what the tensors show (which wins where both tell)."""
-    arch = {}
-    for stated, table in ((vars(official_args) if official_args is not None else {}, _OFFICIAL_ARGS), (hf_config or {}, _HF_CONFIG)):
-        for key, ours in table.items():
-            if stated.get(key) is not None:
-                arch[ours] = stated[key]
-    tensors = state_dict_arch(converted)
-    if "with_box_refine" in arch:
-        tensors.pop("with_box_refine", None)  # identical heads could also be an untrained refine model
-    arch.update(tensors)
-    if arch.get("meta_architecture") == "DETR":
-        for key in ("with_box_refine", "as_two_stage", "num_feature_levels"):
-            arch.pop(key, None)
-    return arch
 
 
 def check_with_config(path: str, config_file: str, overrides, *, partial: bool = False) -> str:
@@ -123,10 +79,12 @@ def convert(args, overrides) -> str:
     if hf_config and hf_config.get("dilation"):
         logger.info("the Hugging Face config has dilation=True: evaluate with a DC5 config (res5_dilation=2)")
     if "partial" not in meta:
-        arch = source_arch(converted, official_args, hf_config)
+        # what the source states about itself: the official args and/or the HF config.json
+        stated = {**(vars(official_args) if official_args is not None else {}), **(hf_config or {})}
+        arch = converted_arch(converted, meta, stated)
         meta["meta"] = coco_run_metadata(arch.get("num_classes"), arch)
     save_checkpoint(args.output, converted, **meta)
-    summary = f"wrote {args.output}: {len(converted)} tensors, {describe_variant(converted)}"
+    summary = f"wrote {args.output}: {len(converted)} tensors, {describe_converted(converted, meta)}"
     if args.check_config:
         try:
             logger.info(summary)
@@ -141,7 +99,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="checkpoint file or Hugging Face model directory")
     parser.add_argument("output", help="converted checkpoint (.pth)")
-    parser.add_argument("--from", dest="source", choices=SOURCES, default=None,
+    parser.add_argument("--from", dest="source", choices=source_formats(), default=None,
                         help="source format (default: detect from the parameter names)")
     parser.add_argument("--class-map", choices=["auto", "coco", "none"], default="auto",
                         help="coco: 91 COCO-id logits (92 for DETR) -> 80 contiguous classes; "

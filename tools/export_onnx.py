@@ -6,195 +6,33 @@ r"""Exports a trained DETR-family detector to ONNX and checks it against PyTorch
 
     python tools/export_onnx.py --run output/run --output output/run/model.onnx   # a training folder
 
-Weights are loaded strictly (a checkpoint of another class count or architecture is refused
-with one line naming the config option), the EMA weights when the config asks for them.
-The graph takes a normalised, zero-padded image batch plus each image's unpadded size, and
-returns top-k ``scores``/``labels``/``boxes`` (``--format detections``) or the raw
-``pred_logits``/``pred_boxes`` (``--format raw``); batch, height and width are dynamic
-(``--fixed-size``: height and width fixed to ``--canvas``). See docs/tools.md for the exact
-contract. After export, the same inputs (``--check-images``, resized as the test loader does, or
-random images, padded to the canvas; with dynamic sizes also a second batch of another size) are
-run through onnxruntime and PyTorch; the maximum differences are printed (and written with
-``--json``), and the exit status is 1 when they exceed ``--atol``.
+The arguments are parsed first (``--help`` answers before torch loads); the work is
+:func:`detrex_lite.export.onnx_tool.export_onnx_cli`. Exit status 1 when the parity check fails or
+the checkpoint does not fit. Every flag and the graph's contract: ``--help``, docs/tools.md.
 """
-from __future__ import annotations
-
-import argparse
-import logging
-import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
-import torch
+from detrex_lite.export.options import export_onnx_parser as get_parser
+from detrex_lite.export.options import parse_export_onnx_args as parse_args
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
-import detrex_lite  # noqa: E402,F401  (first: imports detectron2 without its torch.jit warnings)
-
-from detectron2.config import instantiate  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-
-from detrex_lite.checkpoint import CheckpointError, load_weights  # noqa: E402
-from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path  # noqa: E402
-from detrex_lite.export.onnx_export import (  # noqa: E402
-    check_onnx_parity,
-    encoder_tokens,
-    export_onnx,
-    prepare_export_inputs,
-)
-from detrex_lite.predictor import load_config, preprocess_image, test_augmentations  # noqa: E402
-from detrex_lite.utils import json_io  # noqa: E402
-from detrex_lite.utils.logger import setup_logger  # noqa: E402
-
-logger = logging.getLogger("detrex_lite.export_onnx")
-
-
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config-file", help="LazyConfig .py (or saved .yaml) file")
-    source.add_argument(
-        "--run", metavar="DIR", help="a training output folder: its config.yaml and newest complete checkpoint"
-    )
-    parser.add_argument(
-        "--checkpoint", default=None,
-        help="weights (default: train.init_checkpoint; with --run its newest checkpoint, or this file in DIR)",
-    )
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--format", default="detections", choices=["detections", "raw"], help="graph outputs")
-    parser.add_argument(
-        "--canvas", type=int, nargs=2, default=None, metavar=("H", "W"),
-        help="input size traced and checked; the fixed input size with --fixed-size "
-        "(default: max_size x max_size of the test ResizeShortestEdge)",
-    )
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument(
-        "--fixed-size", action="store_true", help="fix the input height and width to --canvas (only the batch is dynamic)"
-    )
-    parser.add_argument("--check-images", nargs="*", default=[], help="images for the parity check")
-    parser.add_argument("--check-batch-size", type=int, default=2, help="random images when none are given")
-    parser.add_argument("--atol", type=float, default=1e-3)
-    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
-    parser.add_argument("--json", default=None, help="write the parity report here")
-    parser.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value")
-    return parser
-
-
-def default_canvas(augmentations: Sequence[T.Augmentation]) -> Tuple[int, int]:
-    """A square canvas holding any test-resized image: (max_size, max_size) of the test
-    ResizeShortestEdge (both orientations fit)."""
-    for aug in augmentations:
-        if isinstance(aug, T.ResizeShortestEdge):
-            side = int(aug.max_size) if aug.max_size and aug.max_size < 1e6 else int(max(aug.short_edge_length))
-            return side, side
-    raise ValueError("Cannot infer the export canvas from the test augmentations; pass --canvas H W")
-
-
-def check_inputs(
-    model, image_paths: Sequence[str], augmentations, canvas: Tuple[int, int], batch_size: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The parity-check batch: the given images resized like the test loader, or random images
-    of decreasing size (one at full canvas) when none are given."""
-    images: List[torch.Tensor] = []
-    if image_paths:
-        augs = T.AugmentationList(list(augmentations))
-        images = [preprocess_image(read_image(p, format="RGB"), augs)["image"] for p in image_paths]
-    else:
-        generator = torch.Generator().manual_seed(0)
-        for i in range(batch_size):
-            h = max(canvas[0] * (batch_size - i) // batch_size, 1)
-            w = max(canvas[1] * (batch_size + 1 - i) // (batch_size + 1), 1)
-            images.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator))
-    return prepare_export_inputs(model, images, canvas)
-
-
-def check_other_size(path: str, wrapper, model, canvas: Tuple[int, int], atol: float) -> Dict:
-    """For a dynamic-size graph: parity on a batch of another size and aspect ratio (3/4 x 5/8
-    of the canvas, or 5/4 x 9/8 when that is too small for a two-stage model's query count; two
-    random images, the second smaller so it is padded). A shape that the trace recorded as a
-    constant of the export size would make onnxruntime fail or disagree here, and this says so
-    instead of shipping a broken graph."""
-    other = (max(canvas[0] * 3 // 4, 32), max(canvas[1] * 5 // 8, 32))
-    if encoder_tokens(model, *other) < model.min_encoder_tokens:
-        other = (canvas[0] * 5 // 4, canvas[1] * 9 // 8)
-    generator = torch.Generator().manual_seed(1)
-    images = [
-        torch.randint(0, 256, (3, *other), dtype=torch.uint8, generator=generator),
-        torch.randint(0, 256, (3, other[0] * 2 // 3, other[1] * 4 // 5), dtype=torch.uint8, generator=generator),
-    ]
-    x, sizes = prepare_export_inputs(model, images, other)
-    report = {"canvas": list(other), "check_batch": sizes.tolist()}
-    try:
-        result = check_onnx_parity(path, wrapper, x, sizes, atol=atol)
-    except Exception as err:  # onnxruntime reports shape errors as generic failures
-        return {**report, "ok": False, "error": str(err).splitlines()[0][:300]}
-    return {**report, **result}
-
-
-def _format_diffs(diffs: Dict) -> str:
-    return ", ".join(
-        f"{k} {v}" if isinstance(v, int) else f"{k} {v:.2e}"
-        for k, v in diffs.items() if k not in ("ok", "canvas", "check_batch")
-    )
+__all__ = ["get_parser", "parse_args", "main", "cli"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    args = get_parser().parse_args(argv)
-    setup_logger()
-    cfg = load_config(run_config_path(args.run) if args.run else args.config_file, args.opts)
-    model = instantiate(cfg.model).eval()
-    checkpoint = args.checkpoint
-    if args.run:
-        checkpoint = find_run_checkpoint(args.run, checkpoint)
-    elif checkpoint is None:
-        checkpoint = cfg.train.get("init_checkpoint", "") if "train" in cfg else ""
-    meta: Dict = {}
-    if checkpoint:
-        meta = load_weights(model, checkpoint, purpose="export", cfg=cfg).meta
-    else:
-        logger.warning("No checkpoint: exporting random weights.")
-    augmentations = test_augmentations(cfg, meta)
-    canvas = tuple(args.canvas) if args.canvas else default_canvas(augmentations)
+    """The export and its parity report (exceptions propagate)."""
+    args = parse_args(argv)
+    from detrex_lite.export.onnx_tool import export_and_check
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    wrapper = export_onnx(
-        model, args.output, canvas, output=args.format, opset=args.opset, dynamic_size=not args.fixed_size
-    )
-    report: Dict = {
-        "onnx": args.output, "format": args.format, "canvas": list(canvas), "opset": args.opset,
-        "dynamic_size": not args.fixed_size,
-    }
-    if not args.no_check:
-        images, image_sizes = check_inputs(model, args.check_images, augmentations, canvas, args.check_batch_size)
-        report["check_batch"] = [list(s) for s in image_sizes.tolist()]
-        report["max_abs_diff"] = check_onnx_parity(args.output, wrapper, images, image_sizes, atol=args.atol)
-        verdict = "OK" if report["max_abs_diff"]["ok"] else f"FAILED (atol {args.atol})"
-        print(
-            f"onnxruntime vs PyTorch on {len(image_sizes)} images at {canvas[0]}x{canvas[1]}: "
-            f"max abs diff {_format_diffs(report['max_abs_diff'])}: {verdict}"
-        )
-        if not args.fixed_size:
-            other = report["dynamic_size_check"] = check_other_size(args.output, wrapper, model, canvas, args.atol)
-            if "error" in other:
-                result = f"FAILED: {other['error']}"
-            else:
-                result = f"max abs diff {_format_diffs(other)}: {'OK' if other['ok'] else f'FAILED (atol {args.atol})'}"
-            print(f"at another input size {other['canvas'][0]}x{other['canvas'][1]}: {result}")
-            report["max_abs_diff"]["ok"] &= bool(other["ok"])
-    if args.json:
-        json_io.dump(report, args.json)
-    return report
+    return export_and_check(args)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """main() with the exit status: 1 when the parity check fails; a checkpoint that cannot be
-    used (unreadable, another architecture or class count) is one line on stderr, exit 1."""
-    try:
-        result = main(argv)
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"export_onnx: error: {e}", file=sys.stderr)
-        return 1
-    return 0 if result.get("max_abs_diff", {"ok": True})["ok"] else 1
+    """The exit status of the tool (0, or 1 with one line on stderr)."""
+    args = parse_args(argv)
+    from detrex_lite.export.onnx_tool import export_onnx_cli
+
+    return export_onnx_cli(args)
 
 
 if __name__ == "__main__":

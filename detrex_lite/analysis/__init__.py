@@ -1,7 +1,7 @@
 """Looking at data and results: ground truth and predictions of a registered dataset as COCO
 objects, per-image matches and the COCO error analysis from pycocotools' COCOeval, confusion
-matrices, and the drawing used by the tools (browse_dataset, visualize_results,
-analyze_results)."""
+matrices and per-class AP (used by ``detrex_lite.apps``: analyze_results, visualize_results);
+the pictures are ``detrex_lite.visualization``."""
 from .coco_results import (
     AnalysisError,
     dataset_coco_gt,

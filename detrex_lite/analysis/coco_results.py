@@ -58,12 +58,12 @@ def dataset_coco_gt(dataset_name: str) -> COCO:
     """
     from detectron2.data import MetadataCatalog
 
-    from detrex_lite.data.demo_dataset import DEMO_DATASET_NAMES, ensure_demo_dataset
+    from detrex_lite.data.demo_dataset import ensure_demo_files, is_demo_dataset
 
     _registered(dataset_name)
     meta = MetadataCatalog.get(dataset_name)
-    if dataset_name in DEMO_DATASET_NAMES:
-        ensure_demo_dataset(meta.demo_cache_root, *meta.demo_num_images)
+    if is_demo_dataset(dataset_name):
+        ensure_demo_files(dataset_name)
     json_file = meta.get("json_file", None)
     if json_file:
         if not os.path.isfile(json_file):

@@ -1,8 +1,17 @@
-"""Checkpoint conversion (official Deformable-DETR / DETR, Hugging Face, torchvision ResNet ->
-detrex_lite names) and strict loading. See docs/checkpoints.md."""
-from .convert import SOURCES, convert_state_dict, detect_source
-from .deformable_detr import hf_to_official_deformable_detr, official_deformable_detr_to_detrex
-from .detr import hf_to_official_detr, official_detr_to_detrex
+"""Weights: strict loading (one loader for every tool), conversion of foreign formats through the
+model families' hooks (:mod:`.family`), torchvision ResNet conversion, and the run folder.
+See docs/checkpoints.md; how a model family plugs in: docs/architecture.md, "Adding a model"."""
+from .convert import RESNET_SOURCE, converted_arch, convert_state_dict, describe_converted, detect_source, source_formats
+from .family import (
+    WEIGHT_FAMILY_REGISTRY,
+    WeightFamily,
+    WeightFormat,
+    import_weight_families,
+    model_arch,
+    register_weight_family,
+    registered_weight_families,
+    weight_family_of,
+)
 from .io import load_state_dict, save_checkpoint
 from .io import CheckpointError, CheckpointFileError, read_checkpoint
 from .loader import (
@@ -20,9 +29,9 @@ from .rename import ConversionError, Rule, rename_keys
 from .resnet import convert_torchvision_resnet, hf_resnet_to_torchvision
 
 __all__ = [
-    "SOURCES", "convert_state_dict", "detect_source",
-    "hf_to_official_deformable_detr", "official_deformable_detr_to_detrex",
-    "hf_to_official_detr", "official_detr_to_detrex",
+    "RESNET_SOURCE", "converted_arch", "convert_state_dict", "describe_converted", "detect_source", "source_formats",
+    "WEIGHT_FAMILY_REGISTRY", "WeightFamily", "WeightFormat", "import_weight_families", "model_arch",
+    "register_weight_family", "registered_weight_families", "weight_family_of",
     "load_state_dict", "save_checkpoint",
     "CheckpointError", "CheckpointFileError", "read_checkpoint",
     "PURPOSES", "CheckpointMismatchError", "DetrexCheckpointer", "LoadReport", "apply_state_dict", "ema_requested",

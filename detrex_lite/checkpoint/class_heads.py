@@ -1,17 +1,14 @@
-"""Class-index conventions of the released checkpoints and their mapping to ours.
+"""Class-index conventions of released COCO checkpoints, and their mapping to ours.
 
 This project predicts contiguous classes 0..K-1 (80 for COCO, in the order of detectron2's
-``thing_dataset_id_to_contiguous_id``). The released models index their logits by COCO category
-id instead:
+``thing_dataset_id_to_contiguous_id``). Released COCO detectors often index their logits by COCO
+category id instead: 91 sigmoid logits (row c = COCO id c; id 0 and the 10 unused ids between 1
+and 90 are never positive), or 92 softmax logits (ids 0..90, then "no object").
 
-* official / HF Deformable DETR: 91 sigmoid logits, row c = COCO id c (id 0 and the 10 unused
-  ids between 1 and 90 are never positive). Two-stage models also use row 0 of the encoder
-  proposal head as the objectness score (all proposals are trained as class 0).
-* official / HF DETR: 92 softmax logits, rows 0..90 = COCO ids, row 91 = "no object".
-
-Mapping keeps rows ``coco_ids`` (and the no-object row for DETR, which stays last), so a kept
-class gets exactly the logit it had. For the two-stage proposal head row 0 stays first, because
-our model scores proposals with ``enc_outputs_class[..., 0]`` as the official code does.
+Mapping keeps rows ``coco_ids`` (and a no-object row, which stays last), so a kept class gets
+exactly the logit it had. Which keys are class heads, and which rows a special head keeps (e.g. a
+proposal head scored by its row 0), is the model family's knowledge: its converter calls
+:func:`select_class_rows` with its own key pattern and rows.
 """
 import logging
 import re
@@ -21,12 +18,14 @@ import torch
 
 from .rename import ConversionError
 
-__all__ = ["coco_contiguous_to_id", "select_class_rows", "COCO_NUM_LOGITS_SIGMOID", "COCO_NUM_LOGITS_SOFTMAX"]
+__all__ = [
+    "coco_contiguous_to_id", "select_class_rows", "resolve_class_map", "COCO_NUM_LOGITS_SIGMOID", "COCO_NUM_LOGITS_SOFTMAX",
+]
 
 logger = logging.getLogger(__name__)
 
-COCO_NUM_LOGITS_SIGMOID = 91  # Deformable DETR: COCO ids 0..90
-COCO_NUM_LOGITS_SOFTMAX = 92  # DETR: COCO ids 0..90 + no-object
+COCO_NUM_LOGITS_SIGMOID = 91  # sigmoid classifiers: COCO ids 0..90
+COCO_NUM_LOGITS_SOFTMAX = 92  # softmax classifiers: COCO ids 0..90 + no-object
 
 
 def coco_contiguous_to_id() -> List[int]:

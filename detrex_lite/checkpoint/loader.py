@@ -22,8 +22,9 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from fvcore.common.checkpoint import _IncompatibleKeys
 from torch import nn
 
-from .arch import ARCH_OPTIONS, explain_mismatch, keys_point_at, model_arch, state_dict_arch, tied_groups
+from .family import model_arch, weight_family_of
 from .io import CheckpointError, read_checkpoint
+from .mismatch import explain_mismatch, foreign_format_hint, options_for_keys, tied_reasons
 from .rename import strip_prefix
 from detrex_lite.errors import CheckpointMismatchError  # noqa: F401  (re-exported)
 
@@ -36,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 PURPOSES = ("train", "resume", "eval", "predict", "export")
 
-# Class heads of DETR-family models: their first dimension is the number of classes.
-CLASS_HEAD_RE = re.compile(r"(?:.*\.)?class_embed(?:\.\d+)?\.(?:weight|bias)")
 _LIST_LIMIT = 6
 
 
@@ -57,24 +56,6 @@ class LoadReport:
 def _inline(items: List[str], limit: int = _LIST_LIMIT) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
-def _foreign_format_hint(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
-    """Why the names do not fit: released weights not converted yet, or detrex_lite weights of
-    another model family."""
-    from .convert import detect_source  # local: convert imports the converters
-
-    try:
-        source, family = detect_source(state_dict)
-    except Exception:
-        ours = state_dict_arch(state_dict).get("meta_architecture")
-        if ours and ours != type(model).__name__:
-            return (
-                f"these are detrex_lite {ours} weights and the config builds {type(model).__name__}: "
-                f"use a {ours} config"
-            )
-        return ""
-    return f"these look like {source} ({family}) weights: convert them first with tools/convert_checkpoint.py --from {source} IN OUT"
 
 
 def ema_requested(cfg: Any) -> bool:
@@ -121,6 +102,8 @@ def apply_state_dict(
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     fine_tuning = purpose == "train"
     state_dict = strip_prefix(state_dict, "module.")
+    family = weight_family_of(model)  # what the model's family knows about its weights
+    class_head = re.compile(family.class_head_pattern) if family.class_head_pattern else None
     own = model.state_dict()
     report = LoadReport(path=source, meta=dict(meta or {}))
     wrong_shapes, class_heads, to_load = [], [], {}
@@ -131,7 +114,7 @@ def apply_state_dict(
         ckpt_shape, model_shape = tuple(value.shape), tuple(own[key].shape)
         if ckpt_shape == model_shape:
             to_load[key] = value
-        elif CLASS_HEAD_RE.fullmatch(key) and ckpt_shape[1:] == model_shape[1:]:
+        elif class_head is not None and class_head.fullmatch(key) and ckpt_shape[1:] == model_shape[1:]:
             class_heads.append((key, ckpt_shape, model_shape))
         else:
             wrong_shapes.append((key, ckpt_shape, model_shape))
@@ -143,29 +126,30 @@ def apply_state_dict(
         )
     missing = [k for k in report.missing if not (partial_prefix and not k.startswith(partial_prefix))]
 
-    # Architecture: the stored facts (or, without metadata, the ones the tensors tell).
+    # Architecture: the stored facts (or, without metadata, the ones the tensors tell), compared
+    # and explained by the model's family.
     model_facts = model_arch(model)
     stored = dict((meta or {}).get("arch") or {})
+    options = family.arch_options
     reasons = []
     if stored:
-        reasons += explain_mismatch(model_facts, stored, stored=True)
+        reasons += explain_mismatch(options, model_facts, stored, stored=True)
     if not partial_prefix:
-        tensor_facts = state_dict_arch(state_dict)
-        fields = [f for f in ARCH_OPTIONS if f not in ("num_classes", "with_box_refine") and f not in stored]
-        reasons += explain_mismatch(model_facts, tensor_facts, stored=False, fields=fields)
-        reasons += _tied_reasons(model, state_dict, stored)
-        suspicious = _untied_but_identical(model, state_dict, model_facts, tensor_facts, stored)
-        if suspicious:
-            report.warnings.append(suspicious)
-            logger.warning(f"{source}: {suspicious}")
+        tensor_facts = family.state_dict_arch(state_dict)
+        fields = [f for f in options if f != "num_classes" and f not in family.inferred_only and f not in stored]
+        reasons += explain_mismatch(options, model_facts, tensor_facts, stored=False, fields=fields)
+        reasons += tied_reasons(model, state_dict, family, stored)
+        for doubt in family.warnings(model_facts, tensor_facts, stored):
+            report.warnings.append(doubt)
+            logger.warning(f"{source}: {doubt}")
     if (missing or report.unexpected or wrong_shapes) and not reasons:
-        hint = _foreign_format_hint(state_dict, model) if report.unexpected else ""
+        hint = foreign_format_hint(state_dict, model, stored) if report.unexpected else ""
         if hint:
             reasons.append(hint)
         else:
-            options = keys_point_at(missing, report.unexpected)
-            if options:
-                reasons.append(f"check {', '.join(options)}")
+            pointed = options_for_keys(family, missing, report.unexpected)
+            if pointed:
+                reasons.append(f"check {', '.join(pointed)}")
 
     problems = []
     if wrong_shapes:
@@ -194,6 +178,9 @@ def apply_state_dict(
         )
         raise CheckpointMismatchError(message, details)
 
+    unusable = unusable_values(to_load, own)
+    if unusable:
+        raise CheckpointError(f"{source}: {unusable}; nothing was loaded")
     model.load_state_dict(to_load, strict=False)
     if class_heads:
         report.skipped_class_heads = class_heads
@@ -211,39 +198,25 @@ def apply_state_dict(
     return report
 
 
-def _tied_reasons(model: nn.Module, state_dict: Mapping[str, torch.Tensor], stored: Mapping[str, Any]) -> List[str]:
-    """Keys that are one tensor in the model must have equal values in the checkpoint."""
+def unusable_values(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str:
+    """Why tensors of ``state_dict`` cannot be weights of a model whose state dict is ``own``
+    (same keys and shapes): NaN or infinite values (a diverged or damaged file), or integer
+    tensors where the model has floating-point ones (a file no trainer writes). "" when usable."""
+    integer = [k for k, v in state_dict.items() if own[k].is_floating_point() and not (v.is_floating_point() or v.is_complex())]
+    floating = [(k, v) for k, v in state_dict.items() if v.is_floating_point() and v.numel()]
+    flags = torch.stack([torch.isfinite(v).all().cpu() for _, v in floating]).tolist() if floating else []
+    non_finite = [k for (k, _), ok in zip(floating, flags) if not ok]
     reasons = []
-    for keys in tied_groups(model):
-        values = [state_dict[k] for k in keys if k in state_dict]
-        if len(values) < 2 or all(v.shape == values[0].shape and torch.equal(v, values[0]) for v in values[1:]):
-            continue
-        if any(re.match(r"(class_embed|bbox_embed)\.\d+\.", k) for k in keys):
-            if "with_box_refine" in stored:
-                continue  # already explained by the stored architecture
-            reason = (
-                "the checkpoint has a separate class/box head per decoder layer (it was trained with "
-                "model.with_box_refine=True), the config shares one head (model.with_box_refine=False)"
-            )
-        else:
-            reason = f"{_inline(keys, 3)} are one tensor in the model but differ in the checkpoint"
-        if reason not in reasons:
-            reasons.append(reason)
-    return reasons
-
-
-def _untied_but_identical(model, state_dict, model_facts, tensor_facts, stored) -> str:
-    """A box-refinement model given a checkpoint whose per-layer heads are all equal: probably a
-    plain model's (a model saved right after initialisation looks the same, hence a warning; with
-    stored metadata the architecture comparison decides)."""
-    if "with_box_refine" in stored or not model_facts.get("with_box_refine"):
-        return ""
-    if tensor_facts.get("with_box_refine") is False:
-        return (
-            "every decoder layer's class/box head is identical in the checkpoint, as in a model "
-            "trained with model.with_box_refine=False, but the config sets model.with_box_refine=True"
+    if non_finite:
+        reasons.append(
+            f"{len(non_finite)} tensor(s) hold NaN or infinite values: {_inline(non_finite)} (damaged weights, "
+            "e.g. from a diverged run: use an earlier checkpoint)"
         )
-    return ""
+    if integer:
+        reasons.append(
+            f"{len(integer)} tensor(s) are integers where the model has floating-point weights: {_inline(integer)}"
+        )
+    return "; ".join(reasons)
 
 
 def load_weights(model: nn.Module, path: str, *, purpose: str, cfg: Any = None) -> LoadReport:

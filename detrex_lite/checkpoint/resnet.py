@@ -15,17 +15,19 @@ torchvision puts the stride of a bottleneck block in its 3x3 conv, so the detect
 receives these weights must be built with ``stride_in_1x1=False`` (detectron2's MSRA default is
 True); BatchNorm statistics become FrozenBatchNorm2d buffers of the same names.
 """
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Tuple
 
 import torch
 
-from .rename import Rule, rename_keys
+from .rename import ConversionError, Rule, add_prefix, rename_keys, split_by_prefix
 
 __all__ = [
     "convert_torchvision_resnet",
     "hf_resnet_to_torchvision",
     "is_torchvision_resnet",
     "is_hf_resnet",
+    "split_official_backbone",
+    "split_hf_backbone",
 ]
 
 _BN = r"(weight|bias|running_mean|running_var)"
@@ -127,3 +129,35 @@ def is_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
     keys = set(state_dict)
     return "conv1.weight" in keys and any(k.startswith("layer1.0.") for k in keys)
 
+
+
+# Where detectors keep their ResNet: the official DETR-family repositories (torchvision names
+# under a Joiner -> BackboneBase), and Hugging Face DETR-family models ("conv_encoder.model." in
+# saved files, also what transformers 5's save_pretrained writes; "model." in its module tree).
+_OFFICIAL_BACKBONE = r"backbone\.0\.body\."
+_HF_BACKBONE = r"model\.backbone\.(?:conv_encoder\.)?model\."
+
+
+def split_official_backbone(
+    state_dict: Mapping[str, torch.Tensor], *, what: str
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """(the ``backbone.0.body.*`` ResNet in detectron2 names under ``backbone.``, the other keys
+    unchanged) of an official DETR-family checkpoint; ``what`` names the source in errors."""
+    backbone, rest = split_by_prefix(state_dict, _OFFICIAL_BACKBONE)
+    if not backbone:
+        raise ConversionError(f"{what}: no 'backbone.0.body.' weights found")
+    return add_prefix(convert_torchvision_resnet(backbone), "backbone."), rest
+
+
+def split_hf_backbone(
+    state_dict: Mapping[str, torch.Tensor], *, what: str
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """(the ResNet of a Hugging Face DETR-family model, HF ResNet or timm, in torchvision names
+    under ``backbone.0.body.`` as the official checkpoints have it, the other keys unchanged)."""
+    backbone, rest = split_by_prefix(state_dict, _HF_BACKBONE)
+    if not backbone:
+        raise ConversionError(f"{what}: no 'model.backbone.' weights found")
+    if is_hf_resnet(backbone):
+        backbone = hf_resnet_to_torchvision(backbone)
+    backbone = {k: v for k, v in backbone.items() if not k.endswith("num_batches_tracked")}
+    return add_prefix(backbone, "backbone.0.body."), rest

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from .arch import model_arch
+from .family import model_arch
 from .io import CheckpointFileError
 
 __all__ = [
@@ -28,7 +28,7 @@ _CHECKPOINT_RE = re.compile(r"model_(\d+)\.pth")
 
 
 def _is_num_classes_call(node: Any) -> bool:
-    from detrex_lite.config.dataset_meta import num_classes_from_dataset
+    from detrex_lite.data.classes import num_classes_from_dataset
 
     try:
         target = node.get("_target_", None)
@@ -77,8 +77,12 @@ def test_resize_of(augmentations) -> Optional[Dict[str, Any]]:
 
 
 def _dataset_metadata(cfg: Any) -> Dict[str, Any]:
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    """The classes of the first training dataset (:meth:`ClassInfo.to_meta`), when it is
+    registered; {} otherwise."""
+    from detectron2.data import DatasetCatalog
     from omegaconf import OmegaConf
+
+    from detrex_lite.data.classes import ClassInfo
 
     names = OmegaConf.select(cfg, "dataloader.train.dataset.names", default=None)
     if names is None:
@@ -86,14 +90,8 @@ def _dataset_metadata(cfg: Any) -> Dict[str, Any]:
     name = names if isinstance(names, str) else list(names)[0]
     if name not in DatasetCatalog.list():
         return {}
-    meta = MetadataCatalog.get(name)
-    out: Dict[str, Any] = {"dataset": name}
-    if meta.get("thing_classes", None) is not None:
-        out["thing_classes"] = list(meta.thing_classes)
-    id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
-    if id_map is not None:
-        out["thing_dataset_id_to_contiguous_id"] = {int(k): int(v) for k, v in id_map.items()}
-    return out
+    info = ClassInfo.of_registered(name)
+    return info.to_meta() if info is not None else {"dataset": name}
 
 
 def run_metadata(cfg: Any, model: nn.Module) -> Dict[str, Any]:
@@ -178,24 +176,20 @@ def find_run_checkpoint(run_dir: str, name: Optional[str] = None) -> str:
 
 def metadata_from_meta(meta: Dict[str, Any], name: str = "checkpoint"):
     """A detectron2 ``Metadata`` (class names, dataset ids) built from ``checkpoint["meta"]``,
-    without touching the global MetadataCatalog; None when the meta has no class names."""
-    from detectron2.data.catalog import Metadata
+    without touching the global MetadataCatalog; None when the meta has no class names
+    (:meth:`ClassInfo.from_meta`, :meth:`ClassInfo.to_metadata`)."""
+    from detrex_lite.data.classes import ClassInfo
 
-    if not meta.get("thing_classes"):
-        return None
-    fields = {"thing_classes": list(meta["thing_classes"])}
-    if meta.get("thing_dataset_id_to_contiguous_id"):
-        fields["thing_dataset_id_to_contiguous_id"] = dict(meta["thing_dataset_id_to_contiguous_id"])
-    return Metadata(name=meta.get("dataset", name), **fields)
+    info = ClassInfo.from_meta(meta)
+    return None if info is None else info.to_metadata(name)
 
 
 def coco_run_metadata(num_classes: int, arch: Dict[str, Any]) -> Dict[str, Any]:
     """Run metadata for released COCO weights (tools/convert_checkpoint.py): detectron2's COCO
     class names and ids, ImageNet pixel statistics and the 800/1333 test resize of the papers."""
-    from detectron2.data import MetadataCatalog
-    import detectron2.data.datasets  # noqa: F401  (registers the builtin COCO metadata)
+    from detrex_lite.data.classes import ClassInfo
 
-    coco = MetadataCatalog.get("coco_2017_val")
+    coco = ClassInfo.coco()
     meta: Dict[str, Any] = {
         "num_classes": num_classes,
         "arch": dict(arch),
@@ -204,8 +198,6 @@ def coco_run_metadata(num_classes: int, arch: Dict[str, Any]) -> Dict[str, Any]:
         "test_resize": {"short_edge_length": [800], "max_size": 1333},
         "use_ema_weights": False,
     }
-    if num_classes == len(coco.thing_classes):
-        meta["dataset"] = "coco_2017_val"
-        meta["thing_classes"] = list(coco.thing_classes)
-        meta["thing_dataset_id_to_contiguous_id"] = dict(coco.thing_dataset_id_to_contiguous_id)
+    if num_classes == coco.num_classes:
+        meta.update(coco.to_meta())  # dataset "coco_2017_val", thing_classes, the dataset ids
     return meta

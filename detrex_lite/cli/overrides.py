@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 
 from detrex_lite.errors import ConfigError
 
-__all__ = ["add_override_arguments", "check_flags_before_overrides", "collect_overrides"]
+__all__ = ["add_override_arguments", "check_flags_before_overrides", "collect_overrides", "parse_args_with_overrides"]
 
 _HELP = (
     "config overrides after the flags, e.g. train.max_iter=1000 train.output_dir=output/run "
@@ -50,3 +50,16 @@ def collect_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace,
             file=stream or sys.stderr,
         )
     return bare + old
+
+
+def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` for a parser given :func:`add_override_arguments`, with
+    ``args.opts`` the list of every override (:func:`collect_overrides`). A flag written after
+    the first override is one line on stderr, exit 2 (as argparse's own errors)."""
+    args = parser.parse_args(argv)
+    try:
+        args.opts = collect_overrides(parser, args)
+    except ConfigError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    del args.deprecated_opts
+    return args

@@ -1,6 +1,8 @@
-"""Config helpers: loading the shipped configs, class counts from dataset metadata, and the
-checks that train_net runs before it builds anything."""
-from .dataset_meta import num_classes_from_dataset
+"""Config helpers: loading the shipped configs, class counts from dataset metadata
+(``num_classes_from_dataset``, from :mod:`detrex_lite.data.classes`), and the checks that train_net
+runs before it builds anything."""
+from detrex_lite.data.classes import num_classes_from_dataset
+
 from .get_config import configs_dir, get_config
 from .shrink import shrink_model
 from .validate import (

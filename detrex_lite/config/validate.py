@@ -4,6 +4,7 @@ one line instead of after minutes of start-up or deep in a traceback.
 Every check raises `ConfigError`; train_net prints its message and exits with code 2.
 """
 import difflib
+import math
 import os
 from typing import Any, List, Sequence, Tuple
 
@@ -18,13 +19,23 @@ _REQUIRED_TOP_LEVEL = ("model", "dataloader", "optimizer", "lr_multiplier", "tra
 _AMP_DTYPES = ("float16", "bfloat16")
 
 
-def load_config_file(path: str):
-    """`LazyConfig.load(path)` with a one-line error for a missing file."""
+def load_config_file(path: str, *, trust: bool = False):
+    """`LazyConfig.load(path)` with a one-line error for a missing file.
+
+    A YAML config (a run folder's ``config.yaml``) may only name the callables of
+    :mod:`detrex_lite.config.trust`'s allow-list unless ``trust`` is True: it is checked before
+    anything is built from it. A ``.py`` config is code its user chose to run.
+    """
     if not path:
         raise ConfigError("no config file given (use --config-file path/to/config.py)")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    return LazyConfig.load(path)
+    cfg = LazyConfig.load(path)
+    if not trust and path.endswith((".yaml", ".yml")):
+        from .trust import check_config_targets
+
+        check_config_targets(cfg, path)
+    return cfg
 
 
 def _is_interpolation(value) -> bool:
@@ -166,6 +177,41 @@ def check_structure(cfg) -> None:
     max_iter = train.get("max_iter", None)
     if not isinstance(max_iter, int) or max_iter <= 0:
         raise ConfigError(f"train.max_iter={max_iter!r}: expected a positive int")
+    for key, ok, expected in _CHECKED_VALUES:
+        value = _resolved(cfg, key)
+        if value is not _MISSING and not ok(value):
+            raise ConfigError(f"{key}={value!r}: expected {expected}")
+    output_dir = train.get("output_dir", None)
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError(f"train.output_dir={output_dir!r} is a file, not a folder")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+# (key, check, what is expected): the values train_net interprets itself, checked before anything
+# is built (a 0 or a NaN here used to surface as a traceback deep in detectron2 or torch).
+_CHECKED_VALUES = (
+    ("train.output_dir", lambda v: isinstance(v, str) and v.strip() != "", "a folder path (not empty)"),
+    ("train.log_period", _positive_int, "a positive int"),
+    ("train.checkpointer.max_to_keep", lambda v: v is None or _positive_int(v), "a positive int or None (keep all)"),
+    ("dataloader.train.total_batch_size", _positive_int, "a positive int"),
+    ("optimizer.lr", _positive_number, "a positive finite number"),
+)
+
+
+def _resolved(cfg, key: str):
+    """The value at ``key`` with interpolations resolved; _MISSING when absent or unresolvable."""
+    try:
+        value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False)
+    except Exception:
+        return _MISSING
+    return _MISSING if value is None and key != "train.checkpointer.max_to_keep" else value
 
 
 def _literal_int(cfg, key: str):
@@ -178,7 +224,7 @@ def _literal_int(cfg, key: str):
 def check_num_classes(cfg, eval_only: bool = False) -> None:
     """A literal `model.num_classes` (or `model.criterion.num_classes`) must match the number of
     thing_classes of the dataset the config trains (or, with eval_only, tests) on."""
-    from .dataset_meta import num_classes_from_dataset
+    from detrex_lite.data.classes import num_classes_from_dataset
 
     split = "test" if eval_only else "train"
     names_key = f"dataloader.{split}.dataset.names"

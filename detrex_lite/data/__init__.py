@@ -4,8 +4,9 @@ Importing this package registers the synthetic demo datasets "detrex_demo_train"
 "detrex_demo_val" (cheap: the images are generated on first load). COCO 2017 is registered by
 detectron2 itself ("coco_2017_train", "coco_2017_val", under ``$DETECTRON2_DATASETS``).
 """
-from .coco import DatasetError, accepted_ground_truth, build_coco_evaluator, load_coco_detection_json, read_coco_json, register_coco_dataset
-from .dataset_mapper import DetrDatasetMapper, ImageReadError, non_crowd_boxes, read_image
+from .classes import ClassInfo
+from .coco import DatasetError, accepted_ground_truth, load_coco_detection_json, read_coco_json, register_coco_dataset
+from .dataset_mapper import DetrDatasetMapper, ImageReadError, non_crowd_boxes, read_image, read_image_file
 from .demo_dataset import (
     DEMO_CLASSES,
     DEMO_DATASET_NAMES,
@@ -13,6 +14,7 @@ from .demo_dataset import (
     generate_demo_dataset,
     register_demo_datasets,
 )
+from .evaluation import build_coco_evaluator
 from .transforms import detr_crop_augmentation, detr_test_augmentation, detr_train_augmentation
 
 register_demo_datasets()

@@ -1,4 +1,5 @@
-"""COCO-format detection datasets: a validating loader, one-call registration, the evaluator.
+"""COCO-format detection datasets: a validating loader and one-call registration (the evaluator
+is built in :mod:`detrex_lite.data.evaluation`).
 
 ``load_coco_detection_json`` reads a COCO instances json into detectron2's dataset-dict format
 (boxes ``XYWH_ABS``, category ids mapped to contiguous 0..K-1 by sorted dataset id), and turns
@@ -22,10 +23,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detrex_lite.errors import DatasetError  # noqa: F401  (re-exported)
 
+from .classes import ClassInfo
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetError", "accepted_ground_truth", "read_coco_json", "load_coco_detection_json", "register_coco_dataset",
-           "build_coco_evaluator"]
+__all__ = ["DatasetError", "accepted_ground_truth", "read_coco_json", "load_coco_detection_json", "register_coco_dataset"]
 
 
 def read_coco_json(json_file):
@@ -50,31 +52,73 @@ def read_coco_json(json_file):
     return data
 
 
-def _categories(data, json_file):
-    """Sorted ``[(dataset id, name)]`` of the json's categories, checked for duplicates."""
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(value) -> bool:
+    """An image or annotation id: an int or a string (COCO uses ints; lists, floats, null are refused)."""
+    return _is_int(value) or isinstance(value, str)
+
+
+def _image_fields(image, json_file):
+    """(id, height, width) of an ``images`` entry, checked: an int or string id, positive int sizes."""
+    if not isinstance(image, dict) or not all(k in image for k in ("id", "height", "width")):
+        raise DatasetError(f"{json_file}: image entry {image!r} needs 'id', 'file_name', 'height' and 'width'")
+    image_id = image["id"]
+    if not _is_id(image_id):
+        raise DatasetError(f"{json_file}: image entry {image!r} has id {image_id!r}; expected an int or a string")
+    try:
+        height, width = int(image["height"]), int(image["width"])
+    except (TypeError, ValueError):
+        height = width = 0
+    if height <= 0 or width <= 0 or float(image["height"]) != height or float(image["width"]) != width:
+        raise DatasetError(
+            f"{json_file}: image id {image_id} has height {image['height']!r} and width {image['width']!r}; "
+            "expected positive whole numbers of pixels"
+        )
+    return image_id, height, width
+
+
+def _json_classes(data, json_file):
+    """The json's categories as :class:`ClassInfo` (class index = rank of the sorted dataset id),
+    checked for duplicates."""
     categories = {}
     for category in data["categories"]:
-        if "id" not in category or "name" not in category:
-            raise DatasetError(f"{json_file}: category {category} needs an 'id' and a 'name'")
+        if not isinstance(category, dict) or "id" not in category or "name" not in category:
+            raise DatasetError(f"{json_file}: category {category!r} needs an 'id' and a 'name'")
+        if not _is_int(category["id"]):
+            raise DatasetError(
+                f"{json_file}: category {category['name']!r} has id {category['id']!r}; category ids are ints"
+            )
+        if not isinstance(category["name"], str) or not category["name"]:
+            raise DatasetError(f"{json_file}: category id {category['id']} has name {category['name']!r}; expected a non-empty string")
         if category["id"] in categories:
             raise DatasetError(f"{json_file}: category id {category['id']} appears twice")
+        twin = next((i for i, n in categories.items() if n == category["name"]), None)
+        if twin is not None:
+            raise DatasetError(
+                f"{json_file}: category name {category['name']!r} is used by ids {twin} and {category['id']}; "
+                "class names must be unique (predictions are reported by name)"
+            )
         categories[category["id"]] = category["name"]
     if not categories:
         raise DatasetError(f"{json_file}: 'categories' is empty; a detection dataset needs classes")
-    return sorted(categories.items())
+    return ClassInfo.from_categories(sorted(categories.items()))
 
 
-def _set_class_metadata(dataset_name, categories):
-    """Put thing_classes and the dataset-id -> contiguous-id map into the dataset's metadata."""
+def _set_class_metadata(dataset_name, classes):
+    """Put thing_classes and the dataset-id -> contiguous-id map of ``classes`` (a
+    :class:`ClassInfo`) into the dataset's metadata."""
     meta = MetadataCatalog.get(dataset_name)
-    thing_classes = [name for _, name in categories]
-    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(categories)}
+    fields = classes.metadata_fields()
+    thing_classes = fields["thing_classes"]
     if getattr(meta, "thing_classes", thing_classes) != thing_classes:
         raise DatasetError(
             f"Dataset '{dataset_name}' is registered with thing_classes={meta.thing_classes}, "
             f"but its json has {thing_classes}"
         )
-    meta.set(thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=id_map)
+    meta.set(**fields)
 
 
 def _accepted_annotations(data, json_file, id_map, image_sizes):
@@ -89,8 +133,19 @@ def _accepted_annotations(data, json_file, id_map, image_sizes):
     """
     annotation_ids = set()
     accepted, num_unmatched, num_clipped, dropped_ids = [], 0, 0, []
-    for annotation in data["annotations"]:
+    for index, annotation in enumerate(data["annotations"]):
+        if not isinstance(annotation, dict):
+            raise DatasetError(f"{json_file}: annotations[{index}] is {annotation!r}; expected an object")
         annotation_id = annotation.get("id")
+        for key in ("id", "image_id"):
+            if key in annotation and not _is_id(annotation[key]):
+                raise DatasetError(
+                    f"{json_file}: annotations[{index}] has {key} {annotation[key]!r}; expected an int or a string"
+                )
+        if annotation.get("iscrowd", 0) not in (0, 1):  # True/False compare equal to 1/0
+            raise DatasetError(
+                f"{json_file}: annotation id {annotation_id} has iscrowd {annotation['iscrowd']!r}; expected 0 or 1"
+            )
         if annotation_id in annotation_ids:
             raise DatasetError(f"{json_file}: annotation id {annotation_id} appears twice")
         annotation_ids.add(annotation_id)
@@ -138,20 +193,17 @@ def load_coco_detection_json(json_file, image_root, dataset_name=None):
     ``thing_dataset_id_to_contiguous_id`` (which COCOEvaluator uses to map predictions back).
     """
     data = read_coco_json(json_file)
-    categories = _categories(data, json_file)
-    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(categories)}
+    classes = _json_classes(data, json_file)
+    id_map = classes.dataset_ids
     if dataset_name is not None:
-        _set_class_metadata(dataset_name, categories)
+        _set_class_metadata(dataset_name, classes)
 
     records, by_image_id = [], {}
     for image in data["images"]:
-        try:
-            image_id, file_name = image["id"], image["file_name"]
-            height, width = int(image["height"]), int(image["width"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DatasetError(
-                f"{json_file}: image entry {image} needs 'id', 'file_name', 'height' and 'width'"
-            ) from e
+        image_id, height, width = _image_fields(image, json_file)
+        file_name = image.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            raise DatasetError(f"{json_file}: image id {image_id} has file_name {file_name!r}; expected a file name")
         if image_id in by_image_id:
             raise DatasetError(f"{json_file}: image id {image_id} appears twice")
         record = {"file_name": os.path.join(image_root, file_name), "height": height,
@@ -206,11 +258,11 @@ def register_coco_dataset(name, json_file, image_root):
             f"image_root={meta.get('image_root')}); pick another name or remove it first with "
             "DatasetCatalog.remove(name) and MetadataCatalog.remove(name)"
         )
-    categories = _categories(read_coco_json(json_file), json_file)
+    classes = _json_classes(read_coco_json(json_file), json_file)
     DatasetCatalog.register(name, lambda: load_coco_detection_json(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
                                   annotations_validated=True)
-    _set_class_metadata(name, categories)
+    _set_class_metadata(name, classes)
 
 
 def accepted_ground_truth(json_file):
@@ -222,65 +274,11 @@ def accepted_ground_truth(json_file):
         and what the checks removed or changed.
     """
     data = read_coco_json(json_file)
-    id_map = {dataset_id: i for i, (dataset_id, _) in enumerate(_categories(data, json_file))}
-    try:
-        sizes = {image["id"]: {"height": int(image["height"]), "width": int(image["width"])}
-                 for image in data["images"]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError(f"{json_file}: every image entry needs 'id', 'height' and 'width' ({e})") from e
+    id_map = _json_classes(data, json_file).dataset_ids
+    sizes = {}
+    for image in data["images"]:
+        image_id, height, width = _image_fields(image, json_file)
+        sizes[image_id] = {"height": height, "width": width}
     accepted, _, num_clipped, dropped_ids = _accepted_annotations(data, json_file, id_map, sizes)
     annotations = [dict(a, bbox=bbox, area=a.get("area", bbox[2] * bbox[3])) for a, bbox in accepted]
     return dict(data, annotations=annotations), len(dropped_ids), num_clipped, dropped_ids
-
-
-def _coco_api(coco_dict):
-    """A pycocotools COCO object from an in-memory dict (quietly: COCO() prints)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        api = COCO()
-        api.dataset = coco_dict
-        api.createIndex()
-    return api
-
-
-def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
-    """detectron2 ``COCOEvaluator`` for ``dataset_name``, with its annotation json ready.
-
-    The demo datasets are generated here if needed (COCOEvaluator reads ``metadata.json_file``
-    when it is built); for other datasets a missing json is reported by name. ``kwargs`` go to
-    COCOEvaluator (e.g. ``max_dets_per_image``, ``tasks``).
-    """
-    from detectron2.evaluation import COCOEvaluator
-
-    from .demo_dataset import DEMO_DATASET_NAMES, ensure_demo_dataset
-
-    if isinstance(dataset_name, (list, tuple)):
-        if len(dataset_name) != 1:
-            raise DatasetError(f"COCO evaluation takes one dataset name, got {list(dataset_name)}")
-        dataset_name = dataset_name[0]
-    meta = MetadataCatalog.get(dataset_name)
-    if dataset_name in DEMO_DATASET_NAMES:
-        ensure_demo_dataset(meta.demo_cache_root, *meta.demo_num_images)
-    elif hasattr(meta, "json_file") and not os.path.isfile(meta.json_file):
-        raise FileNotFoundError(
-            f"Dataset '{dataset_name}': annotation file for evaluation not found: {meta.json_file}"
-        )
-    kwargs.setdefault("tasks", ("bbox",))
-    evaluator = COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)
-    if meta.get("annotations_validated", False):
-        # Score against what training accepted: a box the loader dropped as invalid (zero size,
-        # NaN, outside its image) would otherwise count as a miss of every model.
-        coco_dict, num_dropped, num_clipped, dropped_ids = accepted_ground_truth(meta.json_file)
-        if num_dropped or num_clipped:
-            evaluator._coco_api = _coco_api(coco_dict)
-            logger.warning(
-                "Evaluating '%s' against the %d annotations the loader accepted: %d dropped as invalid "
-                "(annotation ids %s%s), %d clipped to their image, as in training (%s)",
-                dataset_name, len(coco_dict["annotations"]), num_dropped, dropped_ids[:10],
-                " ..." if num_dropped > 10 else "", num_clipped, meta.json_file,
-            )
-    return evaluator

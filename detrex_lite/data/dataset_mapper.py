@@ -9,11 +9,11 @@ from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.file_io import PathManager
 from PIL import Image
-from detrex_lite.errors import ImageReadError  # noqa: F401  (re-exported)
+from detrex_lite.errors import ImageNotFoundError, ImageReadError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetrDatasetMapper", "ImageReadError", "non_crowd_boxes", "read_image"]
+__all__ = ["DetrDatasetMapper", "ImageReadError", "non_crowd_boxes", "read_image", "read_image_file"]
 
 # Single-channel 16-bit images (PNG, TIFF). PIL's convert("RGB") clips them at 255 (white).
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -47,6 +47,20 @@ def read_image(file_name: str, img_format: str = "RGB") -> np.ndarray:
                 "8-bit reading; convert the file to an 8-bit RGB or grayscale image"
             )
         return utils.convert_PIL_to_numpy(image, img_format)
+
+
+_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises for broken files
+
+
+def read_image_file(file_name: str, img_format: str = "RGB", what: str = "") -> np.ndarray:
+    """:func:`read_image` for inference and the tools (one reader for training and inference):
+    every failure is an ImageReadError naming the file (and ``what``, e.g. "image_id=5")."""
+    try:
+        return read_image(file_name, img_format)
+    except _READ_ERRORS as e:
+        where = f" ({what})" if what else ""
+        error = ImageNotFoundError if isinstance(e, FileNotFoundError) else ImageReadError
+        raise error(f"Cannot read image {file_name}{where}: {type(e).__name__}: {e}") from e
 
 
 class DetrDatasetMapper:
@@ -100,16 +114,12 @@ class DetrDatasetMapper:
     def _read_image(self, dataset_dict):
         file_name = dataset_dict["file_name"]
         try:
-            image = read_image(file_name, self.img_format)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
-            message = (
-                f"Cannot read image {file_name} (image_id={dataset_dict.get('image_id')}): "
-                f"{type(e).__name__}: {e}"
-            )
+            image = read_image_file(file_name, self.img_format, f"image_id={dataset_dict.get('image_id')}")
+        except ImageReadError as e:
             if self.skip_unreadable:
-                logger.warning("%s; skipped (skip_unreadable=True)", message)
+                logger.warning("%s; skipped (skip_unreadable=True)", e)
                 return None
-            raise ImageReadError(message) from e
+            raise
         utils.check_image_size(dataset_dict, image)
         return image
 

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .classes import ClassInfo
 from .coco import load_coco_detection_json
 
 logger = logging.getLogger(__name__)
@@ -43,11 +44,15 @@ __all__ = [
     "default_cache_root",
     "demo_dataset_dir",
     "ensure_demo_dataset",
+    "ensure_demo_files",
     "generate_demo_dataset",
+    "is_demo_dataset",
     "register_demo_datasets",
 ]
 
 DEMO_CLASSES = ("circle", "square", "triangle", "cross", "ring", "bar")
+# Category ids 1..6 in the json (see _generate_split), class indices 0..5.
+DEMO_CLASS_INFO = ClassInfo.from_categories(enumerate(DEMO_CLASSES, start=1))
 DEMO_VERSION = "demo_v1"
 DEMO_DATASET_NAMES = {"detrex_demo_train": "train", "detrex_demo_val": "val"}
 DEFAULT_NUM_IMAGES = {"train": 600, "val": 100}
@@ -322,6 +327,18 @@ def ensure_demo_dataset(root=None, num_train=None, num_val=None):
                             num_val=num_val)
 
 
+def is_demo_dataset(dataset_name):
+    """Whether ``dataset_name`` is one of the demo datasets ("detrex_demo_train", "detrex_demo_val")."""
+    return dataset_name in DEMO_DATASET_NAMES
+
+
+def ensure_demo_files(dataset_name):
+    """Generate the files of the registered demo dataset ``dataset_name`` (where its metadata's
+    ``json_file`` and ``image_root`` point) if they are not there yet; returns its folder."""
+    meta = MetadataCatalog.get(dataset_name)
+    return ensure_demo_dataset(meta.demo_cache_root, *meta.demo_num_images)
+
+
 # ---------------------------------------------------------------------------- registration
 
 
@@ -354,8 +371,7 @@ def register_demo_datasets(root=None, num_train=None, num_val=None):
             dataset_name, functools.partial(_load_demo_split, dataset_name, root, num_train, num_val)
         )
         MetadataCatalog.get(dataset_name).set(
-            thing_classes=list(DEMO_CLASSES),
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(DEMO_CLASSES))},
+            **DEMO_CLASS_INFO.metadata_fields(),
             json_file=os.path.join(dataset_dir, "annotations", f"instances_{split}.json"),
             image_root=os.path.join(dataset_dir, split),
             evaluator_type="coco",

@@ -19,6 +19,7 @@ _EXPORTS = {
     "GracefulStop": "preemption",
     "INTERRUPT_EXIT_CODE": "errors",
     "OutputDirBusyError": "errors",
+    "OutputDirError": "errors",
     "OutputDirLock": "output_lock",
     "PeriodicCheckpointer": "checkpoint",
     "PreemptionCheckpointer": "preemption",

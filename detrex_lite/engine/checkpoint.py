@@ -22,6 +22,7 @@ import torch
 from detectron2.engine import hooks
 
 from detrex_lite.checkpoint import DetrexCheckpointer
+from detrex_lite.errors import CheckpointError
 
 from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
 
@@ -118,6 +119,8 @@ class AtomicCheckpointer(DetrexCheckpointer):
     """The strict DetrexCheckpointer (mismatches named, class heads skipped when the class count
     differs) with atomic saves and a resume that skips unreadable files."""
 
+    resumed: str = ""  # the file resume_or_load resumed from
+
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
@@ -156,27 +159,68 @@ class AtomicCheckpointer(DetrexCheckpointer):
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
     def _resume_candidates(self) -> List[str]:
-        """`last_checkpoint`'s file first, then the other checkpoints, newest first."""
-        first = self.get_checkpoint_file()
+        """`last_checkpoint`'s file first, then this run's other checkpoints (``model_final.pth``,
+        ``model_<iteration>.pth``), newest first."""
+        first = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        ours = re.compile(r"model_(final|\d{7})\.pth")
         others = sorted(
-            (p for p in self.get_all_checkpoint_files() if p != first),
+            (p for p in self.get_all_checkpoint_files() if p != first and ours.fullmatch(os.path.basename(p))),
             key=lambda p: os.path.getmtime(p),
             reverse=True,
         )
         return [p for p in [first] + others if p]
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
-        if not (resume and self.has_checkpoint()):
+        """With ``resume``: the newest loadable checkpoint of the folder (the one `last_checkpoint`
+        names first; without that file, e.g. lost in a copy, the newest complete checkpoint, said
+        in a warning). Without any checkpoint in the folder, ``path`` (a fresh start). Sets
+        ``self.resumed`` to the file it resumed from ("" when it did not resume).
+
+        Raises:
+            CheckpointError: checkpoints are there but none loads (nothing is overwritten: training
+                does not start from scratch over them).
+        """
+        self.resumed = ""
+        candidates = self._resume_candidates() if resume and self.save_dir and os.path.isdir(self.save_dir) else []
+        if not candidates:
             return self.load(path, checkpointables=[])
+        if not self.has_checkpoint():
+            logger.warning(
+                f"{self.save_dir} has no last_checkpoint file: resuming from the newest complete checkpoint, {candidates[0]}"
+            )
         errors = []
-        for candidate in self._resume_candidates():
+        for candidate in candidates:
             try:
-                return self.load(candidate)
+                checkpoint = self.load(candidate)
             except Exception as e:  # a file written by another tool, or damaged on disk
                 self._parsed_url_during_load = None  # left set by d2's failed load (no public reset)
-                errors.append(f"{candidate}: {type(e).__name__}: {e}")
+                errors.append(f"{os.path.basename(candidate)}: {type(e).__name__}: {e}")
                 logger.warning(f"Cannot resume from {candidate} ({type(e).__name__}: {e}); trying an older one")
-        raise RuntimeError("no loadable checkpoint in {}: {}".format(self.save_dir, "; ".join(errors)))
+                continue
+            self.resumed = candidate
+            return checkpoint
+        raise CheckpointError(
+            "--resume: no checkpoint in {} can be loaded, and training from scratch would overwrite them "
+            "({}); move them away to start again, or name a good one with train.init_checkpoint".format(
+                self.save_dir, "; ".join(errors)
+            )
+        )
+
+    def checkpoint_before(self, iteration: int, *, retag: bool = False) -> str:
+        """The newest ``model_<i>.pth`` of the folder whose weights (those after iteration ``i``)
+        were used by an iteration before ``iteration`` (``i + 1 < iteration``), or "" when there is
+        none; with ``retag``, ``last_checkpoint`` then names it, so that ``--resume`` continues
+        from there (the newer files stay on disk)."""
+        pattern = re.compile(r"model_(\d{7})\.pth")
+        found = sorted(
+            (int(m[1]), m[0]) for m in map(pattern.fullmatch, os.listdir(self.save_dir) if self.save_dir else []) if m
+        )
+        before = [name for i, name in found if i + 1 < iteration]
+        if not before:
+            return ""
+        if retag:
+            self.tag_last_checkpoint(before[-1])
+        return os.path.join(self.save_dir, before[-1])
 
     def last_checkpoint_path(self) -> str:
         """The file `last_checkpoint` names, or "" when nothing was saved yet."""

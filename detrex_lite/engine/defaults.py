@@ -137,17 +137,16 @@ def _check_class_names(cfg, meta: dict, path: str) -> None:
     order), when both are known."""
     from omegaconf import OmegaConf
 
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detrex_lite.data.classes import ClassInfo
 
-    trained = meta.get("thing_classes")
+    stored = ClassInfo.from_meta(meta)
     names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
-    if not trained or names is None:
+    if stored is None or names is None:
         return
     for name in [names] if isinstance(names, str) else list(names):
-        if name not in DatasetCatalog.list():
-            continue
-        classes = MetadataCatalog.get(name).get("thing_classes", None)
-        if classes is not None and list(classes) != list(trained):
+        tested = ClassInfo.of_registered(name)  # None: not registered, or no class names
+        if tested is not None and tested.names != stored.names:
+            trained, classes = list(stored.names), list(tested.names)
             raise CheckpointMismatchError(
                 f"{path}: trained on the classes {list(trained)[:5]}{'...' if len(trained) > 5 else ''} "
                 f"but dataset {name} has {list(classes)[:5]}{'...' if len(classes) > 5 else ''}: "
@@ -224,7 +223,7 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
 
     checkpoint = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = 0
-    if resume and checkpointer.has_checkpoint():
+    if checkpointer.resumed:
         # The checkpoint's "iteration" is the last finished one.
         start_iter = checkpoint.get("iteration", -1) + 1
         if start_iter >= cfg.train.max_iter:

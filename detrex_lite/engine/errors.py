@@ -2,7 +2,7 @@
 
 Each message names what went wrong, where (iteration, file) and what to do about it.
 """
-from detrex_lite.errors import NonFiniteLossError, CheckpointWriteError, OutputDirBusyError  # noqa: F401  (re-exported)
+from detrex_lite.errors import NonFiniteLossError, CheckpointWriteError, OutputDirBusyError, OutputDirError  # noqa: F401  (re-exported)
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry later". A run that
 # stopped on SIGTERM / SIGUSR1 after writing a checkpoint exits with it; tools/submit_slurm.sh

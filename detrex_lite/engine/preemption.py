@@ -31,6 +31,21 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
+@contextlib.contextmanager
+def _stop_signals_handled_by(handler):
+    """Sets ``handler`` for every stop signal and restores the previous handlers on exit; off the
+    main thread (where Python cannot set handlers) changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: Dict[int, object] = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, previous_handler in previous.items():
+            signal.signal(sig, previous_handler)
+
+
 class GracefulStop:
     """Records the first stop signal; a second Ctrl-C raises KeyboardInterrupt at once.
 
@@ -65,16 +80,9 @@ class GracefulStop:
 
     @contextlib.contextmanager
     def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
         self._pid = os.getpid()
-        previous: Dict[int, object] = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-        try:
+        with _stop_signals_handled_by(self._handle):
             yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def requested_on_any_rank(self) -> int:
         """The signal number if this or any other process got a stop signal, else 0."""
@@ -145,15 +153,8 @@ def forward_stop_signals_to_children():
             except ProcessLookupError:
                 pass
 
-    if threading.current_thread() is not threading.main_thread():
+    with _stop_signals_handled_by(forward):
         yield received
-        return
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def exit_code_for(signum: Optional[int]) -> int:

@@ -49,6 +49,19 @@ def environment_summary() -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def save_config_atomically(cfg, path: str) -> None:
+    """``LazyConfig.save(cfg, path)`` through a temporary file renamed over ``path``: a process
+    killed while saving leaves the previous file whole."""
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.tmp.{os.getpid()}")
+    try:
+        LazyConfig.save(cfg, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def default_setup(cfg, args: argparse.Namespace) -> logging.Logger:
     """Create ``train.output_dir``, set up the loggers, log the job, save config.yaml, seed.
 
@@ -72,8 +85,11 @@ def default_setup(cfg, args: argparse.Namespace) -> logging.Logger:
         with open(config_file) as f:
             logger.info(f"Contents of args.config_file={config_file}:\n{f.read()}")
     if comm.is_main_process() and output_dir:
-        path = os.path.join(output_dir, "config.yaml")
-        LazyConfig.save(cfg, path)
+        # An evaluation never replaces the training's config.yaml (which --run, Predictor.from_run
+        # and export read): it keeps its own settings in eval_config.yaml.
+        name = "eval_config.yaml" if getattr(args, "eval_only", False) else "config.yaml"
+        path = os.path.join(output_dir, name)
+        save_config_atomically(cfg, path)
         logger.info(f"Full config saved to {path}")
 
     seed = cfg.train.get("seed", -1)

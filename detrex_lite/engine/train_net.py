@@ -108,7 +108,7 @@ def main(args: argparse.Namespace, cfg=None) -> Optional[dict]:
         if args.precision:  # the CPU inference mode (docs/inference.md)
             from detrex_lite.inference import optimize_for_inference
 
-            model = optimize_for_inference(model, args.precision, force_bf16=args.force_bf16, inplace=True)
+            model = optimize_for_inference(model, args.precision, force_bf16=args.force_bf16)
         results = do_test(cfg, model)
         if comm.is_main_process():
             path = os.path.join(cfg.train.output_dir, "eval_results.json")

@@ -12,6 +12,7 @@ from detectron2.utils.events import get_event_storage
 
 from detrex_lite.data import ImageReadError
 
+from .divergence import DivergenceWatch
 from .ema import ModelEMA
 from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
 
@@ -85,6 +86,7 @@ class DetrTrainer(SimpleTrainer):
         self.model_ema = model_ema
         # Set by the caller once the checkpointer exists; named in the non-finite-loss error.
         self.checkpointer = None
+        self.divergence = DivergenceWatch()
 
     def train(self, start_iter: int, max_iter: int):
         quiet = _NoTracebackFor()
@@ -113,6 +115,9 @@ class DetrTrainer(SimpleTrainer):
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
         losses = sum(loss_dict.values())
+        loss_value = float(losses.detach())
+        if not math.isfinite(loss_value):
+            self.divergence.observe(self.iter, loss_value)
         self._check_finite(losses, loss_dict)
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -125,6 +130,7 @@ class DetrTrainer(SimpleTrainer):
             params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_params))
             if not math.isfinite(grad_norm) and not self.grad_scaler.is_enabled():
+                self.divergence.observe(self.iter, loss_value, grad_norm)
                 # (with float16 the scaler skips such steps itself.) Clipping by a NaN norm would
                 # turn every weight into NaN: stop before the optimizer step.
                 terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in loss_dict.items())
@@ -133,6 +139,7 @@ class DetrTrainer(SimpleTrainer):
                                        self._last_checkpoint())
                 )
             get_event_storage().put_scalar("grad_norm", grad_norm, smoothing_hint=True)
+        self.divergence.observe(self.iter, loss_value, grad_norm if self.clip_grad_params is not None else None)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         if self.model_ema is not None:
@@ -151,7 +158,16 @@ class DetrTrainer(SimpleTrainer):
             ) from None
 
     def _last_checkpoint(self) -> str:
-        return self.checkpointer.last_checkpoint_path() if self.checkpointer is not None else ""
+        """The checkpoint a non-finite stop names: the newest one written before the divergence
+        began (see divergence.py), tagged as ``last_checkpoint`` so that ``--resume`` starts
+        there; without a detected excursion, the newest one."""
+        if self.checkpointer is None:
+            return ""
+        start = self.divergence.excursion_start
+        if start is None or start >= self.iter or not hasattr(self.checkpointer, "checkpoint_before"):
+            # no excursion before this iteration: a sudden non-finite value, the newest is good
+            return self.checkpointer.last_checkpoint_path()
+        return self.checkpointer.checkpoint_before(start, retag=True)
 
     def _check_finite(self, losses: torch.Tensor, loss_dict: dict) -> None:
         if bool(torch.isfinite(losses)):

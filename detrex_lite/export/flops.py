@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -138,9 +138,14 @@ def module_breakdown(
     return rows
 
 
-def synthetic_image_inputs(image_size: Sequence[int], device: torch.device, seed: int = 0) -> List[Dict]:
-    """One random RGB uint8 image of ``image_size`` (H, W) in the model's input format."""
+def synthetic_image_inputs(
+    image_size: Sequence[int], device: torch.device, seed: int = 0, generator: Optional[torch.Generator] = None
+) -> List[Dict]:
+    """One random RGB uint8 image of ``image_size`` (H, W) in the model's input format, drawn
+    from ``generator`` when given (successive calls then give different images), else from a
+    generator seeded with ``seed``."""
     h, w = image_size
-    generator = torch.Generator().manual_seed(seed)
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator).to(device)
     return [{"image": image, "height": h, "width": w}]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -41,6 +42,7 @@ from torch import nn
 
 from detrex_lite.layers import attention_backend
 from detrex_lite.modeling.meta_arch import DETRBase
+from detrex_lite.modeling.padding import padding_masks, valid_size
 from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy
 
 __all__ = [
@@ -56,35 +58,11 @@ logger = logging.getLogger(__name__)
 MIN_OPSET = 16  # GridSample
 
 
-def level_masks(
-    image_sizes: torch.Tensor, features: Sequence[torch.Tensor], strides: Sequence[int]
-) -> List[torch.Tensor]:
-    """Padding masks of each feature level from tensor image sizes (traceable).
-
-    The valid size of an (h, w) image at stride s is (ceil(h / s), ceil(w / s)), as
-    :meth:`DETRBase.feature_masks` computes with Python numbers.
-
-    Args:
-        image_sizes: (B, 2) int64 unpadded (h, w).
-        features: per level (B, C, H_l, W_l).
-
-    Returns:
-        per level (B, H_l, W_l) bool, True at padding.
-    """
-    masks = []
-    for feature, stride in zip(features, strides):
-        valid = torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")  # ceil
-        rows = torch.arange(feature.shape[-2], device=feature.device)
-        cols = torch.arange(feature.shape[-1], device=feature.device)
-        mask = (rows[None, :, None] >= valid[:, 0, None, None]) | (cols[None, None, :] >= valid[:, 1, None, None])
-        masks.append(mask)
-    return masks
-
-
 def encoder_tokens(model: nn.Module, height: int, width: int) -> int:
     """Number of transformer tokens (sum over levels of H_l * W_l) for an (height, width) input,
-    with the model's feature strides (a stride-s map of an h-pixel side has ceil(h / s) rows)."""
-    return sum(math.ceil(height / s) * math.ceil(width / s) for s in model.feature_strides)
+    with the model's feature strides (a stride-s map of an h-pixel side has ceil(h / s) rows,
+    :func:`detrex_lite.modeling.padding.valid_size`)."""
+    return sum(valid_size(height, s) * valid_size(width, s) for s in model.feature_strides)
 
 
 class ExportableDETR(nn.Module):
@@ -116,7 +94,7 @@ class ExportableDETR(nn.Module):
         """images: (B, 3, H, W) normalised, padded; image_sizes: (B, 2) int64 (h, w)."""
         model = self.model
         features = model.neck(model.backbone(images))
-        masks = level_masks(image_sizes, features, model.feature_strides)
+        masks = padding_masks(image_sizes, features, model.feature_strides)
         outputs = model.forward_heads(features, masks)
         if self.output == "raw":
             return outputs["pred_logits"], outputs["pred_boxes"]
@@ -208,7 +186,26 @@ def export_onnx(
             dynamic_axes["image_sizes"] = {0: "batch"}
             for name in wrapper.output_names:
                 dynamic_axes[name] = {0: "batch"}
-    with attention_backend(model, "pytorch"), torch.no_grad(), warnings.catch_warnings():
+    # Written beside ``path`` and renamed over it once checked: a process killed meanwhile leaves
+    # the previous file whole (it used to leave a 0-byte model.onnx that onnx.load accepts).
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.tmp.{os.getpid()}")
+    try:
+        _export_checked(wrapper, images, image_sizes, tmp, dynamic_axes, opset)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    logger.info(
+        "Exported %s to %s (opset %d, %s)", type(model).__name__, path, opset,
+        "dynamic height and width" if dynamic_size else f"fixed canvas {h}x{w}",
+    )
+    return wrapper
+
+
+def _export_checked(wrapper, images, image_sizes, path: str, dynamic_axes, opset: int) -> None:
+    """``torch.onnx.export`` of ``wrapper`` to ``path``, then onnx's model check of the file."""
+    with attention_backend(wrapper.model, "pytorch"), torch.no_grad(), warnings.catch_warnings():
         # The remaining tracer warnings are about sizes that are fixed by the model (last dims of
         # reference points, the query count), not by the image size.
         warnings.simplefilter("ignore")
@@ -226,11 +223,6 @@ def export_onnx(
     import onnx
 
     onnx.checker.check_model(onnx.load(path))
-    logger.info(
-        "Exported %s to %s (opset %d, %s)", type(model).__name__, path, opset,
-        "dynamic height and width" if dynamic_size else f"fixed canvas {h}x{w}",
-    )
-    return wrapper
 
 
 # Two detections whose scores differ by less than this may legitimately sort in either order.

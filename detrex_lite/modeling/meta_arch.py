@@ -6,8 +6,7 @@ and heads) -> training: the criterion on :meth:`~DETRBase.prepare_targets`; eval
 :meth:`~DETRBase.select_detections` (how the model scores boxes) ->
 :meth:`~DETRBase.detections_to_instances` (boxes to the original image size).
 """
-import math
-from typing import Dict, List, Sequence, Tuple
+from typing import ClassVar, Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.modeling.postprocessing import detector_postprocess
@@ -15,6 +14,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torch.nn import functional as F
 
+from detrex_lite.checkpoint.family import WeightFamily
+from detrex_lite.modeling.padding import padding_masks
 from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
 __all__ = ["DETRBase", "gather_queries", "select_topk"]
@@ -60,7 +61,13 @@ class DETRBase(nn.Module):
       heads on the neck's levels (a list for every model), criterion-style outputs;
     * :meth:`select_detections` ``(outputs) -> (scores, labels, boxes)``: how it scores boxes.
 
-    Export, the predictor, FLOP counting and the tests call the same hooks.
+    Export, the predictor, FLOP counting and the tests call the same hooks. Two more are
+    declared, with neutral defaults:
+
+    * :attr:`weight_family`: what the model family knows about its weights (arch facts, class
+      heads, released formats), which the loader and the converter ask
+      (:class:`~detrex_lite.checkpoint.family.WeightFamily`; docs/architecture.md);
+    * :meth:`float32_modules`: what a reduced-precision inference mode keeps in float32.
 
     Args:
         backbone: a detectron2 ``Backbone`` (dict of named feature maps).
@@ -75,6 +82,9 @@ class DETRBase(nn.Module):
             runs the padded batch.
         size_divisibility: pad the batch so H and W are multiples of this (0: no constraint).
     """
+
+    # A family declares its own (e.g. ``DeformableDETRWeights()``); this one explains nothing.
+    weight_family: ClassVar[WeightFamily] = WeightFamily()
 
     def __init__(
         self,
@@ -109,7 +119,8 @@ class DETRBase(nn.Module):
 
         Returns:
             ImageList (N, 3, H, W) float, ``image_sizes`` = the unpadded (h, w). Padding masks
-            are derived per feature level from ``image_sizes`` (:meth:`feature_masks`).
+            are derived per feature level from ``image_sizes``
+            (:func:`detrex_lite.modeling.padding.padding_masks`).
         """
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
@@ -127,24 +138,6 @@ class DETRBase(nn.Module):
         return targets
 
     # ---- features ------------------------------------------------------------------------
-    @staticmethod
-    def feature_masks(
-        image_sizes: Sequence[Tuple[int, int]], feature_shapes: Sequence[Tuple[int, int]], strides: Sequence[int]
-    ) -> List[torch.Tensor]:
-        """Exact padding masks of each level: the valid size of an (h, w) image at stride s is
-        (ceil(h / s), ceil(w / s)), what stride-2 convs with "same" padding produce.
-
-        Returns:
-            per level, (N, H_l, W_l) bool, True at padding (on CPU; move as needed).
-        """
-        masks = []
-        for (feat_h, feat_w), stride in zip(feature_shapes, strides):
-            mask = torch.ones((len(image_sizes), feat_h, feat_w), dtype=torch.bool)
-            for i, (h, w) in enumerate(image_sizes):
-                mask[i, : math.ceil(h / stride), : math.ceil(w / stride)] = False
-            masks.append(mask)
-        return masks
-
     def _backbone_neck(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self.neck(self.backbone(x))
 
@@ -153,7 +146,7 @@ class DETRBase(nn.Module):
 
         Returns:
             features: per level (N, C, H_l, W_l), finest first.
-            masks: per level (N, H_l, W_l) bool, True at padding.
+            masks: per level (N, H_l, W_l) bool, True at padding (:func:`padding_masks`).
         """
         if self.training or not self.batch_invariant_inference:
             features = self._backbone_neck(images.tensor)
@@ -161,9 +154,7 @@ class DETRBase(nn.Module):
             # images[i] is the unpadded image (also without size_divisibility padding).
             per_image = [self._backbone_neck(images[i][None]) for i in range(len(images))]
             features = [pad_and_concat([f[level] for f in per_image]) for level in range(len(per_image[0]))]
-        shapes = [tuple(f.shape[-2:]) for f in features]
-        masks = [m.to(self.device) for m in self.feature_masks(images.image_sizes, shapes, self.feature_strides)]
-        return features, masks
+        return features, padding_masks(images.image_sizes, features, self.feature_strides)
 
     # ---- the path -----------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
@@ -212,10 +203,10 @@ class DETRBase(nn.Module):
         raise NotImplementedError
 
     def float32_modules(self) -> List[nn.Module]:
-        """Modules a reduced-precision inference mode keeps in float32 (what turns features into
-        scores and box coordinates): the class and box heads by default. See
-        :func:`detrex_lite.inference.optimize_for_inference`."""
-        return [self.class_embed, self.bbox_embed]
+        """Modules a reduced-precision inference mode keeps in float32: what turns features into
+        scores and box coordinates (a model lists its prediction heads). None by default: the
+        base class owns no head. See :func:`detrex_lite.inference.optimize_for_inference`."""
+        return []
 
     @property
     def min_encoder_tokens(self) -> int:

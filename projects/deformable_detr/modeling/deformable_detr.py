@@ -1,14 +1,16 @@
 """Deformable DETR (Zhu et al. 2021): one-stage, box refinement and two-stage variants."""
 import copy
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import ClassVar, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from detrex_lite.checkpoint.family import WeightFamily
 from detrex_lite.layers import MLP
 from detrex_lite.modeling.meta_arch import DETRBase, gather_queries, select_topk
 
+from ..checkpoint import DeformableDETRWeights
 from .deformable_transformer import DeformableTransformer
 
 __all__ = ["DeformableDETR"]
@@ -33,6 +35,9 @@ class DeformableDETR(DETRBase):
             the paper's "two-stage" row, which this class allows but does not force.
         select_box_nums_for_evaluation: detections kept per image (top-k over query x class).
     """
+
+    # what the loader and the converter know about this model's weights (projects/deformable_detr/checkpoint.py)
+    weight_family: ClassVar[WeightFamily] = DeformableDETRWeights()
 
     def __init__(
         self,
@@ -137,7 +142,7 @@ class DeformableDETR(DETRBase):
     def float32_modules(self) -> List[nn.Module]:
         # The heads (the two-stage proposal heads are entries of the same lists) and, one-stage,
         # the projection that places the reference points.
-        keep = super().float32_modules()
+        keep = [self.class_embed, self.bbox_embed]
         if not self.as_two_stage:
             keep.append(self.transformer.reference_points)
         return keep

@@ -1,14 +1,16 @@
 """DETR (Carion et al. 2020): a transformer over single-scale backbone features, set prediction
 with a softmax classifier that has a no-object class."""
-from typing import Dict, List, Sequence, Tuple
+from typing import ClassVar, Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
 from torch import nn
 
+from detrex_lite.checkpoint.family import WeightFamily
 from detrex_lite.layers import MLP
 from detrex_lite.modeling.meta_arch import DETRBase, gather_queries
 
+from ..checkpoint import DETRWeights
 from .transformer import DetrTransformer
 
 __all__ = ["DETR"]
@@ -58,6 +60,9 @@ class DETR(DETRBase):
         pixel_mean, pixel_std, batch_invariant_inference, size_divisibility: see
             :class:`DETRBase`.
     """
+
+    # what the loader and the converter know about this model's weights (projects/detr/checkpoint.py)
+    weight_family: ClassVar[WeightFamily] = DETRWeights()
 
     def __init__(
         self,
@@ -121,6 +126,10 @@ class DETR(DETRBase):
         if self.training and self.aux_loss:
             outputs["aux_outputs"] = [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])]
         return outputs
+
+    def float32_modules(self) -> List[nn.Module]:
+        # What turns decoder states into scores and box coordinates.
+        return [self.class_embed, self.bbox_embed]
 
     def select_detections(self, outputs: Dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Official post-processing: each query is one detection, its class the most likely real

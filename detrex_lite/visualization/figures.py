@@ -1,51 +1,10 @@
-"""Boxes drawn on images with detectron2's Visualizer, and grids of drawn images."""
+"""Drawn images laid out as one figure with matplotlib (Agg): a captioned grid (contact sheet)
+and two panels side by side."""
 import io
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional
 
 import numpy as np
-
-# Colours (RGB in [0, 1]) of the result views: matched / not matched.
-GOOD = (0.10, 0.75, 0.25)
-BAD = (0.95, 0.15, 0.15)
-NEUTRAL = (0.6, 0.6, 0.6)
-
-
-def class_color(class_index: int) -> Tuple[float, float, float]:
-    """The project's fixed colour of a class (``detrex_lite.utils.draw.class_color``, the one
-    tools/demo.py uses) as RGB in [0, 1], as Visualizer takes it."""
-    from detrex_lite.utils.draw import class_color as class_color_rgb255
-
-    return tuple(c / 255.0 for c in class_color_rgb255(class_index))
-
-
-def draw_boxes(image: np.ndarray, boxes_xyxy: np.ndarray, labels: Sequence[str], colors: Sequence[tuple],
-               min_side: int = 480, min_font: float = 12.0) -> np.ndarray:
-    """Boxes and labels drawn by detectron2's Visualizer.
-
-    Args:
-        image: (H, W, 3) uint8 RGB.
-        boxes_xyxy: (N, 4) absolute x0, y0, x1, y1 in pixels of ``image``.
-        labels, colors: N labels and RGB colours in [0, 1].
-        min_side: small images are drawn enlarged so that the longer side is at least this many
-            pixels (the labels stay readable on 128 px images).
-        min_font: smallest default font size in points at the output scale (12 = labels of
-            small boxes about 10 px high).
-
-    Returns:
-        (H', W', 3) uint8 RGB, the image scaled by max(1, min_side / max(H, W)).
-    """
-    from detectron2.utils.visualizer import Visualizer
-
-    scale = max(1.0, min_side / max(image.shape[:2]))
-    visualizer = Visualizer(image, metadata=None, scale=scale)
-    # Visualizer sizes text from the unscaled image (10 // scale for small images), which makes
-    # labels on an enlarged 160 px image about 7 px high; keep the smallest labels readable.
-    visualizer._default_font_size = max(visualizer._default_font_size, min_font / scale)
-    if len(boxes_xyxy):
-        visualizer.overlay_instances(boxes=np.asarray(boxes_xyxy, dtype=np.float64), labels=list(labels),
-                                     assigned_colors=list(colors), alpha=0.5)
-    return visualizer.get_output().get_image()
 
 
 def save_grid(images: List[np.ndarray], captions: List[str], path: str, columns: Optional[int] = None,
