@@ -101,11 +101,8 @@ def test_heartbeat_refreshes_the_lock(tmp_path):
 
 
 def test_train_net_refuses_a_busy_output_dir(tmp_path, live_process, capsys):
-    import importlib.util
+    from detrex_lite.cli import train_net
 
-    spec = importlib.util.spec_from_file_location("train_net_lock_test", os.path.join(REPO, "tools", "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     _write_lock(tmp_path, pid=live_process.pid, host=socket.gethostname(), pid_start=_process_start_ticks(live_process.pid))
     rc = train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}"])
     err = capsys.readouterr().err

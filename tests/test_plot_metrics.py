@@ -1,15 +1,14 @@
-"""tools/plot_metrics.py: the series it plots are the values in metrics.json, PNGs are written,
-partial files and runs without evaluations are tolerated, a folder without metrics.json fails
-clearly."""
+"""tools/plot_metrics.py (detrex_lite.cli.plot_metrics, detrex_lite.analysis.training_curves):
+the series it plots are the values in metrics.json, PNGs are written, partial files and runs
+without evaluations are tolerated, a folder without metrics.json fails clearly."""
 import json
 import math
 import os
 
 import pytest
 
-from tests.tools_tiny_models import load_tool
-
-plot_metrics = load_tool("plot_metrics")
+from detrex_lite.analysis import training_curves as plot_metrics
+from detrex_lite.cli.plot_metrics import main as plot_metrics_main
 
 
 def write_run(folder, records, partial_tail=None):
@@ -73,7 +72,7 @@ def test_partial_last_line_and_no_eval_yet(tmp_path):
     assert "AP" not in series
     assert series["loss"] == as_series(loss)
     out = tmp_path / "plots"
-    assert plot_metrics.main([folder, "--out", str(out)]) == 0
+    assert plot_metrics_main([folder, "--out", str(out)]) == 0
     assert sorted(os.listdir(out)) == ["loss.png", "loss_terms.png", "lr.png", "time.png"]
 
 
@@ -92,7 +91,7 @@ def test_two_runs_write_one_png_per_metric(tmp_path):
     a = write_run(tmp_path / "deformable", training_records()[0])
     b = write_run(tmp_path / "detr", training_records(num_iters=80)[0])
     out = tmp_path / "figs"
-    assert plot_metrics.main([a, b, "--labels", "Deformable DETR", "DETR", "--out", str(out)]) == 0
+    assert plot_metrics_main([a, b, "--labels", "Deformable DETR", "DETR", "--out", str(out)]) == 0
     expected = sorted(f"{m}.png" for m in plot_metrics.METRICS + ("loss_terms", "lr", "time"))
     assert sorted(os.listdir(out)) == expected
     for name in expected:
@@ -105,7 +104,7 @@ def test_legend_labels_default_to_folder_names(tmp_path, monkeypatch):
     b = write_run(tmp_path / "run_b", training_records()[0])
     seen = {}
     monkeypatch.setattr(plot_metrics, "plot_runs", lambda runs, out, log=False: seen.update(runs) or [])
-    assert plot_metrics.main([a, b + "/", "--out", str(tmp_path)]) == 0
+    assert plot_metrics_main([a, b + "/", "--out", str(tmp_path)]) == 0
     assert list(seen) == ["run_a", "run_b"]
 
 
@@ -114,14 +113,14 @@ def test_folder_without_metrics_is_a_clear_error(tmp_path, capsys):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="not_a_run"):
         plot_metrics.load_run(str(empty))
-    assert plot_metrics.main([str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert plot_metrics_main([str(empty), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "metrics.json" in err and "not_a_run" in err
 
 
 def test_label_count_must_match(tmp_path, capsys):
     a = write_run(tmp_path / "a", training_records()[0])
-    assert plot_metrics.main([a, "--labels", "x", "y"]) == 2
+    assert plot_metrics_main([a, "--labels", "x", "y"]) == 2
     assert "2 labels for 1 runs" in capsys.readouterr().err
 
 
@@ -129,7 +128,7 @@ def test_summary_reports_the_last_evaluation(tmp_path):
     records, _, ap = training_records(num_iters=200, eval_period=50)
     folder = write_run(tmp_path / "run", records)
     out = tmp_path / "out"
-    assert plot_metrics.main([folder, "--out", str(out), "--summary"]) == 0
+    assert plot_metrics_main([folder, "--out", str(out), "--summary"]) == 0
     with open(out / "summary.json") as f:
         summary = json.load(f)["run"]
     last = max(ap["AP"])
@@ -202,6 +201,6 @@ def test_two_runs_overlaid_with_loss_terms(tmp_path):
     b = write_run(tmp_path / "one_stage", [detr_stage_record(it, num_aux=5, enc=False) for it in range(19, 100, 20)])
     out = tmp_path / "out"
     figures_before = set(plt.get_fignums())
-    assert plot_metrics.main([a, b, "--labels", "two-stage", "one-stage", "--out", str(out), "--log"]) == 0
+    assert plot_metrics_main([a, b, "--labels", "two-stage", "one-stage", "--out", str(out), "--log"]) == 0
     assert sorted(os.listdir(out)) == ["grad_norm.png", "loss.png", "loss_terms.png", "lr.png", "time.png"]
     assert set(plt.get_fignums()) == figures_before  # every figure closed after saving

@@ -138,9 +138,9 @@ def test_eval_only_in_the_run_folder_keeps_its_training_config(run_dir, tmp_path
 
 
 def _train_net():
-    from tools_tiny_models import load_tool
+    from detrex_lite.cli import train_net
 
-    return load_tool("train_net")
+    return train_net
 
 
 def test_eval_only_with_another_class_count_fails(run_dir, tmp_path, capsys):

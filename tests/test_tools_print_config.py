@@ -1,13 +1,15 @@
-"""tools/print_config.py: the printed YAML is the config with overrides applied, interpolations
-resolved and derived values computed; --diff lists exactly the differing keys; clear errors."""
+"""tools/print_config.py (detrex_lite.cli.print_config, detrex_lite.config.printing): the printed
+YAML is the config with overrides applied, interpolations resolved and derived values computed;
+--diff lists exactly the differing keys; clear errors."""
 import os
 
 import yaml
 from detectron2.config import LazyConfig
 
-from tests.tools_tiny_models import REPO, load_tool
+from detrex_lite.cli import print_config
+from detrex_lite.config import printing
+from tests.tools_tiny_models import REPO
 
-print_config = load_tool("print_config")
 CONFIGS = os.path.join(REPO, "projects/deformable_detr/configs")
 DEMO = os.path.join(CONFIGS, "deformable_detr_r18_demo.py")
 
@@ -40,7 +42,7 @@ def test_saved_config_yaml_prints_the_same(tmp_path, capsys):
     LazyConfig.save(cfg, path)
     _, from_py = printed_yaml(capsys, [DEMO])
     _, from_yaml = printed_yaml(capsys, [path])
-    assert print_config.flatten(from_yaml) == print_config.flatten(from_py)
+    assert printing.flatten(from_yaml) == printing.flatten(from_py)
 
 
 def test_diff_lists_the_differing_keys(capsys):
@@ -63,8 +65,8 @@ def test_diff_lists_the_differing_keys(capsys):
 def test_diff_of_nested_and_missing_keys():
     a = {"x": {"y": [1, 2], "z": 1}, "same": "s"}
     b = {"x": {"y": [1, 3, 4]}, "same": "s", "new": {"k": True}}
-    rows = print_config.diff(a, b)
-    missing = print_config._MISSING
+    rows = printing.diff(a, b)
+    missing = printing.MISSING
     assert rows == [("x.y.1", 2, 3), ("x.z", 1, missing), ("x.y.2", missing, 4), ("new.k", missing, True)]
 
 

@@ -1,28 +1,40 @@
 """Starting one process per device, on one machine or many (torch.distributed or SLURM).
 
-:func:`launch` is detectron2's ``launch`` (``detectron2.engine.launch``: one spawned process per
-device, gloo on a machine without GPUs and NCCL with them, ``timeout`` given to the process group
-so that a dead or stuck worker fails the job instead of hanging it), plus what it lacks: each
-rank's own traceback when it fails and a clean process-group shutdown. :func:`launch_slurm`
+:func:`launch` does what detectron2's ``launch`` (``detectron2.engine.launch``) does (one spawned
+process per device, gloo on a machine without GPUs and NCCL with them, ``timeout`` given to the
+process group so that a dead or stuck worker fails the job instead of hanging it), plus what it
+lacks: each rank's own traceback when it fails, a clean process-group shutdown, and a spawned
+worker that imports detectron2 without its ``torch.jit.script`` deprecation warning (the
+function to run travels pickled and is loaded only after that import). :func:`launch_slurm`
 covers what detectron2 has no launcher for: SLURM jobs, where ``srun`` starts one task per device
 and the ranks come from SLURM's variables.
+
+This module imports torch and ``detectron2.utils.comm`` only (not ``detectron2.engine``), so
+that a spawned worker loads it before anything that triggers the warning.
 """
 import logging
 import os
+import pickle
 import re
+import socket
 import sys
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing.reduction import ForkingPickler  # torch.multiprocessing adds its tensor reductions
 from typing import Callable, List, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from detectron2.engine.launch import DEFAULT_TIMEOUT
-from detectron2.engine.launch import launch as d2_launch
+import torch.multiprocessing as mp
 from detectron2.utils import comm
 
+from detrex_lite.cli.quiet_imports import import_detectron2_quietly
+
 logger = logging.getLogger(__name__)
+
+# How long a collective (and the start-up barrier) waits for the other processes, as in detectron2.
+DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 __all__ = ["DEFAULT_TIMEOUT", "expand_hostlist", "launch", "launch_slurm", "resolve_device", "slurm_dist_from_env"]
 
@@ -69,8 +81,9 @@ def launch(
         dist_url: "tcp://host:port" of machine 0 ("auto" or None: a free local port, one machine).
         timeout: how long a collective (and the start-up barrier) waits for the other processes.
         use_cuda: whether the processes use GPUs (NCCL, one GPU each); default: whether a GPU is
-            visible. detectron2's launcher decides by visibility alone, so False on a machine
-            with visible GPUs is refused (hide them with CUDA_VISIBLE_DEVICES= instead).
+            visible. As with detectron2's launcher, several processes use NCCL exactly when a GPU
+            is visible, so False on a machine with visible GPUs is refused (hide them with
+            CUDA_VISIBLE_DEVICES= instead).
 
     A single process runs main_func in this process. With several, if one raises or dies, the
     others are terminated and this call raises (torch.multiprocessing's ProcessRaisedException
@@ -88,11 +101,45 @@ def launch(
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
             raise ValueError("dist_url='auto' only works on one machine; give tcp://<machine 0>:<port>")
-        dist_url = "auto"
-    d2_launch(
-        _run_rank, num_processes_per_machine, num_machines=num_machines, machine_rank=machine_rank,
-        dist_url=dist_url, args=(main_func, tuple(args)), timeout=timeout,
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    if num_machines > 1 and dist_url.startswith("file://"):
+        logger.warning("file:// is not a reliable init_method in multi-machine jobs. Prefer tcp://")
+    if use_cuda is None:
+        use_cuda = torch.cuda.is_available()
+    payload = bytes(ForkingPickler.dumps((main_func, tuple(args))))
+    mp.start_processes(
+        _spawned_worker,
+        nprocs=num_processes_per_machine,
+        args=(payload, world_size, num_processes_per_machine, machine_rank, dist_url, use_cuda, timeout),
+        daemon=False,
     )
+
+
+def _free_port() -> int:
+    """A TCP port that is free on this machine now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _spawned_worker(
+    local_rank: int, payload: bytes, world_size: int, local_size: int, machine_rank: int, dist_url: str,
+    use_cuda: bool, timeout: timedelta,
+) -> None:
+    """One process started by launch(): joins the process group, then runs main_func(*args).
+
+    ``payload`` is ``(main_func, args)`` pickled: unpickling it imports main_func's modules,
+    which is done only after detectron2 has been imported without its jit warning.
+    """
+    import_detectron2_quietly()
+    main_func, args = pickle.loads(payload)
+    global_rank = machine_rank * local_size + local_rank
+    try:
+        _init_process_group(global_rank, world_size, local_rank, local_size, dist_url, use_cuda, timeout)
+    except Exception:
+        logger.error(f"Process group URL: {dist_url}")
+        raise
+    _run_rank(main_func, args)
 
 
 # ----------------------------------------------------------------------------- SLURM

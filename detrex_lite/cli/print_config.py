@@ -1,0 +1,38 @@
+"""``tools/print_config.py``'s command line (stdlib only: ``--help`` answers before torch loads).
+
+:func:`main` parses the arguments, then calls :func:`detrex_lite.config.printing.run`.
+"""
+import argparse
+from typing import Optional, Sequence
+
+from .quiet_imports import import_detectron2_quietly
+
+__all__ = ["get_parser", "main"]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """print_config's command line: a config, its overrides, and --diff OTHER_CFG [overrides]."""
+    parser = argparse.ArgumentParser(
+        prog="print_config.py",
+        description="Print a LazyConfig fully resolved, or the keys in which two configs differ.",
+        epilog="examples:\n"
+               "  python tools/print_config.py projects/deformable_detr/configs/deformable_detr_r18_demo.py "
+               "train.max_iter=600\n"
+               "  python tools/print_config.py projects/deformable_detr/configs/deformable_detr_r50_50ep.py "
+               "--diff projects/deformable_detr/configs/deformable_detr_r50_two_stage_50ep.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="LazyConfig file (.py or a saved config.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (as train_net takes them)")
+    parser.add_argument("--diff", nargs="+", metavar=("OTHER_CFG", "OVERRIDES"),
+                        help="print the keys that differ from OTHER_CFG (with its own overrides)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run print_config with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    args = get_parser().parse_args(argv)
+    import_detectron2_quietly()
+    from detrex_lite.config.printing import run
+
+    return run(args)

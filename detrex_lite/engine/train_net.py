@@ -1,0 +1,220 @@
+"""What ``tools/train_net.py`` does once its arguments are parsed: load and check the config,
+hold the output folder, launch one process per device (or join a SLURM job), train or
+evaluate, and map each way a run can end to the tool's exit code.
+
+Exit codes: 0 done; 1 a training error reported in one line (non-finite loss, unreadable data,
+a checkpoint that cannot be written); 2 a config or command-line mistake, or the output folder is
+in use by another run; 75 stopped by SIGTERM / SIGUSR1 after writing a checkpoint (requeue and
+--resume); 130 stopped by Ctrl-C. See docs/reliability.md. The command line itself is
+:mod:`detrex_lite.cli.train_net`.
+"""
+import argparse
+import logging
+import os
+import sys
+from datetime import timedelta
+from typing import List, Optional, Tuple
+
+from detectron2.utils import comm
+
+import detrex_lite.data  # noqa: F401  (registers the demo datasets the configs name)
+from detrex_lite.checkpoint import CheckpointError
+from detrex_lite.checkpoint.run import find_run_checkpoint, resolve_num_classes, run_config_path
+from detrex_lite.config import (
+    apply_overrides_checked,
+    check_init_checkpoint,
+    check_num_classes,
+    check_structure,
+    load_config_file,
+)
+from detrex_lite.errors import (
+    CheckpointWriteError,
+    ConfigError,
+    DatasetError,
+    ImageReadError,
+    NonFiniteLossError,
+    OutputDirBusyError,
+)
+from detrex_lite.solver import schedule_periods
+from detrex_lite.utils import json_io
+
+from .checkpoint import atomic_write
+from .defaults import build_model, do_test, do_train, load_for_eval
+from .errors import INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, TrainingInterrupted
+from .launch import launch, launch_slurm
+from .output_lock import OutputDirLock
+from .preemption import forward_stop_signals_to_children
+from .run_setup import default_setup
+
+__all__ = ["check_launch_args", "main", "run", "setup_config"]
+
+logger = logging.getLogger("detrex_lite.train_net")
+
+
+def _run_folder_arguments(args: argparse.Namespace) -> Tuple[str, List[str]]:
+    """(config file, overrides) with --run DIR: DIR/config.yaml, its newest complete checkpoint
+    and DIR as the output folder, unless the command line names them."""
+    overrides = [o for o in (args.opts or []) if o != "--"]
+    if not getattr(args, "run", None):
+        return args.config_file, overrides
+    if not args.eval_only:
+        raise ConfigError("--run is for --eval-only (to continue a training use --resume train.output_dir=DIR)")
+    try:
+        config_file = args.config_file or run_config_path(args.run)
+        extra = []
+        if not any(o.startswith("train.init_checkpoint=") for o in overrides):
+            extra.append(f"train.init_checkpoint={find_run_checkpoint(args.run)}")
+        if not any(o.startswith("train.output_dir=") for o in overrides):
+            extra.append(f"train.output_dir={args.run}")
+    except (OSError, CheckpointError) as e:
+        raise ConfigError(str(e)) from None
+    return config_file, extra + overrides
+
+
+def setup_config(args: argparse.Namespace):
+    """Load the config, apply the overrides (``args.opts``) and run every check; raises ConfigError."""
+    config_file, overrides = _run_folder_arguments(args)
+    cfg = load_config_file(config_file)
+    apply_overrides_checked(cfg, overrides)
+    check_structure(cfg)
+    check_num_classes(cfg, eval_only=args.eval_only)
+    try:  # the saved config.yaml states the class count, loadable without the dataset
+        resolve_num_classes(cfg)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(str(e).strip("'\"")) from None
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
+    if args.eval_only and not cfg.train.init_checkpoint:
+        raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth (or --run DIR)")
+    if not resuming:
+        check_init_checkpoint(cfg.train.init_checkpoint)
+    try:
+        schedule_periods(cfg.train)  # fractions of train.max_iter; resolved again at start-up
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cfg
+
+
+def main(args: argparse.Namespace, cfg=None) -> Optional[dict]:
+    """Runs in every process: trains, or with --eval-only evaluates (returns the results).
+    `cfg`: the config run() loaded, when this is its process (a config file runs once per
+    process: registering a dataset in it works)."""
+    if cfg is None:
+        cfg = setup_config(args)
+    default_setup(cfg, args)  # detrex_lite's: plain-text log.txt, no CUDA_HOME warning on CPU
+    if args.eval_only:
+        model = build_model(cfg)
+        load_for_eval(cfg, model)
+        model.eval()  # no DDP wrapper: each process evaluates its share of the test set
+        if args.precision:  # the CPU inference mode (docs/inference.md)
+            from detrex_lite.inference import optimize_for_inference
+
+            model = optimize_for_inference(model, args.precision, force_bf16=args.force_bf16)
+        results = do_test(cfg, model)
+        if comm.is_main_process():
+            path = os.path.join(cfg.train.output_dir, "eval_results.json")
+            atomic_write(path, lambda f: f.write(json_io.dumps(results, indent=2).encode()))
+            logger.info(f"Evaluation results written to {path}")
+        return results
+    do_train(cfg, resume=args.resume)
+    return None
+
+
+def _spawned_main(args: argparse.Namespace) -> None:
+    """main() in a process started by launch(): a run stopped by a signal exits with its code."""
+    try:
+        main(args)
+    except TrainingInterrupted as e:
+        # Every rank has run its after_train hooks (rank 0: its last writes) before any leaves;
+        # launch's _run_rank then shuts the process group down.
+        comm.synchronize()
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: each worker has said so; no traceback per rank
+        raise SystemExit(INTERRUPT_EXIT_CODE) from None
+
+
+def check_launch_args(args: argparse.Namespace) -> None:
+    """--num-gpus / --num-machines / --machine-rank / --dist-url make one job; raises ConfigError."""
+    if args.num_gpus < 1:
+        raise ConfigError(f"--num-gpus {args.num_gpus}: expected at least 1 (processes per machine; on a CPU-only machine 1 or more CPU processes)")
+    if args.num_machines < 1:
+        raise ConfigError(f"--num-machines {args.num_machines}: expected at least 1")
+    if not 0 <= args.machine_rank < args.num_machines:
+        raise ConfigError(f"--machine-rank {args.machine_rank}: expected 0..{args.num_machines - 1} (--num-machines {args.num_machines})")
+    if args.num_machines > 1 and args.dist_url == "auto" and not args.slurm:
+        raise ConfigError("--num-machines > 1 needs --dist-url tcp://<machine 0 address>:<port>")
+
+
+def _error(message, code: int) -> int:
+    print(f"train_net: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    """train_net with parsed arguments (``args.opts``: the overrides, as collect_overrides gives
+    them); returns the exit code. Config and command-line mistakes are checked once here, before
+    any process is spawned or model built; this process holds the output folder's lock when it
+    launches the run's main process."""
+    try:
+        if not args.slurm:
+            check_launch_args(args)
+        cfg = setup_config(args)
+    except ConfigError as e:
+        return _error(e, 2)
+    except (DatasetError, ImageReadError) as e:
+        return _error(e, 1)
+    holds_lock = os.environ.get("SLURM_PROCID", "0") == "0" if args.slurm else args.machine_rank == 0
+    lock = OutputDirLock(cfg.train.output_dir)
+    if holds_lock:
+        try:
+            lock.acquire()
+        except OutputDirBusyError as e:
+            return _error(e, 2)
+        if lock.taken_over:
+            print(f"train_net: warning: {lock.taken_over}", file=sys.stderr)
+    try:
+        return _launch(args, cfg)
+    finally:
+        if holds_lock:
+            lock.release()
+
+
+def _launch(args: argparse.Namespace, cfg) -> int:
+    """Run main() in this process, this SLURM task or spawned processes; the exit code."""
+    timeout = timedelta(seconds=float(cfg.train.get("dist_timeout", 1800)))
+    device = cfg.train.get("device", "auto")
+    use_cuda = None if device == "auto" else device.startswith("cuda")
+    spawns = not args.slurm and args.num_gpus * args.num_machines > 1
+    try:
+        if args.slurm:
+            launch_slurm(main, args=(args, cfg), timeout=timeout, use_cuda=use_cuda)
+        elif not spawns:
+            launch(main, 1, args=(args, cfg), timeout=timeout, use_cuda=use_cuda)
+        else:
+            import torch.multiprocessing as mp
+
+            with forward_stop_signals_to_children() as received:
+                try:
+                    launch(
+                        _spawned_main,
+                        args.num_gpus,
+                        num_machines=args.num_machines,
+                        machine_rank=args.machine_rank,
+                        dist_url=args.dist_url,
+                        args=(args,),
+                        timeout=timeout,
+                        use_cuda=use_cuda,
+                    )
+                except mp.ProcessExitedException as e:
+                    if e.exit_code in (REQUEUE_EXIT_CODE, INTERRUPT_EXIT_CODE):
+                        return e.exit_code
+                    raise
+            if received["signum"]:  # the workers were stopped at once by a second Ctrl-C
+                return INTERRUPT_EXIT_CODE
+    except TrainingInterrupted as e:  # logged with the checkpoint's path where it happened
+        return e.exit_code
+    except KeyboardInterrupt:
+        return _error("interrupted twice: stopped at once; files written so far are complete (atomic writes)", INTERRUPT_EXIT_CODE)
+    except (NonFiniteLossError, CheckpointError, CheckpointWriteError, DatasetError, ImageReadError) as e:
+        # single process; with several, the launcher reports the worker's traceback
+        return _error(e, 1)
+    return 0
