@@ -67,6 +67,9 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     parser = get_parser()
     args = parser.parse_args(argv)
+    from detrex_lite.cli import import_detectron2_quietly
+
+    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.layers.ops_benchmark import run
 
     try:

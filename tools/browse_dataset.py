@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     if args.num < 1 or args.cell_size < 50:
         print("browse_dataset: error: --num must be >= 1 and --cell-size >= 50", file=sys.stderr)
         return 2
+    from detrex_lite.cli import import_detectron2_quietly
+
+    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.apps.browse_dataset import run_config_file
     from detrex_lite.cli import collect_overrides
     from detrex_lite.errors import AnalysisError, ConfigError

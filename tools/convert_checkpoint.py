@@ -54,6 +54,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args, overrides = parse_args(argv)  # before any heavy import: --help answers at once
+    from detrex_lite.cli import import_detectron2_quietly
+
+    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.checkpoint.convert_tool import convert_checkpoint_cli
 
     return convert_checkpoint_cli(args, overrides)

@@ -75,6 +75,9 @@ def main(argv=None) -> int:
         parser.error(f"--scale {args.scale}: expected > 0")
     if args.dedupe is not None and not 0 <= args.dedupe <= 1:
         parser.error(f"--dedupe {args.dedupe}: expected an IoU in [0, 1]")
+    from detrex_lite.cli import import_detectron2_quietly
+
+    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.apps import demo
     from detrex_lite.cli import collect_overrides
     from detrex_lite.errors import ConfigError

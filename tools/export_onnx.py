@@ -22,6 +22,9 @@ __all__ = ["get_parser", "parse_args", "main", "cli"]
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     """The export and its parity report (exceptions propagate)."""
     args = parse_args(argv)
+    from detrex_lite.cli import import_detectron2_quietly
+
+    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.export.onnx_tool import export_and_check
 
     return export_and_check(args)
@@ -30,6 +33,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """The exit status of the tool (0, or 1 with one line on stderr)."""
     args = parse_args(argv)
+    from detrex_lite.cli import import_detectron2_quietly
+
+    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.export.onnx_tool import export_onnx_cli
 
     return export_onnx_cli(args)

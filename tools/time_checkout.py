@@ -19,6 +19,9 @@ __all__ = ["get_parser", "parse_args", "main"]
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = parse_args(argv)
+    from detrex_lite.cli import import_detectron2_quietly
+
+    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.benchmark.checkout import time_checkout_main
 
     return time_checkout_main(args)

@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     if args.dedupe is not None and not 0 <= args.dedupe <= 1:
         print(f"visualize_results: error: --dedupe {args.dedupe}: expected an IoU in [0, 1]", file=sys.stderr)
         return 2
+    from detrex_lite.cli import import_detectron2_quietly
+
+    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.apps.visualize_results import run
     from detrex_lite.errors import AnalysisError
 
