@@ -3,7 +3,8 @@
 * Counting layers. The official repositories (and this project's models) name them
   ``transformer.encoder.layers.{i}.*`` and ``transformer.decoder.layers.{i}.*``:
   :data:`LAYER_COUNT_PATTERNS` maps the arch fields ``num_encoder_layers`` /
-  ``num_decoder_layers`` to those patterns, and :func:`count_indexed` gives 1 + the highest index.
+  ``num_decoder_layers`` to those patterns, :func:`count_indexed` gives 1 + the highest index and
+  :func:`layer_counts` both stacks' counts.
 * Hugging Face names. The transformers ports name the parts of every encoder and decoder layer
   alike (``self_attn_layer_norm``, ``encoder_attn``, ``fc1``, ``final_layer_norm``, ...):
   :func:`hf_transformer_layer_rules` writes the rename rules to the official names; a family
@@ -15,7 +16,7 @@ from typing import Dict, Iterable, List, Tuple
 
 from .rename import Rule
 
-__all__ = ["LAYER_COUNT_PATTERNS", "count_indexed", "hf_transformer_layer_rules"]
+__all__ = ["LAYER_COUNT_PATTERNS", "count_indexed", "layer_counts", "hf_transformer_layer_rules"]
 
 _WB = r"(weight|bias)"
 
@@ -30,6 +31,14 @@ def count_indexed(keys: Iterable[str], pattern: "re.Pattern") -> int:
     """1 + the highest index ``pattern`` captures (group 1) at the start of ``keys`` (0 when none matches)."""
     found = {int(m[1]) for m in map(pattern.match, keys) if m}
     return max(found) + 1 if found else 0
+
+
+def layer_counts(keys: Iterable[str]) -> Dict[str, int]:
+    """{"num_encoder_layers": n, "num_decoder_layers": m} from official-layout ``keys``; a stack
+    with no key is left out (a checkpoint says nothing about it)."""
+    keys = list(keys)
+    counts = {field: count_indexed(keys, pattern) for field, pattern in LAYER_COUNT_PATTERNS.items()}
+    return {field: count for field, count in counts.items() if count}
 
 
 def hf_transformer_layer_rules(

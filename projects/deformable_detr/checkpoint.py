@@ -26,7 +26,7 @@ from detrex_lite.checkpoint.class_heads import (
     select_class_rows,
 )
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
-from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, hf_transformer_layer_rules
+from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, hf_transformer_layer_rules, layer_counts
 from detrex_lite.checkpoint.rename import ConversionError, Rule, add_prefix, fuse_qkv, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_hf_backbone, split_official_backbone
 
@@ -276,10 +276,7 @@ class DeformableDETRWeights(WeightFamily):
             arch["num_queries"] = int(state_dict["query_embed.weight"].shape[0])
         if "class_embed.0.weight" in state_dict:
             arch["num_classes"] = int(state_dict["class_embed.0.weight"].shape[0])
-        for field, pattern in LAYER_COUNT_PATTERNS.items():
-            count = count_indexed(state_dict, pattern)
-            if count:
-                arch[field] = count
+        arch.update(layer_counts(state_dict))
         return arch
 
     def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:

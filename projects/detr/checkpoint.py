@@ -10,7 +10,6 @@ backbone (torchvision -> detectron2 ResNet) and the class rows. The released cla
 softmax logits: COCO ids 0..90, then "no object", which the COCO mapping keeps last.
 """
 import logging
-import re
 from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
@@ -23,7 +22,7 @@ from detrex_lite.checkpoint.class_heads import (
     select_class_rows,
 )
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
-from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, hf_transformer_layer_rules
+from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, hf_transformer_layer_rules, layer_counts
 from detrex_lite.checkpoint.rename import Rule, fuse_qkv, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_hf_backbone, split_official_backbone
 
@@ -152,10 +151,7 @@ class DETRWeights(WeightFamily):
         }
         if "query_embed.weight" in state_dict:
             arch["num_queries"] = int(state_dict["query_embed.weight"].shape[0])
-        for field, pattern in LAYER_COUNT_PATTERNS.items():
-            count = count_indexed(state_dict, pattern)
-            if count:
-                arch[field] = count
+        arch.update(layer_counts(state_dict))
         return arch
 
     def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
