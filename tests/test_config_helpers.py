@@ -99,16 +99,26 @@ def test_overrides_apply_like_lazyconfig():
     assert cfg.optimizer.params.base_lr == 1e-3  # the interpolation follows
 
 
-def test_override_int_into_float_key_is_allowed():
+def _override_error(override: str) -> str:
+    """The message of the ConfigError that ``apply_overrides_checked`` raises for ``override``."""
+    with pytest.raises(ConfigError) as e:
+        apply_overrides_checked(_cfg(), [override])
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override, key, value",
+    [("optimizer.lr=1", "optimizer.lr", 1), ("+model.dropout=0.1", "model.dropout", 0.1)],
+    ids=["int_into_float_key_is_allowed", "plus_prefix_adds_a_key"],
+)
+def test_override_is_applied(override, key, value):
     cfg = _cfg()
-    apply_overrides_checked(cfg, ["optimizer.lr=1"])
-    assert cfg.optimizer.lr == 1
+    apply_overrides_checked(cfg, [override])
+    assert OmegaConf.select(cfg, key) == value
 
 
 def test_unknown_override_suggests_close_key():
-    with pytest.raises(ConfigError) as e:
-        apply_overrides_checked(_cfg(), ["train.max_itr=10"])
-    msg = str(e.value)
+    msg = _override_error("train.max_itr=10")
     assert "train.max_itr" in msg and "did you mean 'train.max_iter'" in msg and "\n" not in msg
 
 
@@ -122,16 +132,8 @@ def test_unknown_override_without_close_match_lists_keys():
         apply_overrides_checked(_cfg(), ["train.zzzz=1"])
 
 
-def test_plus_prefix_adds_a_key():
-    cfg = _cfg()
-    apply_overrides_checked(cfg, ["+model.dropout=0.1"])
-    assert cfg.model.dropout == 0.1
-
-
 def test_wrong_type_override_names_key_type_and_value():
-    with pytest.raises(ConfigError) as e:
-        apply_overrides_checked(_cfg(), ["train.max_iter=abc"])
-    msg = str(e.value)
+    msg = _override_error("train.max_iter=abc")
     assert "train.max_iter" in msg and "expected int" in msg and "'abc'" in msg and "100" in msg
 
 

@@ -3,13 +3,12 @@ import glob
 import os
 
 import pytest
-import torch
 from detectron2.config import LazyConfig, instantiate
 
 from detrex_lite.config import shrink_model
 from projects.deformable_detr.modeling import DeformableDETR
 
-from config_roundtrip import save_and_reload
+from config_roundtrip import check_recipe_keys, check_runs_at_original_size, coco_models_before_and_after_reload, param_lrs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "projects", "deformable_detr", "configs")
@@ -46,30 +45,19 @@ def _shrink(cfg):
 def test_config_instantiates_runs_and_round_trips(path, tmp_path):
     levels, refine, two_stage, depth, dilation = EXPECTED[os.path.basename(path)]
     cfg = LazyConfig.load(path)
-    assert {"model", "dataloader", "optimizer", "lr_multiplier", "train"} <= set(cfg.keys())
-    assert cfg.model.backbone.depth == depth and cfg.model.backbone.res5_dilation == dilation
-    assert cfg.train.output_dir.endswith(os.path.basename(path)[: -len(".py")])
+    check_recipe_keys(cfg, path, depth, dilation)
     assert cfg.dataloader.train.total_batch_size == 32
 
     _shrink(cfg)
     # Saving must keep everything (no lambdas, interpolations intact) and reload equal.
-    reloaded = save_and_reload(cfg, tmp_path)
-
-    for c in (cfg, reloaded):
-        torch.manual_seed(0)
-        model = instantiate(c.model)
-        assert isinstance(model, DeformableDETR)
-        assert model.num_classes == 80  # from coco_2017_train's metadata
-        assert model.criterion.num_classes == 80
+    for model in coco_models_before_and_after_reload(cfg, tmp_path, DeformableDETR):
         assert model.transformer.num_feature_levels == levels and len(model.feature_strides) == levels
         assert model.with_box_refine == refine and model.as_two_stage == two_stage
         assert model.transformer.two_stage == two_stage
         assert model.feature_strides[0] == (8 if levels == 4 else 32 // dilation)
 
     # The optimizer config builds lr groups from the model's parameter names.
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    lr_by_param = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    lr_by_param = param_lrs(cfg, model)
     named = dict(model.named_parameters())
     base = cfg.optimizer.lr
     assert lr_by_param[id(named["transformer.encoder.layers.0.self_attn.sampling_offsets.weight"])] == pytest.approx(0.1 * base)
@@ -78,11 +66,7 @@ def test_config_instantiates_runs_and_round_trips(path, tmp_path):
     if not two_stage:
         assert lr_by_param[id(named["transformer.reference_points.weight"])] == pytest.approx(0.1 * base)
 
-    model.eval()
-    image = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)
-    with torch.no_grad():
-        (out,) = model([{"image": image, "height": 140, "width": 180}])
-    assert out["instances"].image_size == (140, 180) and len(out["instances"]) == 5
+    check_runs_at_original_size(model)
 
 
 def test_r50_model_config_has_paper_size():

@@ -13,7 +13,8 @@ from detrex_lite.checkpoint.rename import ConversionError  # noqa: E402
 from projects.deformable_detr.checkpoint import hf_to_official_deformable_detr  # noqa: E402
 from projects.detr.checkpoint import hf_to_official_detr  # noqa: E402
 
-BACKBONE = dict(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="bottleneck")
+from hf_tiny_variants import BACKBONE, DEFORMABLE_VARIANTS  # noqa: E402
+
 TINY = dict(
     d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
     encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, num_labels=5,
@@ -88,17 +89,9 @@ def _hf_deformable(num_feature_levels=4, **kwargs):
     return transformers.DeformableDetrForObjectDetection(config).eval()
 
 
-VARIANTS = {
-    "multi_scale": dict(),
-    "single_scale": dict(num_feature_levels=1),
-    "box_refine": dict(with_box_refine=True),
-    "two_stage": dict(with_box_refine=True, two_stage=True),
-}
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", list(DEFORMABLE_VARIANTS))
 def test_hf_deformable_names_are_official(variant):
-    kwargs = VARIANTS[variant]
+    kwargs = DEFORMABLE_VARIANTS[variant]
     model = _hf_deformable(**kwargs)
     hf = model.state_dict()
     official = hf_to_official_deformable_detr(hf)
@@ -133,7 +126,7 @@ def test_hf_deformable_names_are_official(variant):
 def test_hf_deformable_saved_files_convert_the_same(variant):
     """save_pretrained writes transformers-4 names and drops the copies it declares tied; the
     converter must give the same official state dict from the file as from the live model."""
-    model = _hf_deformable(**VARIANTS[variant])
+    model = _hf_deformable(**DEFORMABLE_VARIANTS[variant])
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         from_file = hf_to_official_deformable_detr(load_state_dict(tmp))

@@ -14,10 +14,10 @@ from detrex_lite.layers import PositionEmbeddingSine  # noqa: E402
 from detrex_lite.modeling import ChannelMapper, HungarianMatcher, SetCriterion  # noqa: E402
 from projects.deformable_detr.checkpoint import hf_to_official_deformable_detr  # noqa: E402
 from projects.detr.checkpoint import hf_to_official_detr  # noqa: E402
+from hf_tiny_variants import BACKBONE, DEFORMABLE_VARIANTS  # noqa: E402
 from test_convert_resnet import d2_resnet_like_hf  # noqa: E402
 
 D_MODEL, HEADS, FFN, QUERIES = 32, 2, 64, 10
-BACKBONE = dict(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="bottleneck")
 TOL = dict(rtol=0, atol=1e-4)
 
 
@@ -93,14 +93,6 @@ def _our_deformable(num_classes, num_feature_levels=4, with_box_refine=False, tw
         num_queries=QUERIES, with_box_refine=with_box_refine, as_two_stage=two_stage,
     )
     return model.eval()
-
-
-DEFORMABLE_VARIANTS = {
-    "multi_scale": dict(),
-    "single_scale": dict(num_feature_levels=1),
-    "box_refine": dict(with_box_refine=True),
-    "two_stage": dict(with_box_refine=True, two_stage=True),
-}
 
 
 @pytest.mark.parametrize("variant", list(DEFORMABLE_VARIANTS))

@@ -173,11 +173,25 @@ def test_non_numeric_bbox_names_file_and_annotation(tmp_path):
     )
 
 
+def _evaluate_ground_truth_as_predictions(evaluator, dataset_name: str) -> dict:
+    """Feeds every accepted annotation of ``dataset_name`` to ``evaluator`` as a prediction with
+    score 1 (boxes XYXY_ABS, classes as loaded) and returns ``evaluator.evaluate()``."""
+    from detectron2.structures import Boxes, Instances
+
+    evaluator.reset()
+    for record in get_detection_dataset_dicts(dataset_name, filter_empty=False):
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]]
+        instances = Instances((record["height"], record["width"]))
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.int64)
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    return evaluator.evaluate()
+
+
 def test_evaluation_ground_truth_is_what_training_accepted(tmp_path, registered, caplog):
     """A box the loader drops (zero size) must not count as a miss in evaluation, and a clipped
     box is scored as clipped: ground truth fed as predictions scores AP = 100."""
-    from detectron2.structures import Boxes, Instances
-
     json_file, image_root = write_coco(tmp_path, annotations=[
         {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0, "area": 200},
         {"id": 2, "image_id": 11, "category_id": 3, "bbox": [20, 5, 0, 10], "iscrowd": 0, "area": 0},  # dropped
@@ -188,15 +202,7 @@ def test_evaluation_ground_truth_is_what_training_accepted(tmp_path, registered,
         evaluator = build_coco_evaluator("accepted_gt", output_dir=str(tmp_path / "eval"))
     assert any("Evaluating 'accepted_gt' against the 2 annotations the loader accepted: 1 dropped as invalid "
                "(annotation ids [2]), 1 clipped" in r.getMessage() for r in caplog.records)
-    evaluator.reset()
-    for record in get_detection_dataset_dicts("accepted_gt", filter_empty=False):
-        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]]
-        instances = Instances((record["height"], record["width"]))
-        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        instances.scores = torch.ones(len(boxes))
-        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.int64)
-        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
-    results = evaluator.evaluate()
+    results = _evaluate_ground_truth_as_predictions(evaluator, "accepted_gt")
     assert results["bbox"]["AP"] == pytest.approx(100.0)
 
 
@@ -235,8 +241,6 @@ def test_missing_evaluation_json_names_the_path(tmp_path, registered):
 def test_annotations_without_area_are_evaluated_with_box_area(tmp_path, registered, caplog):
     """A bbox-only COCO file (no "area") trains and evaluates: it used to crash at the final
     evaluation with KeyError: 'area', after the whole training."""
-    from detectron2.structures import Boxes, Instances
-
     json_file, image_root = write_coco(tmp_path, annotations=[
         {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0},
         {"id": 2, "image_id": 12, "category_id": 5, "bbox": [0, 0, 50, 40], "iscrowd": 0},
@@ -245,15 +249,7 @@ def test_annotations_without_area_are_evaluated_with_box_area(tmp_path, register
     with caplog.at_level(logging.WARNING, logger="detrex_lite.data.evaluation"):
         evaluator = build_coco_evaluator("no_area", output_dir=str(tmp_path / "eval"))
     assert any("2 of 2 annotations have no 'area'" in r.getMessage() for r in caplog.records)
-    evaluator.reset()
-    for record in get_detection_dataset_dicts("no_area", filter_empty=False):
-        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]]
-        instances = Instances((record["height"], record["width"]))
-        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        instances.scores = torch.ones(len(boxes))
-        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.int64)
-        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
-    results = evaluator.evaluate()
+    results = _evaluate_ground_truth_as_predictions(evaluator, "no_area")
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["bbox"]["APs"] == pytest.approx(100.0)  # the 10 x 20 box is small (200 px)
 

@@ -88,15 +88,22 @@ def test_train_step_gives_gradients_to_all_parameters(variant):
     assert model.transformer.encoder.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_inference_outputs_and_batch_invariance(variant):
-    model = tiny_model(*VARIANTS[variant])
+def _batched_and_single(model):
+    """Perturbs the heads, then predicts 4 images (make_inputs seed 1) in eval mode as one batch
+    and one image at a time. Returns (inputs, batched outputs, per-image outputs)."""
     _perturb_heads(model)
     model.eval()
     inputs = make_inputs(4, seed=1)
     with torch.no_grad():
         batched = model(inputs)
         single = [model([x])[0] for x in inputs]
+    return inputs, batched, single
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_inference_outputs_and_batch_invariance(variant):
+    model = tiny_model(*VARIANTS[variant])
+    inputs, batched, single = _batched_and_single(model)
     assert len(batched) == 4
     for x, b, s in zip(inputs, batched, single):
         inst = b["instances"]
@@ -121,12 +128,7 @@ def test_batch_invariance_flag_matters():
     # Without per-image backbone/neck, padding changes GroupNorm statistics and border features:
     # the test above would fail. This guards that it is not vacuous.
     model = tiny_model(batch_invariant_inference=False)
-    _perturb_heads(model)
-    model.eval()
-    inputs = make_inputs(4, seed=1)
-    with torch.no_grad():
-        batched = model(inputs)
-        single = [model([x])[0] for x in inputs]
+    _, batched, single = _batched_and_single(model)
     diff = max((b["instances"].scores - s["instances"].scores).abs().max().item() for b, s in zip(batched[1:], single[1:]))
     assert diff > 1e-4
 

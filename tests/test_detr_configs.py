@@ -4,13 +4,12 @@ import glob
 import os
 
 import pytest
-import torch
 from detectron2.config import LazyConfig, instantiate
 
 from detrex_lite.solver import epochs_to_iters
 from projects.detr.modeling import DETR
 
-from config_roundtrip import save_and_reload
+from config_roundtrip import check_recipe_keys, check_runs_at_original_size, coco_models_before_and_after_reload, param_lrs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "projects", "detr", "configs")
@@ -45,9 +44,7 @@ def _shrink(cfg):
 def test_config_recipe_instantiates_runs_and_round_trips(path, tmp_path):
     depth, dilation, stride = EXPECTED[os.path.basename(path)]
     cfg = LazyConfig.load(path)
-    assert {"model", "dataloader", "optimizer", "lr_multiplier", "train"} <= set(cfg.keys())
-    assert cfg.model.backbone.depth == depth and cfg.model.backbone.res5_dilation == dilation
-    assert cfg.train.output_dir.endswith(os.path.basename(path)[: -len(".py")])
+    check_recipe_keys(cfg, path, depth, dilation)
     # The paper's recipe (Carion et al. 2020, Sec. 4 / A.4).
     assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
     assert dict(cfg.optimizer.params.lr_multipliers) == {"backbone": 0.1}
@@ -60,31 +57,19 @@ def test_config_recipe_instantiates_runs_and_round_trips(path, tmp_path):
     assert scheduler(drop + 1e-4) == pytest.approx(0.1) and scheduler(0.999) == pytest.approx(0.1)
 
     _shrink(cfg)
-    reloaded = save_and_reload(cfg, tmp_path)
-
-    for c in (cfg, reloaded):
-        torch.manual_seed(0)
-        model = instantiate(c.model)
-        assert isinstance(model, DETR)
-        assert model.num_classes == 80  # from coco_2017_train's metadata
-        assert model.criterion.num_classes == 80 and model.class_embed.out_features == 81
+    for model in coco_models_before_and_after_reload(cfg, tmp_path, DETR):
+        assert model.class_embed.out_features == 81
         assert model.feature_strides == [stride]
         assert len(model.backbone.res4) == {50: 6, 101: 23}[depth]
 
     # The optimizer: backbone at 0.1x, everything else at the base lr.
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    lr_by_param = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    lr_by_param = param_lrs(cfg, model)
     for name, p in model.named_parameters():
         if p.requires_grad:
             expected = 1e-5 if name.startswith("backbone.") else 1e-4
             assert lr_by_param[id(p)] == pytest.approx(expected), name
 
-    model.eval()
-    image = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)
-    with torch.no_grad():
-        (out,) = model([{"image": image, "height": 140, "width": 180}])
-    assert out["instances"].image_size == (140, 180) and len(out["instances"]) == 5
+    check_runs_at_original_size(model)
 
 
 def test_r50_model_config_has_paper_size():

@@ -19,6 +19,7 @@ from detrex_lite.export.onnx_export import (
 )
 from detrex_lite.layers import LevelLayout, MultiScaleDeformableAttention, attention_backend
 from detrex_lite.layers.ms_deform_attn_function import extension_available
+from msda_fixed_layout import FixedLayoutCall
 from tools_tiny_models import save_config, tiny_deformable_detr_config, tiny_detr_config
 
 CANVAS = (96, 96)
@@ -172,16 +173,8 @@ def test_reference_path_is_traced_during_export():
     value = torch.randn(1, 30, 16)
     refs = torch.rand(1, 5, 2, 2)
 
-    class Call(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = attn
-
-        def forward(self, q, v, r):
-            return self.attn(q, value=v, reference_points=r, spatial_shapes=shapes, level_start_index=starts)
-
     def trace_kinds():
-        traced = torch.jit.trace(Call(), (query, value, refs), check_trace=False)
+        traced = torch.jit.trace(FixedLayoutCall(attn, shapes, starts), (query, value, refs), check_trace=False)
         return {node.kind() for node in traced.inlined_graph.nodes()}
 
     with attention_backend(attn, "pytorch"):

@@ -4,11 +4,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import instantiate
 
 from detrex_lite.predictor import Predictor
-from tools_tiny_models import save_config, tiny_deformable_detr_config
+from tools_tiny_models import save_config, save_tiny_checkpoint, tiny_deformable_detr_config
 
 
 @pytest.fixture(scope="module")
@@ -16,12 +14,8 @@ def tiny(tmp_path_factory):
     """(config yaml, checkpoint path, the state dict saved in it)."""
     root = tmp_path_factory.mktemp("predictor")
     cfg = tiny_deformable_detr_config("one_stage")
-    torch.manual_seed(0)
-    model = instantiate(cfg.model)
     # Spread the class scores so that the top-k order is not a near-tie everywhere.
-    for head in model.class_embed:
-        torch.nn.init.normal_(head.bias, std=2.0)
-    DetectionCheckpointer(model, save_dir=str(root)).save("model_final")
+    model = save_tiny_checkpoint(cfg, root, class_bias_std=2.0)
     return save_config(cfg, str(root / "tiny.yaml")), str(root / "model_final.pth"), model.state_dict()
 
 

@@ -16,6 +16,7 @@ from detrex_lite.export.flops import (
 from detrex_lite.layers.ms_deform_attn_function import extension_available
 from detrex_lite.export.model_analysis import analyze, analyze_model_main
 from detrex_lite.export.options import parse_analyze_model_args
+from msda_fixed_layout import FixedLayoutCall
 from tools_tiny_models import DEFORMABLE_DETR_MODEL, save_config, tiny_deformable_detr_config
 
 H, W = 64, 96
@@ -124,15 +125,8 @@ def test_handle_counts_the_compiled_op_directly():
     attn = MultiScaleDeformableAttention(embed_dim=16, num_heads=2, num_levels=2, num_points=3).eval()
     shapes, starts = torch.tensor([[4, 6], [2, 3]]), torch.tensor([0, 24])
 
-    class Call(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = attn
-
-        def forward(self, query, value, refs):
-            return self.attn(query, value=value, reference_points=refs, spatial_shapes=shapes, level_start_index=starts)
-
     inputs = (torch.randn(1, 5, 16), torch.randn(1, 30, 16), torch.rand(1, 5, 2, 2))
-    analysis = FlopCountAnalysis(Call(), inputs).set_op_handle("detrex_lite::ms_deform_attn_forward", ms_deform_attn_flop_jit)
+    call = FixedLayoutCall(attn, shapes, starts)
+    analysis = FlopCountAnalysis(call, inputs).set_op_handle("detrex_lite::ms_deform_attn_forward", ms_deform_attn_flop_jit)
     analysis.unsupported_ops_warnings(False)
     assert analysis.by_operator()["ms_deform_attn_forward"] == 5 * 2 * 2 * 3 * 8 * 5  # Lq M L P D 5

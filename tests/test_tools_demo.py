@@ -8,12 +8,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import instantiate
 
 from detrex_lite.apps.demo import expand_inputs, output_name, split_overrides
 from detrex_lite.predictor import Predictor
-from tools_tiny_models import load_tool, save_config, tiny_deformable_detr_config
+from tools_tiny_models import load_tool, save_config, save_tiny_checkpoint, tiny_deformable_detr_config
 
 demo = load_tool("demo")  # the command line; what it does is detrex_lite.apps.demo
 
@@ -22,11 +20,8 @@ demo = load_tool("demo")  # the command line; what it does is detrex_lite.apps.d
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cfg = tiny_deformable_detr_config("one_stage")
-    torch.manual_seed(0)
-    model = instantiate(cfg.model)
-    for head in model.class_embed:  # spread scores: some above, some below the threshold
-        torch.nn.init.normal_(head.bias, std=3.0)
-    DetectionCheckpointer(model, save_dir=str(root)).save("model_final")
+    # spread scores: some above, some below the threshold
+    save_tiny_checkpoint(cfg, root, class_bias_std=3.0)
     cfg.train.init_checkpoint = str(root / "model_final.pth")
     cfg_path = save_config(cfg, str(root / "tiny.yaml"))
 

@@ -55,6 +55,22 @@ def _tiny_data_and_train(cfg) -> None:
     cfg.train.init_checkpoint = ""
 
 
+def save_tiny_checkpoint(cfg, root: str, class_bias_std: float):
+    """Builds ``cfg.model`` (seed 0), draws the class heads' biases from N(0, class_bias_std) so
+    that the scores spread (top-k order and thresholds are not near-ties), and saves it as
+    ``root/model_final.pth``. Returns the model."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import instantiate
+
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    for head in model.class_embed:
+        torch.nn.init.normal_(head.bias, std=class_bias_std)
+    DetectionCheckpointer(model, save_dir=str(root)).save("model_final")
+    return model
+
+
 def save_config(cfg, path: str) -> str:
     """Writes ``cfg`` as a LazyConfig YAML that ``--config-file`` and ``Predictor`` accept."""
     LazyConfig.save(cfg, path)

@@ -9,6 +9,7 @@ The arguments are parsed first (``--help`` answers before torch loads); the work
 """
 from typing import Dict, Optional, Sequence
 
+from detrex_lite.cli.entry import run_parsed
 from detrex_lite.export.options import analyze_model_parser as get_parser
 from detrex_lite.export.options import parse_analyze_model_args as parse_args
 
@@ -16,13 +17,7 @@ __all__ = ["get_parser", "parse_args", "main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    args = parse_args(argv)
-    from detrex_lite.cli import import_detectron2_quietly
-
-    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
-    from detrex_lite.export.model_analysis import analyze_model_main
-
-    return analyze_model_main(args)
+    return run_parsed(parse_args, "detrex_lite.export.model_analysis:analyze_model_main", argv)
 
 
 if __name__ == "__main__":

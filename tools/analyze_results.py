@@ -45,14 +45,11 @@ def main(argv=None) -> int:
 
     import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.apps.analyze_results import run
+    from detrex_lite.cli.entry import exit_status
     from detrex_lite.errors import AnalysisError
 
-    try:
-        run(args.predictions, args.dataset, args.out, args.score_threshold, args.iou, not args.no_class_plots)
-    except AnalysisError as e:
-        print(f"analyze_results: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("analyze_results", (AnalysisError,), run, args.predictions, args.dataset, args.out,
+                       args.score_threshold, args.iou, not args.no_class_plots)
 
 
 if __name__ == "__main__":

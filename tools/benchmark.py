@@ -12,18 +12,13 @@ from typing import Dict, Optional, Sequence
 
 from detrex_lite.benchmark.options import benchmark_parser as get_parser
 from detrex_lite.benchmark.options import parse_benchmark_args as parse_args
+from detrex_lite.cli.entry import run_parsed
 
 __all__ = ["get_parser", "parse_args", "main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    args = parse_args(argv)
-    from detrex_lite.cli import import_detectron2_quietly
-
-    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
-    from detrex_lite.benchmark.runner import run_benchmark
-
-    return run_benchmark(args)
+    return run_parsed(parse_args, "detrex_lite.benchmark.runner:run_benchmark", argv)
 
 
 if __name__ == "__main__":

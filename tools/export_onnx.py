@@ -13,6 +13,7 @@ the checkpoint does not fit. Every flag and the graph's contract: ``--help``, do
 import sys
 from typing import Dict, Optional, Sequence
 
+from detrex_lite.cli.entry import run_parsed
 from detrex_lite.export.options import export_onnx_parser as get_parser
 from detrex_lite.export.options import parse_export_onnx_args as parse_args
 
@@ -21,24 +22,12 @@ __all__ = ["get_parser", "parse_args", "main", "cli"]
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     """The export and its parity report (exceptions propagate)."""
-    args = parse_args(argv)
-    from detrex_lite.cli import import_detectron2_quietly
-
-    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
-    from detrex_lite.export.onnx_tool import export_and_check
-
-    return export_and_check(args)
+    return run_parsed(parse_args, "detrex_lite.export.onnx_tool:export_and_check", argv)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """The exit status of the tool (0, or 1 with one line on stderr)."""
-    args = parse_args(argv)
-    from detrex_lite.cli import import_detectron2_quietly
-
-    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
-    from detrex_lite.export.onnx_tool import export_onnx_cli
-
-    return export_onnx_cli(args)
+    return run_parsed(parse_args, "detrex_lite.export.onnx_tool:export_onnx_cli", argv)
 
 
 if __name__ == "__main__":

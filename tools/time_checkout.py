@@ -13,18 +13,13 @@ from typing import Dict, Optional, Sequence
 
 from detrex_lite.benchmark.options import parse_time_checkout_args as parse_args
 from detrex_lite.benchmark.options import time_checkout_parser as get_parser
+from detrex_lite.cli.entry import run_parsed
 
 __all__ = ["get_parser", "parse_args", "main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    args = parse_args(argv)
-    from detrex_lite.cli import import_detectron2_quietly
-
-    import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
-    from detrex_lite.benchmark.checkout import time_checkout_main
-
-    return time_checkout_main(args)
+    return run_parsed(parse_args, "detrex_lite.benchmark.checkout:time_checkout_main", argv)
 
 
 if __name__ == "__main__":

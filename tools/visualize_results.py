@@ -48,14 +48,11 @@ def main(argv=None) -> int:
 
     import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
     from detrex_lite.apps.visualize_results import run
+    from detrex_lite.cli.entry import exit_status
     from detrex_lite.errors import AnalysisError
 
-    try:
-        run(args.predictions, args.dataset, args.out, args.threshold, args.worst, args.num, dedupe_iou=args.dedupe)
-    except AnalysisError as e:
-        print(f"visualize_results: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("visualize_results", (AnalysisError,), run, args.predictions, args.dataset, args.out,
+                       args.threshold, args.worst, args.num, dedupe_iou=args.dedupe)
 
 
 if __name__ == "__main__":

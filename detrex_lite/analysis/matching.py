@@ -56,21 +56,21 @@ def match_detections(coco_gt: COCO, coco_dt: COCO, iou: float = 0.5, max_dets: i
         if e is None:
             continue
         m = matches[e["image_id"]]
-        for dt_id, gt_id, ignore in zip(e["dtIds"], e["dtMatches"][0], e["dtIgnore"][0]):
-            if ignore:
-                m.ignored_dt.append(int(dt_id))
-            elif gt_id > 0:
-                m.true_dt.append(int(dt_id))
-            else:
-                m.false_dt.append(int(dt_id))
-        for gt_id, dt_id, ignore in zip(e["gtIds"], e["gtMatches"][0], e["gtIgnore"]):
-            if ignore:
-                m.ignored_gt.append(int(gt_id))
-            elif dt_id > 0:
-                m.matched_gt.append(int(gt_id))
-            else:
-                m.missed_gt.append(int(gt_id))
+        _sort_ids(e["dtIds"], e["dtMatches"][0], e["dtIgnore"][0], m.ignored_dt, m.true_dt, m.false_dt)
+        _sort_ids(e["gtIds"], e["gtMatches"][0], e["gtIgnore"], m.ignored_gt, m.matched_gt, m.missed_gt)
     return matches
+
+
+def _sort_ids(ids, partner_ids, ignore_flags, ignored: List[int], matched: List[int], unmatched: List[int]) -> None:
+    """Appends each id of one image's detections (or ground truth) to ``ignored`` when COCOeval
+    ignores it, else to ``matched`` when it has a partner (a partner id > 0), else to ``unmatched``."""
+    for id_, partner, ignore in zip(ids, partner_ids, ignore_flags):
+        if ignore:
+            ignored.append(int(id_))
+        elif partner > 0:
+            matched.append(int(id_))
+        else:
+            unmatched.append(int(id_))
 
 
 def confusion_matrix(coco_gt: COCO, coco_dt: COCO, iou: float = 0.5, max_dets: int = 100) -> Tuple[np.ndarray, List[str]]:

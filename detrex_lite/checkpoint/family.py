@@ -27,7 +27,7 @@ from fvcore.common.registry import Registry
 from torch import nn
 
 __all__ = [
-    "WeightFormat", "WeightFamily", "WEIGHT_FAMILY_REGISTRY", "register_weight_family",
+    "WeightFormat", "WeightFamily", "WEIGHT_FAMILY_REGISTRY", "register_weight_family", "stated_arch_from",
     "registered_weight_families", "weight_family_of", "model_arch", "import_weight_families",
 ]
 
@@ -41,6 +41,17 @@ WEIGHT_FAMILY_REGISTRY = Registry("WEIGHT_FAMILY")
 def states_nothing(source_config: Mapping[str, Any]) -> Dict[str, Any]:
     """The default :attr:`WeightFormat.stated_arch`: the source states no architecture."""
     return {}
+
+
+def stated_arch_from(table: Mapping[str, str]) -> Callable[[Mapping[str, Any]], Dict[str, Any]]:
+    """A :attr:`WeightFormat.stated_arch` that reads a source's config through ``table``
+    ({source config key: arch field}); a key the source lacks, or sets to None, states nothing."""
+
+    def stated_arch(source_config: Mapping[str, Any]) -> Dict[str, Any]:
+        """The arch facts the source's own config states (see ``WeightFormat.stated_arch``)."""
+        return {ours: source_config[key] for key, ours in table.items() if source_config.get(key) is not None}
+
+    return stated_arch
 
 
 class WeightFormat(NamedTuple):

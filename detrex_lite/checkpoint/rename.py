@@ -116,6 +116,15 @@ def rename_keys(
     return out
 
 
+def _renamed_projection(key: str, module_re: "re.Pattern", old: str, new: str) -> Optional[str]:
+    """``{module}.{new}.{weight|bias}`` when ``key`` is ``{module}.{old}.{weight|bias}`` of a
+    module whose name fully matches ``module_re``; otherwise None."""
+    match = re.fullmatch(rf"(.+)\.{old}\.(weight|bias)", key)
+    if match and module_re.fullmatch(match[1]):
+        return f"{match[1]}.{new}.{match[2]}"
+    return None
+
+
 _QKV_RE = re.compile(r"(?P<module>.+)\.(?P<which>q|k|v)_proj\.(?P<kind>weight|bias)")
 
 
@@ -136,11 +145,7 @@ def fuse_qkv(
         if match and module_re.fullmatch(match["module"]):
             groups.setdefault((match["module"], match["kind"]), {})[match["which"]] = value
             continue
-        o_match = re.fullmatch(r"(.+)\.o_proj\.(weight|bias)", key)
-        if o_match and module_re.fullmatch(o_match[1]):
-            out[f"{o_match[1]}.out_proj.{o_match[2]}"] = value
-            continue
-        out[key] = value
+        out[_renamed_projection(key, module_re, "o_proj", "out_proj") or key] = value
     for (module, kind), parts in groups.items():
         if set(parts) != {"q", "k", "v"}:
             raise ConversionError(
@@ -164,11 +169,7 @@ def split_qkv(
             for which, part in zip("qkv", value.chunk(3, dim=0)):
                 out[f"{match[1]}.{which}_proj.{match[2]}"] = part
             continue
-        match = re.fullmatch(r"(.+)\.out_proj\.(weight|bias)", key)
-        if match and module_re.fullmatch(match[1]):
-            out[f"{match[1]}.{out_proj_name}.{match[2]}"] = value
-            continue
-        out[key] = value
+        out[_renamed_projection(key, module_re, "out_proj", out_proj_name) or key] = value
     return out
 
 

@@ -25,7 +25,8 @@ from detrex_lite.checkpoint.class_heads import (
     resolve_class_map,
     select_class_rows,
 )
-from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family
+from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
+from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, hf_transformer_layer_rules, layer_counts
 from detrex_lite.checkpoint.rename import ConversionError, Rule, add_prefix, fuse_qkv, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_hf_backbone, split_official_backbone
 
@@ -42,22 +43,13 @@ logger = logging.getLogger(__name__)
 
 _WB = r"(weight|bias)"
 _MSDA = r"(sampling_offsets|attention_weights|value_proj|output_proj)"
+_MHA = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
 
 # this project's names (the official ones, but for the backbone and the neck's input_proj)
 _TWO_STAGE_RE = re.compile(r"transformer\.(enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.")
-_LAYER_RE = {
-    "num_encoder_layers": re.compile(r"transformer\.encoder\.layers\.(\d+)\."),
-    "num_decoder_layers": re.compile(r"transformer\.decoder\.layers\.(\d+)\."),
-}
 _LEVEL_KEY_RE = re.compile(r"neck\.input_proj\.(\d+)\.")
 _HEAD_RE = re.compile(r"(class_embed|bbox_embed)\.(\d+)\.(.+)")
 _HEAD_GROUP_RE = re.compile(r"(class_embed|bbox_embed)\.\d+\.")
-
-
-def _count(keys, pattern: "re.Pattern") -> int:
-    """1 + the highest index ``pattern`` captures among ``keys`` (0 when none matches)."""
-    found = {int(m[1]) for m in map(pattern.match, keys) if m}
-    return max(found) + 1 if found else 0
 
 
 # Hugging Face -> official names
@@ -67,21 +59,12 @@ _HF_TO_OFFICIAL = [
     Rule(r"model\.query_position_embeddings\.weight", "query_embed.weight"),
     Rule(rf"model\.reference_points\.{_WB}", r"transformer.reference_points.\1"),
     Rule(rf"model\.(enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.{_WB}", r"transformer.\1.\2"),
-    # encoder layer: self_attn -> norm1 -> ffn -> norm2
-    Rule(rf"model\.encoder\.layers\.(\d+)\.self_attn\.{_MSDA}\.{_WB}", r"transformer.encoder.layers.\1.self_attn.\2.\3"),
-    Rule(rf"model\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.{_WB}", r"transformer.encoder.layers.\1.norm1.\2"),
-    Rule(rf"model\.encoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.{_WB}", r"transformer.encoder.layers.\1.linear\2.\3"),
-    Rule(rf"model\.encoder\.layers\.(\d+)\.final_layer_norm\.{_WB}", r"transformer.encoder.layers.\1.norm2.\2"),
-    # decoder layer: self_attn -> norm2 -> cross_attn -> norm1 -> ffn -> norm3 (official numbering)
-    Rule(
-        r"model\.decoder\.layers\.(\d+)\.self_attn\.(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)",
-        r"transformer.decoder.layers.\1.self_attn.\2",
+    # encoder and decoder layers; the decoder's norms keep the official numbering: self_attn -> norm2
+    # -> cross_attn -> norm1 -> ffn -> norm3
+    *hf_transformer_layer_rules(
+        encoder_self_attn=rf"{_MSDA}\.{_WB}", decoder_self_attn=_MHA, decoder_cross_attn=rf"{_MSDA}\.{_WB}",
+        cross_attn="cross_attn", decoder_norms=("norm2", "norm1"),
     ),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.{_WB}", r"transformer.decoder.layers.\1.norm2.\2"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.encoder_attn\.{_MSDA}\.{_WB}", r"transformer.decoder.layers.\1.cross_attn.\2.\3"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.{_WB}", r"transformer.decoder.layers.\1.norm1.\2"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.{_WB}", r"transformer.decoder.layers.\1.linear\2.\3"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.final_layer_norm\.{_WB}", r"transformer.decoder.layers.\1.norm3.\2"),
     # heads, and the aliases the decoder holds for box refinement / two-stage
     Rule(rf"model\.decoder\.bbox_embed\.(\d+)\.layers\.(\d+)\.{_WB}", r"transformer.decoder.bbox_embed.\1.layers.\2.\3"),
     Rule(rf"model\.decoder\.class_embed\.(\d+)\.{_WB}", r"transformer.decoder.class_embed.\1.\2"),
@@ -119,7 +102,7 @@ def complete_official_heads(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
     decoder's aliases ``transformer.decoder.bbox_embed.{i}`` (and ``class_embed`` for
     two-stage). Hugging Face's ``save_pretrained`` drops whichever copies it declares tied.
     """
-    num_layers = _count(state_dict, _LAYER_RE["num_decoder_layers"])
+    num_layers = count_indexed(state_dict, LAYER_COUNT_PATTERNS["num_decoder_layers"])
     two_stage = "transformer.enc_output.weight" in state_dict
     refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in state_dict)
     num_pred = num_layers + int(two_stage)
@@ -177,7 +160,7 @@ def official_deformable_detr_to_detrex(
     num_logits = out["class_embed.0.weight"].shape[0]
     if resolve_class_map(class_map, num_logits, COCO_NUM_LOGITS_SIGMOID) == "coco":
         ids = coco_contiguous_to_id()
-        num_layers = _count(out, _LAYER_RE["num_decoder_layers"])
+        num_layers = count_indexed(out, LAYER_COUNT_PATTERNS["num_decoder_layers"])
         two_stage = "transformer.enc_output.weight" in out
         select_class_rows(out, rf"class_embed\.(?!{num_layers}$)\d+" if two_stage else r"class_embed\.\d+", ids)
         if two_stage:
@@ -220,14 +203,6 @@ _HF_CONFIG = {
 }
 
 
-def _stated(table: Mapping[str, str]):
-    def stated_arch(source_config: Mapping[str, Any]) -> Dict[str, Any]:
-        """The arch facts the source's own config states (see ``WeightFormat.stated_arch``)."""
-        return {ours: source_config[key] for key, ours in table.items() if source_config.get(key) is not None}
-
-    return stated_arch
-
-
 def _heads_identical(state_dict: Mapping[str, torch.Tensor]) -> Optional[bool]:
     """Whether every per-layer class/box head of a state dict is the same tensor value as head 0
     (None when there is only one head)."""
@@ -261,8 +236,8 @@ class DeformableDETRWeights(WeightFamily):
     class_head_pattern = r"(?:.*\.)?class_embed\.\d+\.(?:weight|bias)"
     formats = (
         WeightFormat("official-deformable-detr", is_official_deformable_detr, official_deformable_detr_to_detrex,
-                     _stated(_OFFICIAL_ARGS)),
-        WeightFormat("hf", is_hf_deformable_detr, hf_deformable_detr_to_detrex, _stated(_HF_CONFIG)),
+                     stated_arch_from(_OFFICIAL_ARGS)),
+        WeightFormat("hf", is_hf_deformable_detr, hf_deformable_detr_to_detrex, stated_arch_from(_HF_CONFIG)),
     )
 
     def model_arch(self, model: nn.Module) -> Dict[str, Any]:
@@ -301,10 +276,7 @@ class DeformableDETRWeights(WeightFamily):
             arch["num_queries"] = int(state_dict["query_embed.weight"].shape[0])
         if "class_embed.0.weight" in state_dict:
             arch["num_classes"] = int(state_dict["class_embed.0.weight"].shape[0])
-        for field, pattern in _LAYER_RE.items():
-            count = _count(state_dict, pattern)
-            if count:
-                arch[field] = count
+        arch.update(layer_counts(state_dict))
         return arch
 
     def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
@@ -312,7 +284,7 @@ class DeformableDETRWeights(WeightFamily):
         hints = []
         if any(_TWO_STAGE_RE.match(k) for k in keys):
             hints.append(ARCH_OPTIONS["as_two_stage"])
-        for field, pattern in _LAYER_RE.items():
+        for field, pattern in LAYER_COUNT_PATTERNS.items():
             if any(pattern.match(k) for k in keys):
                 hints.append(ARCH_OPTIONS[field])
         if any(_LEVEL_KEY_RE.match(k) for k in keys):

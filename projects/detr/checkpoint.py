@@ -10,7 +10,6 @@ backbone (torchvision -> detectron2 ResNet) and the class rows. The released cla
 softmax logits: COCO ids 0..90, then "no object", which the COCO mapping keeps last.
 """
 import logging
-import re
 from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
@@ -22,7 +21,8 @@ from detrex_lite.checkpoint.class_heads import (
     resolve_class_map,
     select_class_rows,
 )
-from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family
+from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
+from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, hf_transformer_layer_rules, layer_counts
 from detrex_lite.checkpoint.rename import Rule, fuse_qkv, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_hf_backbone, split_official_backbone
 
@@ -36,18 +36,12 @@ _MHA = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
 _HF_TO_OFFICIAL = [
     Rule(rf"model\.input_projection\.{_WB}", r"input_proj.\1"),
     Rule(r"model\.query_position_embeddings\.weight", "query_embed.weight"),
-    # encoder layer: self_attn -> norm1 -> ffn -> norm2
-    Rule(rf"model\.encoder\.layers\.(\d+)\.self_attn\.{_MHA}", r"transformer.encoder.layers.\1.self_attn.\2"),
-    Rule(rf"model\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.{_WB}", r"transformer.encoder.layers.\1.norm1.\2"),
-    Rule(rf"model\.encoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.{_WB}", r"transformer.encoder.layers.\1.linear\2.\3"),
-    Rule(rf"model\.encoder\.layers\.(\d+)\.final_layer_norm\.{_WB}", r"transformer.encoder.layers.\1.norm2.\2"),
-    # decoder layer: self_attn -> norm1 -> cross-attention (multihead_attn) -> norm2 -> ffn -> norm3
-    Rule(rf"model\.decoder\.layers\.(\d+)\.self_attn\.{_MHA}", r"transformer.decoder.layers.\1.self_attn.\2"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.{_WB}", r"transformer.decoder.layers.\1.norm1.\2"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.encoder_attn\.{_MHA}", r"transformer.decoder.layers.\1.multihead_attn.\2"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.{_WB}", r"transformer.decoder.layers.\1.norm2.\2"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.{_WB}", r"transformer.decoder.layers.\1.linear\2.\3"),
-    Rule(rf"model\.decoder\.layers\.(\d+)\.final_layer_norm\.{_WB}", r"transformer.decoder.layers.\1.norm3.\2"),
+    # encoder and decoder layers; decoder: self_attn -> norm1 -> cross-attention (multihead_attn)
+    # -> norm2 -> ffn -> norm3
+    *hf_transformer_layer_rules(
+        encoder_self_attn=_MHA, decoder_self_attn=_MHA, decoder_cross_attn=_MHA,
+        cross_attn="multihead_attn", decoder_norms=("norm1", "norm2"),
+    ),
     Rule(rf"model\.decoder\.layernorm\.{_WB}", r"transformer.decoder.norm.\1"),
     Rule(rf"class_labels_classifier\.{_WB}", r"class_embed.\1"),
     Rule(rf"bbox_predictor\.layers\.(\d+)\.{_WB}", r"bbox_embed.layers.\1.\2"),
@@ -119,27 +113,9 @@ ARCH_OPTIONS = {
     "d_model": "model.transformer.d_model",
     "num_classes": "model.num_classes",
 }
-_LAYER_RE = {
-    "num_encoder_layers": re.compile(r"transformer\.encoder\.layers\.(\d+)\."),
-    "num_decoder_layers": re.compile(r"transformer\.decoder\.layers\.(\d+)\."),
-}
 # fields of the official repository's argparse "args" and of the HF config.json -> arch fields
 _OFFICIAL_ARGS = {"enc_layers": "num_encoder_layers", "dec_layers": "num_decoder_layers", "num_queries": "num_queries", "hidden_dim": "d_model"}
 _HF_CONFIG = {"encoder_layers": "num_encoder_layers", "decoder_layers": "num_decoder_layers", "num_queries": "num_queries", "d_model": "d_model"}
-
-
-def _stated(table: Mapping[str, str]):
-    def stated_arch(source_config: Mapping[str, Any]) -> Dict[str, Any]:
-        """The arch facts the source's own config states (see ``WeightFormat.stated_arch``)."""
-        return {ours: source_config[key] for key, ours in table.items() if source_config.get(key) is not None}
-
-    return stated_arch
-
-
-def _count(keys, pattern: "re.Pattern") -> int:
-    """1 + the highest index ``pattern`` captures among ``keys`` (0 when none matches)."""
-    found = {int(m[1]) for m in map(pattern.match, keys) if m}
-    return max(found) + 1 if found else 0
 
 
 @register_weight_family
@@ -150,8 +126,8 @@ class DETRWeights(WeightFamily):
     arch_options = ARCH_OPTIONS
     class_head_pattern = r"(?:.*\.)?class_embed\.(?:weight|bias)"
     formats = (
-        WeightFormat("official-detr", is_official_detr, official_detr_to_detrex, _stated(_OFFICIAL_ARGS)),
-        WeightFormat("hf", is_hf_detr, hf_detr_to_detrex, _stated(_HF_CONFIG)),
+        WeightFormat("official-detr", is_official_detr, official_detr_to_detrex, stated_arch_from(_OFFICIAL_ARGS)),
+        WeightFormat("hf", is_hf_detr, hf_detr_to_detrex, stated_arch_from(_HF_CONFIG)),
     )
 
     def model_arch(self, model: nn.Module) -> Dict[str, Any]:
@@ -175,15 +151,12 @@ class DETRWeights(WeightFamily):
         }
         if "query_embed.weight" in state_dict:
             arch["num_queries"] = int(state_dict["query_embed.weight"].shape[0])
-        for field, pattern in _LAYER_RE.items():
-            count = _count(state_dict, pattern)
-            if count:
-                arch[field] = count
+        arch.update(layer_counts(state_dict))
         return arch
 
     def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
         keys = list(missing) + list(unexpected)
-        return [ARCH_OPTIONS[field] for field, pattern in _LAYER_RE.items() if any(pattern.match(k) for k in keys)]
+        return [ARCH_OPTIONS[field] for field, pattern in LAYER_COUNT_PATTERNS.items() if any(pattern.match(k) for k in keys)]
 
     def describe(self, state_dict: Mapping[str, torch.Tensor]) -> str:
         return f"DETR, {state_dict['class_embed.weight'].shape[0] - 1} classes + no-object"

@@ -10,13 +10,13 @@
 from detectron2.config import LazyCall as L
 
 from detrex_lite.config import get_config, num_classes_from_dataset, shrink_model
-from detrex_lite.solver import default_detr_schedule, epochs_to_iters
 
 from .models.detr_r50 import model
 
-dataloader = get_config("common/data/demo_detr.py").dataloader
-optimizer = get_config("common/optim.py").AdamW
-train = get_config("common/train.py").train
+# The demo recipe the Deformable DETR demo config also takes (configs/common/demo_recipe.py).
+_recipe = get_config("common/demo_recipe.py")
+dataloader, optimizer, train = _recipe.dataloader, _recipe.optimizer, _recipe.train
+lr_multiplier = _recipe.lr_multiplier
 
 model.num_classes = L(num_classes_from_dataset)(names="${dataloader.train.dataset.names}")
 
@@ -26,13 +26,6 @@ shrink_model(
     d_model=128, nhead=8, dim_feedforward=512, num_layers=3, dropout=0.0, num_queries=50,
 )
 
-EPOCHS, DECAY_EPOCHS, NUM_IMAGES = 8, 6.4, 600
-dataloader.train.total_batch_size = 4
-train.max_iter = epochs_to_iters(EPOCHS, total_batch_size=4, num_images=NUM_IMAGES)
-lr_multiplier = default_detr_schedule(
-    epochs=EPOCHS, decay_epochs=DECAY_EPOCHS, total_batch_size=4, num_images=NUM_IMAGES, warmup_iters=50
-)
-
 # DETR's recipe has no deformable-attention parameter groups; the backbone trains from scratch
 # at the full lr, as in the Deformable DETR demo. The base lr is lower than Deformable DETR's
 # (as in the official recipes, 1e-4 vs 2e-4): at Deformable DETR's 1e-3 this DETR diverges
@@ -40,11 +33,5 @@ lr_multiplier = default_detr_schedule(
 # ends lowest (docs/demo.md).
 optimizer.lr = 2e-4
 optimizer.params.lr_multipliers = {}
-train.clip_grad.params.max_norm = 1.0
 
-train.device = "cpu"
-train.seed = 0
-train.eval_period = 1 / 6  # derived: every max_iter / 6 iterations (200 of 1200), an AP curve of 6 points
-train.checkpointer = dict(period=0.5, max_to_keep=2)  # derived: at max_iter / 2 and at the end
-train.log_period = 20
 train.output_dir = "./output/detr_r18_demo"
