@@ -57,7 +57,13 @@ def main(argv=None) -> int:
     from detrex_lite.cli import import_detectron2_quietly
 
     import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
+    import projects
+    from detrex_lite.checkpoint import import_weight_families
     from detrex_lite.checkpoint.convert_tool import convert_checkpoint_cli
+
+    # Every model family under projects/ registers its weight formats when imported: a new
+    # family folder is found without editing this file.
+    import_weight_families(projects)
 
     return convert_checkpoint_cli(args, overrides)
 

@@ -7,7 +7,6 @@ import sys
 from typing import Sequence
 
 from detrex_lite.checkpoint.convert import converted_arch, convert_state_dict, describe_converted, source_formats
-from detrex_lite.checkpoint.family import import_weight_families
 from detrex_lite.checkpoint.io import CheckpointError, load_state_dict, read_checkpoint, read_hf_config, save_checkpoint
 from detrex_lite.checkpoint.loader import load_weights
 from detrex_lite.checkpoint.rename import ConversionError
@@ -64,12 +63,9 @@ def convert(args, overrides) -> str:
 
 
 def convert_checkpoint_cli(args, overrides: Sequence[str]) -> int:
-    """The tool's work after parsing: every model family under ``projects/`` is imported (it
-    registers its weight formats, so a new family folder is found without editing anything),
-    then :func:`convert`; errors are one line on stderr, exit 1."""
-    import projects
-
-    import_weight_families(projects)
+    """The tool's work after parsing, once the entry point has imported the model families
+    (:func:`~detrex_lite.checkpoint.family.import_weight_families`): :func:`convert`; errors are
+    one line on stderr, exit 1."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.source is not None and args.source not in source_formats():

@@ -16,10 +16,9 @@ def get_parser() -> argparse.ArgumentParser:
         prog="print_config.py",
         description="Print a LazyConfig fully resolved, or the keys in which two configs differ.",
         epilog="examples:\n"
-               "  python tools/print_config.py projects/deformable_detr/configs/deformable_detr_r18_demo.py "
-               "train.max_iter=600\n"
-               "  python tools/print_config.py projects/deformable_detr/configs/deformable_detr_r50_50ep.py "
-               "--diff projects/deformable_detr/configs/deformable_detr_r50_two_stage_50ep.py",
+               "  python tools/print_config.py projects/<family>/configs/<config>.py train.max_iter=600\n"
+               "  python tools/print_config.py projects/<family>/configs/<config>.py "
+               "--diff projects/<family>/configs/<variant>.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="LazyConfig file (.py or a saved config.yaml)")
