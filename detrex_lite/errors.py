@@ -10,6 +10,9 @@ paying for torch.
 """
 
 __all__ = [
+    "REQUEUE_EXIT_CODE",
+    "INTERRUPT_EXIT_CODE",
+    "StoppedOutsideTraining",
     "DetrexError",
     "ConfigError",
     "DatasetError",
@@ -25,6 +28,25 @@ __all__ = [
     "OutputDirError",
     "OutputDirBusyError",
 ]
+
+
+# sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry later". A run that
+# stopped on SIGTERM / SIGUSR1 exits with it; tools/submit_slurm.sh requeues the job on this code
+# (and `RequeueExit=75` in slurm.conf does the same cluster-wide).
+REQUEUE_EXIT_CODE = 75
+# What a shell reports for a program stopped by Ctrl-C (128 + SIGINT): not requeued.
+INTERRUPT_EXIT_CODE = 130
+
+
+class StoppedOutsideTraining(BaseException):
+    """SIGTERM / SIGUSR1 arrived while no training loop was running (start-up: imports, config,
+    model, data; or after training): the run stops at once, with nothing new to save, and exits
+    with REQUEUE_EXIT_CODE. A BaseException, so that no ``except Exception`` on the way swallows
+    it (``finally`` blocks, e.g. the output folder's lock, still run)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
 
 
 class DetrexError(Exception):

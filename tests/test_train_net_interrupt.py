@@ -233,3 +233,28 @@ def test_sigterm_to_a_two_process_run(tmp_path):
     assert _adam_steps(ckpt) == {iteration + 1}
     assert output.count("SIGTERM received") == 2  # each rank got it from the launcher
     assert "Traceback" not in output
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux: the SigCgt mask of /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signal_during_start_up_exits_for_requeue(tmp_path, sig):
+    """A signal in the first seconds (imports, config, model), before the training loop's handler:
+    it used to kill the run with rc 143, which tools/submit_slurm.sh does not requeue."""
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen(_cmd(out), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _catches(proc.pid, sig):  # the handler is there from the first lines of the tool
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert f"train_net: {signal.Signals(sig).name} received outside the training loop" in err
+    assert "Traceback" not in err
+    assert not os.path.exists(os.path.join(out, "train_net.lock"))

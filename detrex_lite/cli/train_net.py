@@ -4,10 +4,13 @@
 the work and gives the exit code.
 """
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
-from detrex_lite.errors import ConfigError
+from detrex_lite.errors import REQUEUE_EXIT_CODE, ConfigError, StoppedOutsideTraining
 
 from .overrides import add_override_arguments, collect_overrides
 from .quiet_imports import import_detectron2_quietly
@@ -109,14 +112,44 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _stop_outside_training(signum, frame) -> None:
+    raise StoppedOutsideTraining(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_signals_from_the_start():
+    """SIGTERM / SIGUSR1 handled from the first moment of the process (main thread only): before
+    the training loop installs its own handler (imports, config, model and data take seconds) and
+    after it, the run stops at once with REQUEUE_EXIT_CODE instead of being killed (exit 143,
+    which SLURM does not requeue). The previous handlers come back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _stop_outside_training) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Run train_net with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    try:
-        args = parse_args(argv)
-    except ConfigError as e:  # a flag written after the first override
-        print(f"train_net: error: {e}", file=sys.stderr)
-        return 2
-    import_detectron2_quietly()
-    from detrex_lite.engine.train_net import run
+    with _stop_signals_from_the_start():
+        try:
+            args = parse_args(argv)
+            import_detectron2_quietly()
+            from detrex_lite.engine.train_net import run
 
-    return run(args)
+            return run(args)
+        except ConfigError as e:  # a flag written after the first override
+            print(f"train_net: error: {e}", file=sys.stderr)
+            return 2
+        except StoppedOutsideTraining as e:
+            print(
+                f"train_net: {e.signal_name} received outside the training loop (start-up or final "
+                f"evaluation): stopped without writing a checkpoint; exit {REQUEUE_EXIT_CODE} "
+                "(a requeued --resume continues from the last checkpoint)",
+                file=sys.stderr,
+            )
+            return REQUEUE_EXIT_CODE

@@ -2,14 +2,14 @@
 
 Each message names what went wrong, where (iteration, file) and what to do about it.
 """
-from detrex_lite.errors import NonFiniteLossError, CheckpointWriteError, OutputDirBusyError, OutputDirError  # noqa: F401  (re-exported)
-
-# sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry later". A run that
-# stopped on SIGTERM / SIGUSR1 after writing a checkpoint exits with it; tools/submit_slurm.sh
-# requeues the job on this code (and `RequeueExit=75` in slurm.conf does the same cluster-wide).
-REQUEUE_EXIT_CODE = 75
-# What a shell reports for a program stopped by Ctrl-C (128 + SIGINT): not requeued.
-INTERRUPT_EXIT_CODE = 130
+from detrex_lite.errors import (  # noqa: F401  (re-exported)
+    INTERRUPT_EXIT_CODE,
+    REQUEUE_EXIT_CODE,
+    CheckpointWriteError,
+    NonFiniteLossError,
+    OutputDirBusyError,
+    OutputDirError,
+)
 
 
 class TrainingInterrupted(BaseException):
