@@ -130,6 +130,6 @@ def test_wrong_format_is_named():
     with pytest.raises(ConversionError, match="detrex DINO: no 'transformer.level_embeds'"):
         detrex_dino_to_ours(official_dino_4scale())
     official = _official_state_dict()
-    official["transformer.query_scale.weight"] = torch.zeros(1)
+    official["refpoint_embed.weight"] = torch.zeros(900, 4)  # a one-stage DINO variant: not ours
     with pytest.raises(ConversionError, match="match no conversion rule"):
         official_dino_to_ours(official)
