@@ -102,3 +102,25 @@ def test_onnx_export_matches_onnxruntime(mixed, tmp_path):
     images, sizes = prepare_export_inputs(model, _images([(96, 80)], 2), CANVAS)
     diffs = check_onnx_parity(path, wrapper, images, sizes, atol=1e-3)
     assert diffs["ok"] and diffs["scores"] < 1e-5, diffs
+
+
+def test_cpu_inference_mode_fp32_equals_eager_and_bf16_runs():
+    from detrex_lite.inference import optimize_for_inference
+
+    model = _eval_model()
+    inputs = [{"image": im, "height": im.shape[1], "width": im.shape[2]} for im in _images([(96, 80), (72, 100)], 3)]
+    with torch.no_grad():
+        expected = model(inputs)
+        got = optimize_for_inference(model, "fp32")(inputs)
+        fast_bf16 = optimize_for_inference(model, "bf16", force_bf16=True)
+        got_bf16 = fast_bf16(inputs)
+    for e, g in zip(expected, got):
+        e, g = e["instances"], g["instances"]
+        torch.testing.assert_close(g.scores, e.scores, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(g.pred_boxes.tensor, e.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+    # bf16: the heads that rank the encoder tokens and place the anchors stay float32 (as two-stage
+    # Deformable DETR, the hard top-k selection is not compared on a random model).
+    assert fast_bf16.inference_precision == "bf16"
+    assert fast_bf16.transformer.enc_out_class_embed.weight.dtype == torch.float32
+    assert fast_bf16.transformer.encoder.layers[0].linear1.weight.dtype == torch.bfloat16
+    assert all(len(r["instances"]) == 10 and r["instances"].scores.dtype == torch.float32 for r in got_bf16)
