@@ -35,7 +35,6 @@ def _images(sizes, seed):
     return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
 
 
-@pytest.mark.slow
 def test_train_then_evaluate_through_the_engine(tmp_path):
     cfg = tiny_dino_config()
     cfg.dataloader.train.total_batch_size = 2
@@ -87,6 +86,7 @@ def test_predictor_with_a_config_and_checkpoint(tmp_path):
     torch.testing.assert_close(out.pred_boxes.tensor, expected.pred_boxes.tensor)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixed", [True, False])
 def test_onnx_export_matches_onnxruntime(mixed, tmp_path):
     model = _eval_model(mixed_selection=mixed)
