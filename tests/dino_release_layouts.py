@@ -125,10 +125,7 @@ def official_dino_layout(
         t.update(_norm(f"{p}.norm3", d))
     t.update(_norm("transformer.decoder.norm", d))
     t.update(_mlp("transformer.decoder.ref_point_head", (2 * d, d, d)))
-    for i in range(dec_layers):
-        t.update(_mlp(f"transformer.decoder.bbox_embed.{i}", (d, d, d, 4)))
-    for i in range(dec_layers):
-        t.update(_linear(f"transformer.decoder.class_embed.{i}", classes, d))
+    t.update(_heads("transformer.decoder.", dec_layers, classes, d, class_first=False))
     t["transformer.tgt_embed.weight"] = (queries, d)
     t.update(_linear("transformer.enc_output", d, d))
     t.update(_norm("transformer.enc_output_norm", d))
@@ -141,10 +138,7 @@ def official_dino_layout(
         t[f"input_proj.{lvl}.0.weight"], t[f"input_proj.{lvl}.0.bias"] = (d, cin, k, k), (d,)
         t.update(_norm(f"input_proj.{lvl}.1", d))
     t.update((f"backbone.0.body.{k}", v) for k, v in _torchvision_backbone(depth).items())
-    for i in range(dec_layers):
-        t.update(_mlp(f"bbox_embed.{i}", (d, d, d, 4)))
-    for i in range(dec_layers):
-        t.update(_linear(f"class_embed.{i}", classes, d))
+    t.update(_heads("", dec_layers, classes, d, class_first=False))
     return t
 
 
@@ -180,19 +174,22 @@ def detrex_dino_layout(
             t.update(_norm(f"{p}.norms.{k}", d))
     t.update(_mlp("transformer.decoder.ref_point_head", (2 * d, d, d)))
     t.update(_norm("transformer.decoder.norm", d))
-    for i in range(dec_layers + 1):
-        t.update(_linear(f"transformer.decoder.class_embed.{i}", classes, d))
-    for i in range(dec_layers + 1):
-        t.update(_mlp(f"transformer.decoder.bbox_embed.{i}", (d, d, d, 4)))
+    t.update(_heads("transformer.decoder.", dec_layers + 1, classes, d, class_first=True))
     t["transformer.tgt_embed.weight"] = (queries, d)
     t.update(_linear("transformer.enc_output", d, d))
     t.update(_norm("transformer.enc_output_norm", d))
-    for i in range(dec_layers + 1):
-        t.update(_linear(f"class_embed.{i}", classes, d))
-    for i in range(dec_layers + 1):
-        t.update(_mlp(f"bbox_embed.{i}", (d, d, d, 4)))
+    t.update(_heads("", dec_layers + 1, classes, d, class_first=True))
     t["label_enc.weight"] = (classes, d)
     return t
+
+
+def _heads(prefix: str, n: int, classes: int, d: int, *, class_first: bool) -> Dict[str, Tuple[int, ...]]:
+    """n class heads Linear(d, classes) and n box heads MLP(d, d, 4, 3), as two module lists."""
+    class_heads, box_heads = OrderedDict(), OrderedDict()
+    for i in range(n):
+        class_heads.update(_linear(f"{prefix}class_embed.{i}", classes, d))
+        box_heads.update(_mlp(f"{prefix}bbox_embed.{i}", (d, d, d, 4)))
+    return OrderedDict([*class_heads.items(), *box_heads.items()] if class_first else [*box_heads.items(), *class_heads.items()])
 
 
 def write_layout(path: str, layout: Shapes, header: str) -> None:

@@ -22,6 +22,7 @@ from detrex_lite.checkpoint.class_heads import coco_contiguous_to_id
 from detrex_lite.checkpoint.convert import detect_source
 from detrex_lite.config import apply_overrides_checked, load_config_file
 from dino_release_layouts import FIXTURES, detrex_dino_layout, official_dino_layout, random_state_dict, read_layout
+from random_weights import randomize
 from projects.deformable_detr.checkpoint import is_official_deformable_detr
 from projects.dino.checkpoint import detrex_dino_to_detrex, is_detrex_dino, is_official_dino
 
@@ -44,19 +45,8 @@ def _small_dino(num_classes, *extra):
     return instantiate(_cfg(SMALL_OVERRIDES + [f"model.num_classes={num_classes}", *extra]).model).eval()
 
 
-def _randomize(model, seed):
-    """Every parameter and FrozenBN buffer distinct (shared heads stay one tensor)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-        for module in model.modules():
-            if hasattr(module, "running_var") and hasattr(module, "running_mean"):
-                n = module.running_var.numel()
-                module.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                module.bias.copy_(0.2 * torch.randn(n, generator=gen))
-                module.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+def _randomized(model, seed):
+    randomize(model, seed)
     return model
 
 
@@ -191,7 +181,7 @@ def test_release_names_load_strictly_into_the_r50_config():
 def test_official_round_trip(source):
     """ours -> official layout (== the written-down one) -> convert -> strict load -> the same
     outputs, and every tensor back in its place."""
-    a = _randomize(_small_dino(7), seed=0)
+    a = _randomized(_small_dino(7), seed=0)
     official = _to_official(a.state_dict(), torch.randn(1, SMALL["d"]))
     assert _shapes(official) == official_dino_layout(**SMALL, classes=7, labelbook=7)
     converted, meta = convert_state_dict(official, source)
@@ -226,7 +216,7 @@ def test_official_coco_class_rows():
 def test_detrex_round_trip():
     """ours (per-layer heads) -> detrex layout (== the written-down one) -> convert -> strict
     load -> the same outputs, every tensor back in its place."""
-    a = _randomize(_small_dino(80, "model.share_heads=False"), seed=1)
+    a = _randomized(_small_dino(80, "model.share_heads=False"), seed=1)
     detrex = _to_detrex(a.state_dict(), num_decoder_layers=2)
     assert _shapes(detrex) == detrex_dino_layout(**SMALL, classes=80)
     converted = detrex_dino_to_detrex(detrex)
@@ -310,7 +300,7 @@ def test_cli_official_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------ mismatch messages
 def test_per_layer_heads_into_a_shared_head_config_name_the_option():
-    a = _randomize(_small_dino(80, "model.share_heads=False"), seed=5)
+    a = _randomized(_small_dino(80, "model.share_heads=False"), seed=5)
     with pytest.raises(CheckpointMismatchError, match=r"model\.share_heads=False.*model\.share_heads=True"):
         apply_state_dict(_small_dino(80), a.state_dict(), purpose="eval")
 

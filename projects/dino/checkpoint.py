@@ -45,6 +45,9 @@ from detrex_lite.checkpoint.class_heads import (
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family
 from detrex_lite.checkpoint.rename import ConversionError, Rule, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_official_backbone
+# the same encoder/decoder layer names and per-layer heads as Deformable DETR's: one way to count
+# layers and to tell shared heads from per-layer ones
+from projects.deformable_detr.checkpoint import _LAYER_RE, _count, _heads_identical
 
 __all__ = [
     "DINOWeights",
@@ -61,22 +64,11 @@ _MSDA = r"(sampling_offsets|attention_weights|value_proj|output_proj)"
 _MHA = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
 
 # this project's names
-_LAYER_RE = {
-    "num_encoder_layers": re.compile(r"transformer\.encoder\.layers\.(\d+)\."),
-    "num_decoder_layers": re.compile(r"transformer\.decoder\.layers\.(\d+)\."),
-}
 _LEVEL_KEY_RE = re.compile(r"neck\.input_proj\.(\d+)\.")
-_HEAD_RE = re.compile(r"(class_embed|bbox_embed)\.(\d+)\.(.+)")
 _HEAD_GROUP_RE = re.compile(r"(class_embed|bbox_embed)\.\d+\.")
 _TGT_EMBED = "transformer.tgt_embed.weight"
 # present in every DINO state dict of ours (and not in Deformable DETR's or DETR's)
 _OUR_SIGNATURE = ("transformer.level_embed", "transformer.decoder.ref_point_head.layers.0.weight", "label_enc.weight")
-
-
-def _count(keys, pattern: "re.Pattern") -> int:
-    """1 + the highest index ``pattern`` captures among ``keys`` (0 when none matches)."""
-    found = {int(m[1]) for m in map(pattern.match, keys) if m}
-    return max(found) + 1 if found else 0
 
 
 # ------------------------------------------------------------------ detection
@@ -200,7 +192,7 @@ def detrex_dino_to_detrex(state_dict: Mapping[str, torch.Tensor], *, class_map: 
         class_map: as :func:`official_dino_to_detrex` (detrex's COCO heads have 80 rows already).
     """
     state_dict = strip_prefix(state_dict, "module.")
-    num_decoder_layers = _count(state_dict, re.compile(r"transformer\.decoder\.layers\.(\d+)\."))
+    num_decoder_layers = _count(state_dict, _LAYER_RE["num_decoder_layers"])
     num_convs = _count(state_dict, re.compile(r"neck\.convs\.(\d+)\."))
     if f"class_embed.{num_decoder_layers}.weight" not in state_dict:
         raise ConversionError(
@@ -247,20 +239,6 @@ def official_stated_arch(args: Mapping[str, Any]) -> Dict[str, Any]:
     if len(shares) == 1 and None not in shares:
         arch["share_heads"] = bool(shares.pop())
     return arch
-
-
-def _heads_identical(state_dict: Mapping[str, torch.Tensor]) -> Optional[bool]:
-    """Whether every decoder layer's class/box head is the same value as head 0 (None with one)."""
-    by_suffix: Dict[tuple, List[torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        m = _HEAD_RE.fullmatch(key)
-        if m:
-            by_suffix.setdefault((m[1], m[3]), []).append(value)
-    if all(len(v) < 2 for v in by_suffix.values()):
-        return None
-    return all(
-        all(v.shape == values[0].shape and torch.equal(v, values[0]) for v in values[1:]) for values in by_suffix.values()
-    )
 
 
 @register_weight_family
