@@ -9,7 +9,7 @@ Two released layouts:
   heads, so official -> ours is the backbone (torchvision ``backbone.0.body.*`` -> detectron2
   ResNet), ``input_proj`` (inside the neck here), the decoder's aliases of the heads
   (``transformer.decoder.{class,bbox}_embed.*``: the same tensors as the top-level heads) and the
-  class rows. The release heads shared across decoder layers (``model.share_heads=True``).
+  class rows. The release shares its heads across the decoder layers (``model.share_heads=True``).
 * ``detrex-dino``: IDEA-Research/detrex ``projects/dino`` (a detectron2 checkpoint). Its ResNet
   already has detectron2 names; its layers follow detrex's generic ``BaseTransformerLayer``
   (``attentions.{k}``, ``ffns.0.layers``, ``norms.{k}`` in the order of ``operation_order``), its
@@ -97,6 +97,9 @@ def is_detrex_dino(state_dict: Mapping[str, torch.Tensor]) -> bool:
 def _map_class_rows(out: Dict[str, torch.Tensor], class_map: str) -> None:
     """Trim ``label_enc`` to the class count and, for COCO-id heads, keep the contiguous classes'
     rows in every class head (in place)."""
+    for key in ("class_embed.0.weight", "label_enc.weight"):
+        if key not in out:
+            raise ConversionError(f"DINO checkpoint has no '{key}'")
     num_logits = out["class_embed.0.weight"].shape[0]
     label_rows = out["label_enc.weight"].shape[0]
     if label_rows < num_logits:
