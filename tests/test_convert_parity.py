@@ -15,30 +15,11 @@ from detrex_lite.modeling import ChannelMapper, HungarianMatcher, SetCriterion  
 from projects.deformable_detr.checkpoint import hf_to_official_deformable_detr  # noqa: E402
 from projects.detr.checkpoint import hf_to_official_detr  # noqa: E402
 from hf_tiny_variants import BACKBONE, DEFORMABLE_VARIANTS  # noqa: E402
+from random_weights import randomize  # noqa: E402,F401  (also used by test_convert_check_config)
 from test_convert_resnet import d2_resnet_like_hf  # noqa: E402
 
 D_MODEL, HEADS, FFN, QUERIES = 32, 2, 64, 10
 TOL = dict(rtol=0, atol=1e-4)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    """Perturb every parameter and BatchNorm buffer of the HF model.
-
-    HF initialises many tensors to constants (LayerNorm 1/0, frozen BatchNorm as the identity,
-    attention_weights 0, the last box layer 0): a conversion that swapped two of them would still
-    match. After this every tensor is distinct, so each one must land in its own place.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-        for module in model.modules():
-            if hasattr(module, "running_var") and hasattr(module, "running_mean"):
-                n = module.running_var.numel()
-                module.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                module.bias.copy_(0.2 * torch.randn(n, generator=gen))
-                module.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
 
 
 def _input(seed=1, h=64, w=96):

@@ -2,14 +2,16 @@
 selection and look forward twice."""
 import copy
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from detrex_lite.checkpoint.family import WeightFamily
 from detrex_lite.layers import MLP
 from detrex_lite.modeling.meta_arch import DETRBase, gather_queries, select_topk
 
+from ..checkpoint import DINOWeights
 from .denoising import build_denoising_queries
 from .dino_transformer import DINOTransformer
 
@@ -37,6 +39,8 @@ class DINO(DETRBase):
             DINO); False: one per layer (detrex's DINO).
         select_box_nums_for_evaluation: detections kept per image (top-k over query x class).
     """
+
+    weight_family: ClassVar[WeightFamily] = DINOWeights()
 
     def __init__(
         self,
