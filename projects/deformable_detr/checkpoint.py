@@ -203,7 +203,7 @@ _HF_CONFIG = {
 }
 
 
-def _heads_identical(state_dict: Mapping[str, torch.Tensor]) -> Optional[bool]:
+def heads_identical(state_dict: Mapping[str, torch.Tensor]) -> Optional[bool]:
     """Whether every per-layer class/box head of a state dict is the same tensor value as head 0
     (None when there is only one head)."""
     by_suffix: Dict[Tuple[str, str], List[torch.Tensor]] = {}
@@ -269,7 +269,7 @@ class DeformableDETRWeights(WeightFamily):
             "d_model": int(level_embed.shape[1]),
             "as_two_stage": any(_TWO_STAGE_RE.match(k) for k in state_dict),
         }
-        identical = _heads_identical(state_dict)
+        identical = heads_identical(state_dict)
         if identical is not None:
             arch["with_box_refine"] = not identical
         if "query_embed.weight" in state_dict:

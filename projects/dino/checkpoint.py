@@ -47,7 +47,8 @@ from detrex_lite.checkpoint.rename import ConversionError, Rule, rename_keys, st
 from detrex_lite.checkpoint.resnet import split_official_backbone
 # the same encoder/decoder layer names and per-layer heads as Deformable DETR's: one way to count
 # layers and to tell shared heads from per-layer ones
-from projects.deformable_detr.checkpoint import _LAYER_RE, _count, _heads_identical
+from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, layer_counts
+from projects.deformable_detr.checkpoint import heads_identical
 
 __all__ = [
     "DINOWeights",
@@ -195,8 +196,8 @@ def detrex_dino_to_detrex(state_dict: Mapping[str, torch.Tensor], *, class_map: 
         class_map: as :func:`official_dino_to_detrex` (detrex's COCO heads have 80 rows already).
     """
     state_dict = strip_prefix(state_dict, "module.")
-    num_decoder_layers = _count(state_dict, _LAYER_RE["num_decoder_layers"])
-    num_convs = _count(state_dict, re.compile(r"neck\.convs\.(\d+)\."))
+    num_decoder_layers = count_indexed(state_dict, LAYER_COUNT_PATTERNS["num_decoder_layers"])
+    num_convs = count_indexed(state_dict, re.compile(r"neck\.convs\.(\d+)\."))
     if f"class_embed.{num_decoder_layers}.weight" not in state_dict:
         raise ConversionError(
             f"detrex DINO: no encoder proposal head 'class_embed.{num_decoder_layers}' "
@@ -292,15 +293,12 @@ class DINOWeights(WeightFamily):
         }
         if _TGT_EMBED in state_dict:
             arch["num_queries"] = int(state_dict[_TGT_EMBED].shape[0])
-        identical = _heads_identical(state_dict)
+        identical = heads_identical(state_dict)
         if identical is not None:
             arch["share_heads"] = identical
         if "class_embed.0.weight" in state_dict:
             arch["num_classes"] = int(state_dict["class_embed.0.weight"].shape[0])
-        for field, pattern in _LAYER_RE.items():
-            count = _count(state_dict, pattern)
-            if count:
-                arch[field] = count
+        arch.update(layer_counts(state_dict))
         return arch
 
     def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
@@ -308,7 +306,7 @@ class DINOWeights(WeightFamily):
         hints = []
         if _TGT_EMBED in keys:
             hints.append(ARCH_OPTIONS["mixed_selection"])
-        for field, pattern in _LAYER_RE.items():
+        for field, pattern in LAYER_COUNT_PATTERNS.items():
             if any(pattern.match(k) for k in keys):
                 hints.append(ARCH_OPTIONS[field])
         if any(_LEVEL_KEY_RE.match(k) for k in keys):
