@@ -9,7 +9,15 @@ import importlib
 import sys
 from typing import Any, Callable, Optional, Sequence, Tuple, Type
 
-__all__ = ["run_parsed", "exit_status"]
+__all__ = ["tool_parser", "run_parsed", "exit_status"]
+
+
+def tool_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """An empty parser for the tool ``prog`` (``"train_net.py"``): ``--help`` prints
+    ``description`` and ``epilog`` (the examples) with their line breaks kept."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def run_parsed(

@@ -6,18 +6,20 @@
 import argparse
 from typing import Optional, Sequence
 
+from .entry import tool_parser
+
 __all__ = ["get_parser", "main"]
+
+DESCRIPTION = "Plot training curves (losses, lr, gradient norm, speed and COCO AP against iteration) of one"
+EPILOG = (
+    "example:\n  python tools/plot_metrics.py output/deformable_detr_r18_demo output/detr_r18_demo "
+    "--labels 'Deformable DETR' DETR --out output/demo_plots --summary"
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
     """plot_metrics' command line: training output folders, labels, output folder, options."""
-    parser = argparse.ArgumentParser(
-        prog="plot_metrics.py",
-        description="Plot training curves (losses, lr, gradient norm, speed and COCO AP against iteration) of one",
-        epilog="example:\n  python tools/plot_metrics.py output/deformable_detr_r18_demo output/detr_r18_demo "
-               "--labels 'Deformable DETR' DETR --out output/demo_plots --summary",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser("plot_metrics.py", DESCRIPTION, EPILOG)
     parser.add_argument("runs", nargs="+", help="training output folders, each with a metrics.json")
     parser.add_argument("--labels", nargs="+", default=None, help="legend labels (default: the folder names)")
     parser.add_argument("--out", default=".", help="folder for the PNGs (default: the current folder)")

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from detrex_lite.errors import REQUEUE_EXIT_CODE, ConfigError, StoppedOutsideTraining
 
+from .entry import tool_parser
 from .overrides import add_override_arguments, collect_overrides
 from .quiet_imports import import_detectron2_quietly
 
@@ -53,12 +54,7 @@ examples:
 
 def get_parser() -> argparse.ArgumentParser:
     """train_net's command line: detectron2's training flags, then LazyConfig overrides."""
-    parser = argparse.ArgumentParser(
-        prog="train_net.py",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser("train_net.py", DESCRIPTION, EPILOG)
     parser.add_argument("--config-file", default="", metavar="FILE", help="LazyConfig .py (or a saved config.yaml)")
     parser.add_argument(
         "--resume",
