@@ -33,7 +33,7 @@ def tiny_deformable_detr_config(variant: str = "one_stage", num_classes: int = 6
     model.with_box_refine = variant in ("box_refine", "two_stage")
     model.as_two_stage = variant == "two_stage"
 
-    _tiny_data_and_train(cfg)
+    tiny_data_and_train(cfg)
     return cfg
 
 
@@ -42,11 +42,13 @@ def tiny_detr_config(num_classes: int = 6, num_queries: int = 12):
     cfg = LazyConfig.load(DETR_MODEL)
     model = shrink_model(cfg.model, **TINY, num_queries=num_queries, select_box_nums_for_evaluation=10)
     model.num_classes = num_classes
-    _tiny_data_and_train(cfg)
+    tiny_data_and_train(cfg)
     return cfg
 
 
-def _tiny_data_and_train(cfg) -> None:
+def tiny_data_and_train(cfg) -> None:
+    """Gives a model-only LazyConfig the demo data (64-96 px test images), AdamW and the common
+    train section, with no initial checkpoint."""
     cfg.dataloader = get_config("common/data/demo_detr.py").dataloader
     cfg.dataloader.test.mapper.augmentation.min_size = 64
     cfg.dataloader.test.mapper.augmentation.max_size = 96
