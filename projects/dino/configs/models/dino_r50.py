@@ -4,72 +4,28 @@
 # costs/weights class 1 (weight) / 2 (cost), L1 5, GIoU 2 for every stage (decoder layers, encoder
 # tokens, denoising), CDN with dn_number 100, label noise 0.5, box noise 1.0.
 #
+# Built on Deformable DETR's R50 model config: the same backbone (the stem and res2 frozen,
+# FrozenBN everywhere, torchvision weights), neck, pixel statistics, encoder/decoder shape
+# (6+6 layers, d=256, 8 heads, 4 levels x 4 points) and matcher; the fields set below differ.
+#
 # The three switches (each a command-line override for an ablation):
 #   model.dn_number=0               contrastive denoising off
 #   model.mixed_selection=False     pure query selection (content queries from the encoder too)
 #   model.look_forward_twice=False  Deformable DETR's detached box refinement
 from detectron2.config import LazyCall as L
 
-from detrex_lite.layers import PositionEmbeddingSine
-from detrex_lite.modeling import ChannelMapper, HungarianMatcher, build_resnet, resnet_output_shape
 from projects.dino.modeling import DINO, DINOCriterion, DINOTransformer
 
+from ....deformable_detr.configs.models.deformable_detr_r50 import model as _deformable_detr
+
 model = L(DINO)(
-    backbone=L(build_resnet)(
-        depth=50,
-        out_features=["res3", "res4", "res5"],
-        # As Deformable DETR: the stem and res2 frozen, FrozenBN everywhere (torchvision weights).
-        freeze_at=2,
-        norm="FrozenBN",
-        stride_in_1x1=False,
-        res5_dilation=1,
-        stem_out_channels=64,
-    ),
-    neck=L(ChannelMapper)(
-        input_shapes=L(resnet_output_shape)(
-            depth="${...backbone.depth}",
-            out_features="${...backbone.out_features}",
-            res5_dilation="${...backbone.res5_dilation}",
-            stem_out_channels="${...backbone.stem_out_channels}",
-        ),
-        in_features="${..backbone.out_features}",
-        out_channels="${..transformer.d_model}",
-        num_outs="${..transformer.num_feature_levels}",
-        kernel_size=1,
-        norm="GN",
-        num_groups=32,
-    ),
-    # Official DINO: temperature 20 and positions not shifted to pixel centres (offset 0).
-    position_embedding=L(PositionEmbeddingSine)(
-        embed_dim="${..transformer.d_model}", temperature=20, normalize=True, offset=0.0
-    ),
-    transformer=L(DINOTransformer)(
-        d_model=256,
-        nhead=8,
-        num_encoder_layers=6,
-        num_decoder_layers=6,
-        dim_feedforward=2048,
-        dropout=0.0,
-        activation="relu",
-        num_feature_levels=4,
-        enc_n_points=4,
-        dec_n_points=4,
-        num_queries="${..num_queries}",
-        num_classes="${..num_classes}",
-        mixed_selection="${..mixed_selection}",
-        look_forward_twice="${..look_forward_twice}",
-    ),
+    backbone=_deformable_detr.backbone,
+    neck=_deformable_detr.neck,
+    position_embedding=_deformable_detr.position_embedding,
+    transformer=_deformable_detr.transformer,
     num_classes=80,
     num_queries=900,
-    criterion=L(DINOCriterion)(
-        num_classes="${..num_classes}",
-        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, cost_class_type="focal_loss_cost", alpha=0.25, gamma=2.0),
-        # Base weights of every stage: final, auxiliary, encoder, denoising.
-        weight_dict={"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
-        loss_class_type="focal_loss",
-        alpha=0.25,
-        gamma=2.0,
-    ),
+    criterion=_deformable_detr.criterion,
     aux_loss=True,
     dn_number=100,
     label_noise_ratio=0.5,
@@ -79,7 +35,25 @@ model = L(DINO)(
     share_heads=True,
     # The official DINO evaluation keeps 300 detections per image.
     select_box_nums_for_evaluation=300,
-    pixel_mean=[123.675, 116.280, 103.530],
-    pixel_std=[58.395, 57.120, 57.375],
+    pixel_mean=_deformable_detr.pixel_mean,
+    pixel_std=_deformable_detr.pixel_std,
     batch_invariant_inference=True,
 )
+
+# Official DINO: temperature 20 and positions not shifted to pixel centres (offset 0).
+model.position_embedding.temperature = 20
+model.position_embedding.offset = 0.0
+
+# Always two-stage (query selection from the encoder): Deformable DETR's two-stage switches go.
+model.transformer._target_ = DINOTransformer
+model.transformer.dim_feedforward = 2048
+model.transformer.dropout = 0.0
+del model.transformer.two_stage, model.transformer.two_stage_num_proposals
+model.transformer.num_queries = "${..num_queries}"
+model.transformer.num_classes = "${..num_classes}"
+model.transformer.mixed_selection = "${..mixed_selection}"
+model.transformer.look_forward_twice = "${..look_forward_twice}"
+
+# Base weights of every stage: final, auxiliary, encoder, denoising.
+model.criterion._target_ = DINOCriterion
+model.criterion.weight_dict.loss_class = 1.0
