@@ -4,7 +4,9 @@
   ``transformer.encoder.layers.{i}.*`` and ``transformer.decoder.layers.{i}.*``:
   :data:`LAYER_COUNT_PATTERNS` maps the arch fields ``num_encoder_layers`` /
   ``num_decoder_layers`` to those patterns, :func:`count_indexed` gives 1 + the highest index and
-  :func:`layer_counts` both stacks' counts.
+  :func:`layer_counts` both stacks' counts; :func:`layer_count_hints` names the config options
+  that missing or unexpected layer keys point at, and :func:`transformer_arch` gives a model's
+  own sizes (the arch facts a checkpoint of it must share).
 * Hugging Face names. The transformers ports name the parts of every encoder and decoder layer
   alike (``self_attn_layer_norm``, ``encoder_attn``, ``fc1``, ``final_layer_norm``, ...):
   :func:`hf_transformer_layer_rules` writes the rename rules to the official names; a family
@@ -12,11 +14,16 @@
   norm numbering).
 """
 import re
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Mapping, Tuple
+
+from torch import nn
 
 from .rename import Rule
 
-__all__ = ["LAYER_COUNT_PATTERNS", "count_indexed", "layer_counts", "hf_transformer_layer_rules"]
+__all__ = [
+    "LAYER_COUNT_PATTERNS", "count_indexed", "layer_counts", "layer_count_hints", "transformer_arch",
+    "hf_transformer_layer_rules",
+]
 
 _WB = r"(weight|bias)"
 
@@ -39,6 +46,26 @@ def layer_counts(keys: Iterable[str]) -> Dict[str, int]:
     keys = list(keys)
     counts = {field: count_indexed(keys, pattern) for field, pattern in LAYER_COUNT_PATTERNS.items()}
     return {field: count for field, count in counts.items() if count}
+
+
+def layer_count_hints(keys: Iterable[str], arch_options: Mapping[str, str]) -> List[str]:
+    """The config options (``arch_options[field]``, e.g. ``"model.transformer.num_decoder_layers"``)
+    of the layer stacks that ``keys`` (missing or unexpected state-dict keys) fall in, encoder first."""
+    keys = list(keys)
+    return [arch_options[field] for field, pattern in LAYER_COUNT_PATTERNS.items() if any(pattern.match(k) for k in keys)]
+
+
+def transformer_arch(model: nn.Module) -> Dict[str, int]:
+    """The sizes of a DETR-like ``model`` (one whose ``transformer`` has ``encoder.layers``,
+    ``decoder.layers`` and ``d_model``, and which has ``num_queries``): ``num_encoder_layers``,
+    ``num_decoder_layers``, ``num_queries`` and ``d_model``, the arch facts of those names."""
+    transformer = model.transformer
+    return {
+        "num_encoder_layers": len(transformer.encoder.layers),
+        "num_decoder_layers": len(transformer.decoder.layers),
+        "num_queries": model.num_queries,
+        "d_model": transformer.d_model,
+    }
 
 
 def hf_transformer_layer_rules(

@@ -26,7 +26,14 @@ from detrex_lite.checkpoint.class_heads import (
     select_class_rows,
 )
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
-from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, hf_transformer_layer_rules, layer_counts
+from detrex_lite.checkpoint.layer_stacks import (
+    LAYER_COUNT_PATTERNS,
+    count_indexed,
+    hf_transformer_layer_rules,
+    layer_count_hints,
+    layer_counts,
+    transformer_arch,
+)
 from detrex_lite.checkpoint.rename import ConversionError, Rule, add_prefix, fuse_qkv, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_hf_backbone, split_official_backbone
 
@@ -37,6 +44,10 @@ __all__ = [
     "hf_deformable_detr_to_detrex",
     "is_hf_deformable_detr",
     "is_official_deformable_detr",
+    "heads_identical",
+    "multi_scale_hints",
+    "separate_heads_explanation",
+    "identical_heads_warnings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -219,6 +230,50 @@ def heads_identical(state_dict: Mapping[str, torch.Tensor]) -> Optional[bool]:
     )
 
 
+def multi_scale_hints(keys: Sequence[str], arch_options: Mapping[str, str]) -> List[str]:
+    """``keys_point_at`` of a multi-scale family (one ``neck.input_proj.{level}`` per feature
+    level): the layer counts, then the feature-level count, that missing/unexpected ``keys`` point
+    at (``arch_options[field]``)."""
+    hints = layer_count_hints(keys, arch_options)
+    if any(_LEVEL_KEY_RE.match(k) for k in keys):
+        hints.append(arch_options["num_feature_levels"])
+    return hints
+
+
+def separate_heads_explanation(
+    keys: Sequence[str], stored: Mapping[str, Any], field: str, *, trained_with: str, config_sets: str
+) -> Optional[str]:
+    """``explain_tied`` of a family whose config chooses between one class/box head per decoder
+    layer and one head shared by all (the arch fact ``field``): None when ``keys`` are not those
+    heads, ``""`` when the stored arch facts state ``field``, else the phrase (``trained_with``:
+    the per-layer setting, ``config_sets``: the shared one)."""
+    if not any(_HEAD_GROUP_RE.match(k) for k in keys):
+        return None
+    if field in stored:
+        return ""  # already explained by the stored architecture
+    return (
+        "the checkpoint has a separate class/box head per decoder layer (it was trained with "
+        f"{trained_with}), the config shares one head ({config_sets})"
+    )
+
+
+def identical_heads_warnings(
+    model_facts: Mapping[str, Any], tensor_facts: Mapping[str, Any], stored: Mapping[str, Any], field: str, *,
+    per_layer: bool, trained_with: str, config_sets: str,
+) -> List[str]:
+    """``warnings`` of the same families: a per-layer-head model (``field`` is ``per_layer``) given
+    a checkpoint whose heads are all equal (``field`` inferred as ``not per_layer``) and no stored
+    ``field``; ``trained_with``: the shared setting, ``config_sets``: the per-layer one."""
+    if field in stored or model_facts.get(field, not per_layer) != per_layer:
+        return []
+    if tensor_facts.get(field) is (not per_layer):
+        return [
+            "every decoder layer's class/box head is identical in the checkpoint, as in a model "
+            f"trained with {trained_with}, but the config sets {config_sets}"
+        ]
+    return []
+
+
 @register_weight_family
 class DeformableDETRWeights(WeightFamily):
     """Deformable DETR's weights (see the module docstring).
@@ -241,17 +296,12 @@ class DeformableDETRWeights(WeightFamily):
     )
 
     def model_arch(self, model: nn.Module) -> Dict[str, Any]:
-        transformer = model.transformer
         return {
-            "meta_architecture": type(model).__name__,
+            **super().model_arch(model),
+            **transformer_arch(model),
+            "num_feature_levels": model.transformer.num_feature_levels,
             "with_box_refine": model.with_box_refine,
             "as_two_stage": model.as_two_stage,
-            "num_feature_levels": transformer.num_feature_levels,
-            "num_encoder_layers": len(transformer.encoder.layers),
-            "num_decoder_layers": len(transformer.decoder.layers),
-            "num_queries": model.num_queries,
-            "d_model": transformer.d_model,
-            "num_classes": model.num_classes,
         }
 
     def state_dict_arch(self, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
@@ -281,24 +331,13 @@ class DeformableDETRWeights(WeightFamily):
 
     def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
         keys = list(missing) + list(unexpected)
-        hints = []
-        if any(_TWO_STAGE_RE.match(k) for k in keys):
-            hints.append(ARCH_OPTIONS["as_two_stage"])
-        for field, pattern in LAYER_COUNT_PATTERNS.items():
-            if any(pattern.match(k) for k in keys):
-                hints.append(ARCH_OPTIONS[field])
-        if any(_LEVEL_KEY_RE.match(k) for k in keys):
-            hints.append(ARCH_OPTIONS["num_feature_levels"])
-        return hints
+        hints = [ARCH_OPTIONS["as_two_stage"]] if any(_TWO_STAGE_RE.match(k) for k in keys) else []
+        return hints + multi_scale_hints(keys, ARCH_OPTIONS)
 
     def explain_tied(self, keys: Sequence[str], stored: Mapping[str, Any]) -> Optional[str]:
-        if not any(_HEAD_GROUP_RE.match(k) for k in keys):
-            return None
-        if "with_box_refine" in stored:
-            return ""  # already explained by the stored architecture
-        return (
-            "the checkpoint has a separate class/box head per decoder layer (it was trained with "
-            "model.with_box_refine=True), the config shares one head (model.with_box_refine=False)"
+        return separate_heads_explanation(
+            keys, stored, "with_box_refine", trained_with="model.with_box_refine=True",
+            config_sets="model.with_box_refine=False",
         )
 
     def warnings(
@@ -307,14 +346,10 @@ class DeformableDETRWeights(WeightFamily):
         """A box-refinement model given a checkpoint whose per-layer heads are all equal: probably
         a plain model's (a model saved right after initialisation looks the same, hence a warning;
         with stored metadata the architecture comparison decides)."""
-        if "with_box_refine" in stored or not model_facts.get("with_box_refine"):
-            return []
-        if tensor_facts.get("with_box_refine") is False:
-            return [
-                "every decoder layer's class/box head is identical in the checkpoint, as in a model "
-                "trained with model.with_box_refine=False, but the config sets model.with_box_refine=True"
-            ]
-        return []
+        return identical_heads_warnings(
+            model_facts, tensor_facts, stored, "with_box_refine", per_layer=True,
+            trained_with="model.with_box_refine=False", config_sets="model.with_box_refine=True",
+        )
 
     def describe(self, state_dict: Mapping[str, torch.Tensor]) -> str:
         levels = state_dict["transformer.level_embed"].shape[0]

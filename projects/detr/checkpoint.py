@@ -22,7 +22,12 @@ from detrex_lite.checkpoint.class_heads import (
     select_class_rows,
 )
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
-from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, hf_transformer_layer_rules, layer_counts
+from detrex_lite.checkpoint.layer_stacks import (
+    hf_transformer_layer_rules,
+    layer_count_hints,
+    layer_counts,
+    transformer_arch,
+)
 from detrex_lite.checkpoint.rename import Rule, fuse_qkv, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_hf_backbone, split_official_backbone
 
@@ -131,15 +136,7 @@ class DETRWeights(WeightFamily):
     )
 
     def model_arch(self, model: nn.Module) -> Dict[str, Any]:
-        transformer = model.transformer
-        return {
-            "meta_architecture": type(model).__name__,
-            "num_encoder_layers": len(transformer.encoder.layers),
-            "num_decoder_layers": len(transformer.decoder.layers),
-            "num_queries": model.num_queries,
-            "d_model": transformer.d_model,
-            "num_classes": model.num_classes,
-        }
+        return {**super().model_arch(model), **transformer_arch(model)}
 
     def state_dict_arch(self, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
         if not ("class_embed.weight" in state_dict and "transformer.decoder.norm.weight" in state_dict):
@@ -155,8 +152,7 @@ class DETRWeights(WeightFamily):
         return arch
 
     def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
-        keys = list(missing) + list(unexpected)
-        return [ARCH_OPTIONS[field] for field, pattern in LAYER_COUNT_PATTERNS.items() if any(pattern.match(k) for k in keys)]
+        return layer_count_hints(list(missing) + list(unexpected), ARCH_OPTIONS)
 
     def describe(self, state_dict: Mapping[str, torch.Tensor]) -> str:
         return f"DETR, {state_dict['class_embed.weight'].shape[0] - 1} classes + no-object"

@@ -45,10 +45,15 @@ from detrex_lite.checkpoint.class_heads import (
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family
 from detrex_lite.checkpoint.rename import ConversionError, Rule, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_official_backbone
-# the same encoder/decoder layer names and per-layer heads as Deformable DETR's: one way to count
-# layers and to tell shared heads from per-layer ones
-from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, layer_counts
-from projects.deformable_detr.checkpoint import heads_identical
+# the same encoder/decoder layer names, input projections and per-layer heads as Deformable DETR's:
+# one way to count layers, to tell shared heads from per-layer ones and to explain a mismatch
+from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, layer_counts, transformer_arch
+from projects.deformable_detr.checkpoint import (
+    heads_identical,
+    identical_heads_warnings,
+    multi_scale_hints,
+    separate_heads_explanation,
+)
 
 __all__ = [
     "DINOWeights",
@@ -65,8 +70,6 @@ _MSDA = r"(sampling_offsets|attention_weights|value_proj|output_proj)"
 _MHA = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
 
 # this project's names
-_LEVEL_KEY_RE = re.compile(r"neck\.input_proj\.(\d+)\.")
-_HEAD_GROUP_RE = re.compile(r"(class_embed|bbox_embed)\.\d+\.")
 _TGT_EMBED = "transformer.tgt_embed.weight"
 # present in every DINO state dict of ours (and not in Deformable DETR's or DETR's)
 _OUR_SIGNATURE = ("transformer.level_embed", "transformer.decoder.ref_point_head.layers.0.weight", "label_enc.weight")
@@ -265,17 +268,12 @@ class DINOWeights(WeightFamily):
     )
 
     def model_arch(self, model: nn.Module) -> Dict[str, Any]:
-        transformer = model.transformer
         return {
-            "meta_architecture": type(model).__name__,
-            "num_feature_levels": transformer.num_feature_levels,
-            "num_encoder_layers": len(transformer.encoder.layers),
-            "num_decoder_layers": len(transformer.decoder.layers),
-            "num_queries": model.num_queries,
-            "d_model": transformer.d_model,
+            **super().model_arch(model),
+            **transformer_arch(model),
+            "num_feature_levels": model.transformer.num_feature_levels,
             "mixed_selection": model.mixed_selection,
             "share_heads": model.share_heads,
-            "num_classes": model.num_classes,
         }
 
     def state_dict_arch(self, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
@@ -303,24 +301,13 @@ class DINOWeights(WeightFamily):
 
     def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
         keys = list(missing) + list(unexpected)
-        hints = []
-        if _TGT_EMBED in keys:
-            hints.append(ARCH_OPTIONS["mixed_selection"])
-        for field, pattern in LAYER_COUNT_PATTERNS.items():
-            if any(pattern.match(k) for k in keys):
-                hints.append(ARCH_OPTIONS[field])
-        if any(_LEVEL_KEY_RE.match(k) for k in keys):
-            hints.append(ARCH_OPTIONS["num_feature_levels"])
-        return hints
+        hints = [ARCH_OPTIONS["mixed_selection"]] if _TGT_EMBED in keys else []
+        return hints + multi_scale_hints(keys, ARCH_OPTIONS)
 
     def explain_tied(self, keys: Sequence[str], stored: Mapping[str, Any]) -> Optional[str]:
-        if not any(_HEAD_GROUP_RE.match(k) for k in keys):
-            return None
-        if "share_heads" in stored:
-            return ""  # already explained by the stored architecture
-        return (
-            "the checkpoint has a separate class/box head per decoder layer (it was trained with "
-            "model.share_heads=False, as detrex's DINO), the config shares one head (model.share_heads=True)"
+        return separate_heads_explanation(
+            keys, stored, "share_heads", trained_with="model.share_heads=False, as detrex's DINO",
+            config_sets="model.share_heads=True",
         )
 
     def warnings(
@@ -328,14 +315,10 @@ class DINOWeights(WeightFamily):
     ) -> List[str]:
         """A per-layer-head model given a checkpoint whose heads are all equal: probably a
         shared-head model's (it loads and predicts the same; a warning, not an error)."""
-        if "share_heads" in stored or model_facts.get("share_heads", True):
-            return []
-        if tensor_facts.get("share_heads") is True:
-            return [
-                "every decoder layer's class/box head is identical in the checkpoint, as in a model "
-                "trained with model.share_heads=True (the official DINO), but the config sets model.share_heads=False"
-            ]
-        return []
+        return identical_heads_warnings(
+            model_facts, tensor_facts, stored, "share_heads", per_layer=False,
+            trained_with="model.share_heads=True (the official DINO)", config_sets="model.share_heads=False",
+        )
 
     def describe(self, state_dict: Mapping[str, torch.Tensor]) -> str:
         arch = self.state_dict_arch(state_dict)
