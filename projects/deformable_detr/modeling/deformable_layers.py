@@ -162,10 +162,15 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, query_pos, reference_points, src, layout: LevelLayout, src_padding_mask=None):
-        """tgt, query_pos: (N, Q, C); reference_points: (N, Q, L, 2 or 4); src: (N, S, C)."""
+    def forward(
+        self, tgt, query_pos, reference_points, src, layout: LevelLayout, src_padding_mask=None, self_attn_mask=None
+    ):
+        """tgt, query_pos: (N, Q, C); reference_points: (N, Q, L, 2 or 4); src: (N, S, C);
+        self_attn_mask: (Q, Q) bool, True = may not attend (None: full attention; a detector with
+        denoising queries passes its attention mask)."""
         q = k = with_pos_embed(tgt, query_pos)
-        tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        attn = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
+        tgt = self.norm2(tgt + self.dropout2(attn))
         attn = self.cross_attn(
             query=tgt, value=src, query_pos=query_pos, key_padding_mask=src_padding_mask,
             reference_points=reference_points, layout=layout,

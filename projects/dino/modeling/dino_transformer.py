@@ -14,7 +14,7 @@ from typing import List, NamedTuple, Optional
 import torch
 from torch import nn
 
-from detrex_lite.layers import MLP, LevelLayout, with_pos_embed
+from detrex_lite.layers import MLP, LevelLayout
 from projects.deformable_detr.modeling import (
     DeformableTransformer,
     DeformableTransformerDecoderLayer,
@@ -43,22 +43,9 @@ def box_sine_embed(boxes: torch.Tensor, num_pos_feats: int, temperature: float =
     return pos[:, :, [1, 0, 2, 3]].flatten(2).to(boxes.dtype)
 
 
-class DINODecoderLayer(DeformableTransformerDecoderLayer):
-    """Deformable DETR's decoder layer (same modules and names) whose self-attention takes the
-    denoising attention mask."""
-
-    def forward(self, tgt, query_pos, reference_points, src, layout: LevelLayout, src_padding_mask=None, self_attn_mask=None):
-        """As :meth:`DeformableTransformerDecoderLayer.forward`; ``self_attn_mask``: (Q, Q) bool,
-        True = may not attend (None: full attention)."""
-        q = k = with_pos_embed(tgt, query_pos)
-        tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]))
-        attn = self.cross_attn(
-            query=tgt, value=src, query_pos=query_pos, key_padding_mask=src_padding_mask,
-            reference_points=reference_points, layout=layout,
-        )
-        tgt = self.norm1(tgt + self.dropout1(attn))
-        ffn = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout4(ffn))
+# Deformable DETR's decoder layer (same modules and names); its forward takes the denoising
+# self-attention mask (``self_attn_mask``).
+DINODecoderLayer = DeformableTransformerDecoderLayer
 
 
 class DecoderOutput(NamedTuple):
