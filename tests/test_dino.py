@@ -11,14 +11,7 @@ from detectron2.config import instantiate
 
 from detrex_lite.modeling import HungarianMatcher
 from projects.deformable_detr.modeling import DeformableTransformerDecoderLayer, DeformableTransformerEncoder
-from projects.dino.modeling import (
-    DenoisingQueries,
-    build_denoising_queries,
-    denoising_attention_mask,
-    denoising_indices,
-    noise_boxes,
-    noise_labels,
-)
+from projects.dino.modeling import denoising
 from tests.dino_tiny_model import random_inputs, tiny_dino_config
 from tests.tools_tiny_models import tiny_deformable_detr_config
 
@@ -40,7 +33,7 @@ def _features(model, inputs):
 def _leaf_denoising(model, targets, seed=0):
     """Denoising queries whose content and boxes are leaves that require grad."""
     torch.manual_seed(seed)
-    dn = build_denoising_queries(
+    dn = denoising.build_denoising_queries(
         targets, dn_number=model.dn_number, label_noise_ratio=0.5, box_noise_scale=1.0,
         num_classes=model.num_classes, num_queries=model.num_queries, label_enc=model.label_enc,
     )
@@ -49,7 +42,7 @@ def _leaf_denoising(model, targets, seed=0):
 
 # ---- contrastive denoising: the attention mask --------------------------------------------
 def test_attention_mask_layout():
-    mask = denoising_attention_mask(num_groups=3, group_size=4, num_queries=5)
+    mask = denoising.denoising_attention_mask(num_groups=3, group_size=4, num_queries=5)
     assert mask.shape == (17, 17) and mask.dtype == torch.bool
     group = [0] * 4 + [1] * 4 + [2] * 4 + [None] * 5
     for i in range(17):
@@ -114,7 +107,7 @@ def test_box_noise_bounds_and_distribution(scale):
     size = 0.05 + 0.1 * torch.rand(n, 2)
     boxes = torch.cat([centre, size], 1)
     negative = torch.arange(n) % 2 == 1
-    noised = noise_boxes(boxes, negative, scale)
+    noised = denoising.noise_boxes(boxes, negative, scale)
     xyxy = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
     noised_xyxy = torch.cat([noised[:, :2] - noised[:, 2:] / 2, noised[:, :2] + noised[:, 2:] / 2], 1)
     # Each corner coordinate moves by a fraction of half the box size (w/2 for x, h/2 for y).
@@ -134,7 +127,7 @@ def test_box_noise_bounds_and_distribution(scale):
 def test_box_noise_is_clipped_to_the_image():
     torch.manual_seed(0)
     boxes = torch.tensor([[0.05, 0.05, 0.1, 0.1], [0.9, 0.5, 0.2, 0.9]]).repeat(500, 1)
-    noised = noise_boxes(boxes, torch.ones(len(boxes), dtype=torch.bool), 1.0)
+    noised = denoising.noise_boxes(boxes, torch.ones(len(boxes), dtype=torch.bool), 1.0)
     xyxy = torch.cat([noised[:, :2] - noised[:, 2:] / 2, noised[:, :2] + noised[:, 2:] / 2], 1)
     assert xyxy.min() >= -1e-6 and xyxy.max() <= 1 + 1e-6
 
@@ -143,7 +136,7 @@ def test_label_flip_rate():
     torch.manual_seed(0)
     num_classes, n = 10, 40000
     labels = torch.randint(0, num_classes, (n,))
-    noised = noise_labels(labels, 0.5, num_classes)
+    noised = denoising.noise_labels(labels, 0.5, num_classes)
     # Replaced with probability ratio / 2 by a uniform class, which differs with probability 9/10.
     changed = (noised != labels).float().mean().item()
     expected = 0.5 / 2 * (num_classes - 1) / num_classes
@@ -151,18 +144,18 @@ def test_label_flip_rate():
     # A flipped label is any other class about equally often.
     counts = torch.bincount(noised[noised != labels], minlength=num_classes).float()
     assert counts.min() / counts.max() > 0.8
-    assert torch.equal(noise_labels(labels, 0.0, num_classes), labels)
+    assert torch.equal(denoising.noise_labels(labels, 0.0, num_classes), labels)
 
 
 def test_denoising_query_layout():
     model = _model(dn_number=12)
     targets = model.prepare_targets(random_inputs([(64, 64, 2), (64, 64, 4), (64, 64, 0)]))
     torch.manual_seed(0)
-    dn = build_denoising_queries(
+    dn = denoising.build_denoising_queries(
         targets, dn_number=12, label_noise_ratio=0.0, box_noise_scale=0.0, num_classes=6,
         num_queries=model.num_queries, label_enc=model.label_enc,
     )
-    assert isinstance(dn, DenoisingQueries)
+    assert isinstance(dn, denoising.DenoisingQueries)
     assert (dn.num_groups, dn.max_boxes, dn.num_queries) == (3, 4, 24)
     for b, t in enumerate(targets):
         n = len(t["labels"])
@@ -175,15 +168,15 @@ def test_denoising_query_layout():
                 assert (dn.content[b, start + n : start + 4] == 0).all()
     torch.testing.assert_close(dn.content[1, :4], model.label_enc(targets[1]["labels"]))
     # The known assignment: positives only, query 2gM + j -> box j.
-    idx = denoising_indices(targets, 3, 4)
+    idx = denoising.denoising_indices(targets, 3, 4)
     assert idx[1][0].tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19]
     assert idx[1][1].tolist() == [0, 1, 2, 3] * 3
     assert idx[2][0].numel() == 0
     # No boxes in the batch, or dn_number 0: no denoising queries.
     empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
     kw = dict(label_noise_ratio=0.5, box_noise_scale=1.0, num_classes=6, num_queries=12, label_enc=model.label_enc)
-    assert build_denoising_queries(empty, dn_number=12, **kw) is None
-    assert build_denoising_queries(targets, dn_number=0, **kw) is None
+    assert denoising.build_denoising_queries(empty, dn_number=12, **kw) is None
+    assert denoising.build_denoising_queries(targets, dn_number=0, **kw) is None
 
 
 # ---- the criterion: matcher and denoising losses -----------------------------------------
