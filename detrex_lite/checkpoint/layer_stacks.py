@@ -6,7 +6,8 @@
   ``num_decoder_layers`` to those patterns, :func:`count_indexed` gives 1 + the highest index and
   :func:`layer_counts` both stacks' counts; :func:`layer_count_hints` names the config options
   that missing or unexpected layer keys point at, and :func:`transformer_arch` gives a model's
-  own sizes (the arch facts a checkpoint of it must share).
+  own sizes (the arch facts a checkpoint of it must share; :data:`TRANSFORMER_ARCH_OPTIONS`: the
+  config options that set them).
 * Hugging Face names. The transformers ports name the parts of every encoder and decoder layer
   alike (``self_attn_layer_norm``, ``encoder_attn``, ``fc1``, ``final_layer_norm``, ...):
   :func:`hf_transformer_layer_rules` writes the rename rules to the official names; a family
@@ -21,8 +22,8 @@ from torch import nn
 from .rename import Rule
 
 __all__ = [
-    "LAYER_COUNT_PATTERNS", "count_indexed", "layer_counts", "layer_count_hints", "transformer_arch",
-    "hf_transformer_layer_rules",
+    "LAYER_COUNT_PATTERNS", "TRANSFORMER_ARCH_OPTIONS", "count_indexed", "layer_counts", "layer_count_hints",
+    "transformer_arch", "hf_transformer_layer_rules",
 ]
 
 _WB = r"(weight|bias)"
@@ -53,6 +54,16 @@ def layer_count_hints(keys: Iterable[str], arch_options: Mapping[str, str]) -> L
     of the layer stacks that ``keys`` (missing or unexpected state-dict keys) fall in, encoder first."""
     keys = list(keys)
     return [arch_options[field] for field, pattern in LAYER_COUNT_PATTERNS.items() if any(pattern.match(k) for k in keys)]
+
+
+# the facts of transformer_arch -> the config options that set them in a DETR-like LazyConfig (a
+# family's ``arch_options`` starts from these)
+TRANSFORMER_ARCH_OPTIONS: Dict[str, str] = {
+    "num_encoder_layers": "model.transformer.num_encoder_layers",
+    "num_decoder_layers": "model.transformer.num_decoder_layers",
+    "num_queries": "model.num_queries",
+    "d_model": "model.transformer.d_model",
+}
 
 
 def transformer_arch(model: nn.Module) -> Dict[str, int]:

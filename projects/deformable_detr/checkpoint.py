@@ -28,6 +28,7 @@ from detrex_lite.checkpoint.class_heads import (
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
 from detrex_lite.checkpoint.layer_stacks import (
     LAYER_COUNT_PATTERNS,
+    TRANSFORMER_ARCH_OPTIONS,
     count_indexed,
     hf_transformer_layer_rules,
     layer_count_hints,
@@ -194,10 +195,7 @@ ARCH_OPTIONS = {
     "with_box_refine": "model.with_box_refine",
     "as_two_stage": "model.as_two_stage",
     "num_feature_levels": "model.transformer.num_feature_levels",
-    "num_encoder_layers": "model.transformer.num_encoder_layers",
-    "num_decoder_layers": "model.transformer.num_decoder_layers",
-    "num_queries": "model.num_queries",
-    "d_model": "model.transformer.d_model",
+    **TRANSFORMER_ARCH_OPTIONS,
     "num_classes": "model.num_classes",
 }
 

@@ -23,6 +23,7 @@ from detrex_lite.checkpoint.class_heads import (
 )
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
 from detrex_lite.checkpoint.layer_stacks import (
+    TRANSFORMER_ARCH_OPTIONS,
     hf_transformer_layer_rules,
     layer_count_hints,
     layer_counts,
@@ -111,13 +112,7 @@ def hf_detr_to_detrex(state_dict: Mapping[str, torch.Tensor], *, class_map: str 
 
 # ------------------------------------------------------------------ arch facts
 # arch field -> the config option that sets it (LazyConfig paths of the shipped configs)
-ARCH_OPTIONS = {
-    "num_encoder_layers": "model.transformer.num_encoder_layers",
-    "num_decoder_layers": "model.transformer.num_decoder_layers",
-    "num_queries": "model.num_queries",
-    "d_model": "model.transformer.d_model",
-    "num_classes": "model.num_classes",
-}
+ARCH_OPTIONS = {**TRANSFORMER_ARCH_OPTIONS, "num_classes": "model.num_classes"}
 # fields of the official repository's argparse "args" and of the HF config.json -> arch fields
 _OFFICIAL_ARGS = {"enc_layers": "num_encoder_layers", "dec_layers": "num_decoder_layers", "num_queries": "num_queries", "hidden_dim": "d_model"}
 _HF_CONFIG = {"encoder_layers": "num_encoder_layers", "decoder_layers": "num_decoder_layers", "num_queries": "num_queries", "d_model": "d_model"}

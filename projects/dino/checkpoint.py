@@ -47,7 +47,13 @@ from detrex_lite.checkpoint.rename import ConversionError, Rule, rename_keys, st
 from detrex_lite.checkpoint.resnet import split_official_backbone
 # the same encoder/decoder layer names, input projections and per-layer heads as Deformable DETR's:
 # one way to count layers, to tell shared heads from per-layer ones and to explain a mismatch
-from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed, layer_counts, transformer_arch
+from detrex_lite.checkpoint.layer_stacks import (
+    LAYER_COUNT_PATTERNS,
+    TRANSFORMER_ARCH_OPTIONS,
+    count_indexed,
+    layer_counts,
+    transformer_arch,
+)
 from projects.deformable_detr.checkpoint import (
     heads_identical,
     identical_heads_warnings,
@@ -219,10 +225,7 @@ def detrex_dino_to_detrex(state_dict: Mapping[str, torch.Tensor], *, class_map: 
 # arch field -> the config option that sets it (LazyConfig paths of the shipped configs)
 ARCH_OPTIONS = {
     "num_feature_levels": "model.transformer.num_feature_levels",
-    "num_encoder_layers": "model.transformer.num_encoder_layers",
-    "num_decoder_layers": "model.transformer.num_decoder_layers",
-    "num_queries": "model.num_queries",
-    "d_model": "model.transformer.d_model",
+    **TRANSFORMER_ARCH_OPTIONS,
     "mixed_selection": "model.mixed_selection",
     "share_heads": "model.share_heads",
     "num_classes": "model.num_classes",
