@@ -22,11 +22,14 @@ from torch import nn
 from .rename import Rule
 
 __all__ = [
-    "LAYER_COUNT_PATTERNS", "TRANSFORMER_ARCH_OPTIONS", "count_indexed", "layer_counts", "layer_count_hints",
-    "transformer_arch", "hf_transformer_layer_rules",
+    "LAYER_COUNT_PATTERNS", "TRANSFORMER_ARCH_OPTIONS", "WEIGHT_OR_BIAS", "MHA_PARAMS", "MSDA_PARAMS", "count_indexed",
+    "layer_counts", "layer_count_hints", "transformer_arch", "hf_transformer_layer_rules",
 ]
 
-_WB = r"(weight|bias)"
+# regular-expression groups of parameter names (group: the name) for the families' rename rules
+WEIGHT_OR_BIAS = r"(weight|bias)"
+MHA_PARAMS = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"  # nn.MultiheadAttention
+MSDA_PARAMS = r"(sampling_offsets|attention_weights|value_proj|output_proj)"  # MultiScaleDeformableAttention
 
 # arch field -> the official key pattern of one layer of that stack (group 1: the layer index)
 LAYER_COUNT_PATTERNS: Dict[str, "re.Pattern"] = {
@@ -53,7 +56,9 @@ def layer_count_hints(keys: Iterable[str], arch_options: Mapping[str, str]) -> L
     """The config options (``arch_options[field]``, e.g. ``"model.transformer.num_decoder_layers"``)
     of the layer stacks that ``keys`` (missing or unexpected state-dict keys) fall in, encoder first."""
     keys = list(keys)
-    return [arch_options[field] for field, pattern in LAYER_COUNT_PATTERNS.items() if any(pattern.match(k) for k in keys)]
+    return [
+        arch_options[field] for field, pattern in LAYER_COUNT_PATTERNS.items() if any(pattern.match(k) for k in keys)
+    ]
 
 
 # the facts of transformer_arch -> the config options that set them in a DETR-like LazyConfig (a
@@ -111,19 +116,19 @@ def hf_transformer_layer_rules(
     for stack, parts in (
         ("encoder", [
             ("self_attn", encoder_self_attn, "self_attn"),
-            ("self_attn_layer_norm", _WB, "norm1"),
-            (r"(?:mlp\.)?fc1", _WB, "linear1"),
-            (r"(?:mlp\.)?fc2", _WB, "linear2"),
-            ("final_layer_norm", _WB, "norm2"),
+            ("self_attn_layer_norm", WEIGHT_OR_BIAS, "norm1"),
+            (r"(?:mlp\.)?fc1", WEIGHT_OR_BIAS, "linear1"),
+            (r"(?:mlp\.)?fc2", WEIGHT_OR_BIAS, "linear2"),
+            ("final_layer_norm", WEIGHT_OR_BIAS, "norm2"),
         ]),
         ("decoder", [
             ("self_attn", decoder_self_attn, "self_attn"),
-            ("self_attn_layer_norm", _WB, decoder_norms[0]),
+            ("self_attn_layer_norm", WEIGHT_OR_BIAS, decoder_norms[0]),
             ("encoder_attn", decoder_cross_attn, cross_attn),
-            ("encoder_attn_layer_norm", _WB, decoder_norms[1]),
-            (r"(?:mlp\.)?fc1", _WB, "linear1"),
-            (r"(?:mlp\.)?fc2", _WB, "linear2"),
-            ("final_layer_norm", _WB, "norm3"),
+            ("encoder_attn_layer_norm", WEIGHT_OR_BIAS, decoder_norms[1]),
+            (r"(?:mlp\.)?fc1", WEIGHT_OR_BIAS, "linear1"),
+            (r"(?:mlp\.)?fc2", WEIGHT_OR_BIAS, "linear2"),
+            ("final_layer_norm", WEIGHT_OR_BIAS, "norm3"),
         ]),
     ):
         for hf, params, official in parts:

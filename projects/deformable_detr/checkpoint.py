@@ -14,7 +14,7 @@ score (all proposals are trained as class 0), so the COCO mapping keeps that row
 """
 import logging
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from detrex_lite.checkpoint.class_heads import (
     select_class_rows,
 )
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
+from detrex_lite.checkpoint.layer_stacks import MHA_PARAMS as _MHA
+from detrex_lite.checkpoint.layer_stacks import MSDA_PARAMS as _MSDA
+from detrex_lite.checkpoint.layer_stacks import WEIGHT_OR_BIAS as _WB
 from detrex_lite.checkpoint.layer_stacks import (
     LAYER_COUNT_PATTERNS,
     TRANSFORMER_ARCH_OPTIONS,
@@ -46,16 +49,12 @@ __all__ = [
     "is_hf_deformable_detr",
     "is_official_deformable_detr",
     "heads_identical",
-    "multi_scale_hints",
-    "separate_heads_explanation",
-    "identical_heads_warnings",
+    "MultiScaleWeights",
+    "MULTI_SCALE_ARCH_OPTIONS",
 ]
 
 logger = logging.getLogger(__name__)
 
-_WB = r"(weight|bias)"
-_MSDA = r"(sampling_offsets|attention_weights|value_proj|output_proj)"
-_MHA = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
 
 # this project's names (the official ones, but for the backbone and the neck's input_proj)
 _TWO_STAGE_RE = re.compile(r"transformer\.(enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.")
@@ -190,13 +189,15 @@ def hf_deformable_detr_to_detrex(
 
 
 # ------------------------------------------------------------------ arch facts and mismatches
-# arch field -> the config option that sets it (LazyConfig paths of the shipped configs)
-ARCH_OPTIONS = {
-    "with_box_refine": "model.with_box_refine",
-    "as_two_stage": "model.as_two_stage",
+# arch field -> the config option that sets it (LazyConfig paths of the shipped configs): those of
+# every multi-scale family with these names, then each family's switches
+MULTI_SCALE_ARCH_OPTIONS = {
     "num_feature_levels": "model.transformer.num_feature_levels",
     **TRANSFORMER_ARCH_OPTIONS,
     "num_classes": "model.num_classes",
+}
+ARCH_OPTIONS = {
+    "with_box_refine": "model.with_box_refine", "as_two_stage": "model.as_two_stage", **MULTI_SCALE_ARCH_OPTIONS
 }
 
 # fields of the official repository's argparse "args" and of the HF config.json -> arch fields
@@ -228,52 +229,87 @@ def heads_identical(state_dict: Mapping[str, torch.Tensor]) -> Optional[bool]:
     )
 
 
-def multi_scale_hints(keys: Sequence[str], arch_options: Mapping[str, str]) -> List[str]:
-    """``keys_point_at`` of a multi-scale family (one ``neck.input_proj.{level}`` per feature
-    level): the layer counts, then the feature-level count, that missing/unexpected ``keys`` point
-    at (``arch_options[field]``)."""
-    hints = layer_count_hints(keys, arch_options)
-    if any(_LEVEL_KEY_RE.match(k) for k in keys):
-        hints.append(arch_options["num_feature_levels"])
-    return hints
+class MultiScaleWeights(WeightFamily):
+    """What the weight families with Deformable DETR's multi-scale names share (this one's and
+    DINO's): ``transformer.level_embed`` (L, d_model), one ``neck.input_proj.{level}`` per feature
+    level, the encoder/decoder layer stacks, and class/box heads ``class_embed.{i}`` /
+    ``bbox_embed.{i}`` that the config makes one per decoder layer or one shared by all. Not
+    registered: a family subclasses it and states its switches with the class attributes below."""
 
+    #: the family's switches that are arch facts (read from the model's attributes of those names)
+    switches: ClassVar[Tuple[str, ...]] = ()
+    #: switch -> a pattern of the state-dict keys that only one setting of it has
+    switch_keys: ClassVar[Mapping[str, "re.Pattern"]] = {}
+    #: the switch that chooses per-layer or shared heads, and its value for per-layer heads
+    heads_switch: ClassVar[str] = ""
+    per_layer_heads: ClassVar[bool] = True
+    #: how the two head settings are named (per-layer, shared) in explain_tied ("it was trained
+    #: with ...", "the config shares one head (...)") and (shared, per-layer) in warnings ("as in a
+    #: model trained with ...", "but the config sets ...")
+    tied_phrases: ClassVar[Tuple[str, str]] = ("", "")
+    warning_phrases: ClassVar[Tuple[str, str]] = ("", "")
 
-def separate_heads_explanation(
-    keys: Sequence[str], stored: Mapping[str, Any], field: str, *, trained_with: str, config_sets: str
-) -> Optional[str]:
-    """``explain_tied`` of a family whose config chooses between one class/box head per decoder
-    layer and one head shared by all (the arch fact ``field``): None when ``keys`` are not those
-    heads, ``""`` when the stored arch facts state ``field``, else the phrase (``trained_with``:
-    the per-layer setting, ``config_sets``: the shared one)."""
-    if not any(_HEAD_GROUP_RE.match(k) for k in keys):
-        return None
-    if field in stored:
-        return ""  # already explained by the stored architecture
-    return (
-        "the checkpoint has a separate class/box head per decoder layer (it was trained with "
-        f"{trained_with}), the config shares one head ({config_sets})"
-    )
+    def model_arch(self, model: nn.Module) -> Dict[str, Any]:
+        return {
+            **super().model_arch(model),
+            **transformer_arch(model),
+            "num_feature_levels": model.transformer.num_feature_levels,
+            **{switch: getattr(model, switch) for switch in self.switches},
+        }
 
+    def multi_scale_arch(self, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+        """The facts that any state dict of these names gives (for ``state_dict_arch``): levels
+        and width (``level_embed``), classes (``class_embed.0``), the layer counts, and the heads
+        switch when the heads differ or are equal (see :func:`heads_identical`)."""
+        level_embed = state_dict["transformer.level_embed"]
+        arch: Dict[str, Any] = {"num_feature_levels": int(level_embed.shape[0]), "d_model": int(level_embed.shape[1])}
+        identical = heads_identical(state_dict)
+        if identical is not None:
+            arch[self.heads_switch] = identical != self.per_layer_heads
+        if "class_embed.0.weight" in state_dict:
+            arch["num_classes"] = int(state_dict["class_embed.0.weight"].shape[0])
+        arch.update(layer_counts(state_dict))
+        return arch
 
-def identical_heads_warnings(
-    model_facts: Mapping[str, Any], tensor_facts: Mapping[str, Any], stored: Mapping[str, Any], field: str, *,
-    per_layer: bool, trained_with: str, config_sets: str,
-) -> List[str]:
-    """``warnings`` of the same families: a per-layer-head model (``field`` is ``per_layer``) given
-    a checkpoint whose heads are all equal (``field`` inferred as ``not per_layer``) and no stored
-    ``field``; ``trained_with``: the shared setting, ``config_sets``: the per-layer one."""
-    if field in stored or model_facts.get(field, not per_layer) != per_layer:
+    def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
+        keys = list(missing) + list(unexpected)
+        hints = [self.arch_options[s] for s, pattern in self.switch_keys.items() if any(pattern.match(k) for k in keys)]
+        hints += layer_count_hints(keys, self.arch_options)
+        if any(_LEVEL_KEY_RE.match(k) for k in keys):
+            hints.append(self.arch_options["num_feature_levels"])
+        return hints
+
+    def explain_tied(self, keys: Sequence[str], stored: Mapping[str, Any]) -> Optional[str]:
+        if not any(_HEAD_GROUP_RE.match(k) for k in keys):
+            return None
+        if self.heads_switch in stored:
+            return ""  # already explained by the stored architecture
+        per_layer, shared = self.tied_phrases
+        return (
+            "the checkpoint has a separate class/box head per decoder layer (it was trained with "
+            f"{per_layer}), the config shares one head ({shared})"
+        )
+
+    def warnings(
+        self, model_facts: Mapping[str, Any], tensor_facts: Mapping[str, Any], stored: Mapping[str, Any]
+    ) -> List[str]:
+        """A per-layer-head model given a checkpoint whose per-layer heads are all equal: probably a
+        shared-head model's (a per-layer-head model saved right after initialisation looks the
+        same, hence a warning; with stored metadata the architecture comparison decides)."""
+        switch, per_layer = self.heads_switch, self.per_layer_heads
+        if switch in stored or model_facts.get(switch, not per_layer) != per_layer:
+            return []
+        if tensor_facts.get(switch) is (not per_layer):
+            shared, per_layer_setting = self.warning_phrases
+            return [
+                "every decoder layer's class/box head is identical in the checkpoint, as in a model "
+                f"trained with {shared}, but the config sets {per_layer_setting}"
+            ]
         return []
-    if tensor_facts.get(field) is (not per_layer):
-        return [
-            "every decoder layer's class/box head is identical in the checkpoint, as in a model "
-            f"trained with {trained_with}, but the config sets {config_sets}"
-        ]
-    return []
 
 
 @register_weight_family
-class DeformableDETRWeights(WeightFamily):
+class DeformableDETRWeights(MultiScaleWeights):
     """Deformable DETR's weights (see the module docstring).
 
     The plain model repeats ONE class/box head across its decoder layers
@@ -292,15 +328,12 @@ class DeformableDETRWeights(WeightFamily):
                      stated_arch_from(_OFFICIAL_ARGS)),
         WeightFormat("hf", is_hf_deformable_detr, hf_deformable_detr_to_detrex, stated_arch_from(_HF_CONFIG)),
     )
-
-    def model_arch(self, model: nn.Module) -> Dict[str, Any]:
-        return {
-            **super().model_arch(model),
-            **transformer_arch(model),
-            "num_feature_levels": model.transformer.num_feature_levels,
-            "with_box_refine": model.with_box_refine,
-            "as_two_stage": model.as_two_stage,
-        }
+    switches = ("with_box_refine", "as_two_stage")
+    switch_keys = {"as_two_stage": _TWO_STAGE_RE}
+    # a box-refinement model has one head per decoder layer
+    heads_switch, per_layer_heads = "with_box_refine", True
+    tied_phrases = ("model.with_box_refine=True", "model.with_box_refine=False")
+    warning_phrases = ("model.with_box_refine=False", "model.with_box_refine=True")
 
     def state_dict_arch(self, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
         """Box refinement is inferred from the heads (independent per-layer heads that differ); a
@@ -310,44 +343,14 @@ class DeformableDETRWeights(WeightFamily):
             "transformer.reference_points.weight" in state_dict or "transformer.pos_trans.weight" in state_dict
         ):
             return {}  # not Deformable DETR's (another multi-scale family also has a level embedding)
-        level_embed = state_dict["transformer.level_embed"]
         arch: Dict[str, Any] = {
             "meta_architecture": "DeformableDETR",
-            "num_feature_levels": int(level_embed.shape[0]),
-            "d_model": int(level_embed.shape[1]),
+            **self.multi_scale_arch(state_dict),
             "as_two_stage": any(_TWO_STAGE_RE.match(k) for k in state_dict),
         }
-        identical = heads_identical(state_dict)
-        if identical is not None:
-            arch["with_box_refine"] = not identical
         if "query_embed.weight" in state_dict:
             arch["num_queries"] = int(state_dict["query_embed.weight"].shape[0])
-        if "class_embed.0.weight" in state_dict:
-            arch["num_classes"] = int(state_dict["class_embed.0.weight"].shape[0])
-        arch.update(layer_counts(state_dict))
         return arch
-
-    def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
-        keys = list(missing) + list(unexpected)
-        hints = [ARCH_OPTIONS["as_two_stage"]] if any(_TWO_STAGE_RE.match(k) for k in keys) else []
-        return hints + multi_scale_hints(keys, ARCH_OPTIONS)
-
-    def explain_tied(self, keys: Sequence[str], stored: Mapping[str, Any]) -> Optional[str]:
-        return separate_heads_explanation(
-            keys, stored, "with_box_refine", trained_with="model.with_box_refine=True",
-            config_sets="model.with_box_refine=False",
-        )
-
-    def warnings(
-        self, model_facts: Mapping[str, Any], tensor_facts: Mapping[str, Any], stored: Mapping[str, Any]
-    ) -> List[str]:
-        """A box-refinement model given a checkpoint whose per-layer heads are all equal: probably
-        a plain model's (a model saved right after initialisation looks the same, hence a warning;
-        with stored metadata the architecture comparison decides)."""
-        return identical_heads_warnings(
-            model_facts, tensor_facts, stored, "with_box_refine", per_layer=True,
-            trained_with="model.with_box_refine=False", config_sets="model.with_box_refine=True",
-        )
 
     def describe(self, state_dict: Mapping[str, torch.Tensor]) -> str:
         levels = state_dict["transformer.level_embed"].shape[0]

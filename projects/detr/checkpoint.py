@@ -22,6 +22,8 @@ from detrex_lite.checkpoint.class_heads import (
     select_class_rows,
 )
 from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family, stated_arch_from
+from detrex_lite.checkpoint.layer_stacks import MHA_PARAMS as _MHA
+from detrex_lite.checkpoint.layer_stacks import WEIGHT_OR_BIAS as _WB
 from detrex_lite.checkpoint.layer_stacks import (
     TRANSFORMER_ARCH_OPTIONS,
     hf_transformer_layer_rules,
@@ -36,8 +38,6 @@ __all__ = ["DETRWeights", "hf_to_official_detr", "official_detr_to_detrex", "hf_
 
 logger = logging.getLogger(__name__)
 
-_WB = r"(weight|bias)"
-_MHA = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
 
 _HF_TO_OFFICIAL = [
     Rule(rf"model\.input_projection\.{_WB}", r"input_proj.\1"),

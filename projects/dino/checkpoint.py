@@ -31,10 +31,9 @@ value evaluate identically.
 """
 import logging
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping
 
 import torch
-from torch import nn
 
 from detrex_lite.checkpoint.class_heads import (
     COCO_NUM_LOGITS_SIGMOID,
@@ -42,24 +41,16 @@ from detrex_lite.checkpoint.class_heads import (
     resolve_class_map,
     select_class_rows,
 )
-from detrex_lite.checkpoint.family import WeightFamily, WeightFormat, register_weight_family
+from detrex_lite.checkpoint.family import WeightFormat, register_weight_family
 from detrex_lite.checkpoint.rename import ConversionError, Rule, rename_keys, strip_prefix
 from detrex_lite.checkpoint.resnet import split_official_backbone
 # the same encoder/decoder layer names, input projections and per-layer heads as Deformable DETR's:
-# one way to count layers, to tell shared heads from per-layer ones and to explain a mismatch
-from detrex_lite.checkpoint.layer_stacks import (
-    LAYER_COUNT_PATTERNS,
-    TRANSFORMER_ARCH_OPTIONS,
-    count_indexed,
-    layer_counts,
-    transformer_arch,
-)
-from projects.deformable_detr.checkpoint import (
-    heads_identical,
-    identical_heads_warnings,
-    multi_scale_hints,
-    separate_heads_explanation,
-)
+# its multi-scale base counts layers, tells shared heads from per-layer ones and explains a mismatch
+from detrex_lite.checkpoint.layer_stacks import LAYER_COUNT_PATTERNS, count_indexed
+from detrex_lite.checkpoint.layer_stacks import MHA_PARAMS as _MHA
+from detrex_lite.checkpoint.layer_stacks import MSDA_PARAMS as _MSDA
+from detrex_lite.checkpoint.layer_stacks import WEIGHT_OR_BIAS as _WB
+from projects.deformable_detr.checkpoint import MULTI_SCALE_ARCH_OPTIONS, MultiScaleWeights
 
 __all__ = [
     "DINOWeights",
@@ -71,9 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_WB = r"(weight|bias)"
-_MSDA = r"(sampling_offsets|attention_weights|value_proj|output_proj)"
-_MHA = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
 
 # this project's names
 _TGT_EMBED = "transformer.tgt_embed.weight"
@@ -224,11 +212,7 @@ def detrex_dino_to_detrex(state_dict: Mapping[str, torch.Tensor], *, class_map: 
 # ------------------------------------------------------------------ arch facts and mismatches
 # arch field -> the config option that sets it (LazyConfig paths of the shipped configs)
 ARCH_OPTIONS = {
-    "num_feature_levels": "model.transformer.num_feature_levels",
-    **TRANSFORMER_ARCH_OPTIONS,
-    "mixed_selection": "model.mixed_selection",
-    "share_heads": "model.share_heads",
-    "num_classes": "model.num_classes",
+    **MULTI_SCALE_ARCH_OPTIONS, "mixed_selection": "model.mixed_selection", "share_heads": "model.share_heads"
 }
 
 # fields of the official repository's argparse "args" -> arch fields
@@ -252,7 +236,7 @@ def official_stated_arch(args: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 @register_weight_family
-class DINOWeights(WeightFamily):
+class DINOWeights(MultiScaleWeights):
     """DINO's weights (see the module docstring).
 
     ``model.share_heads=True`` repeats ONE class/box head across the decoder layers (the official
@@ -269,15 +253,13 @@ class DINOWeights(WeightFamily):
         WeightFormat("official-dino", is_official_dino, official_dino_to_detrex, official_stated_arch),
         WeightFormat("detrex-dino", is_detrex_dino, detrex_dino_to_detrex),
     )
-
-    def model_arch(self, model: nn.Module) -> Dict[str, Any]:
-        return {
-            **super().model_arch(model),
-            **transformer_arch(model),
-            "num_feature_levels": model.transformer.num_feature_levels,
-            "mixed_selection": model.mixed_selection,
-            "share_heads": model.share_heads,
-        }
+    switches = ("mixed_selection", "share_heads")
+    # learned content queries: mixed query selection
+    switch_keys = {"mixed_selection": re.compile(re.escape(_TGT_EMBED) + "$")}
+    # share_heads=False: one head per decoder layer
+    heads_switch, per_layer_heads = "share_heads", False
+    tied_phrases = ("model.share_heads=False, as detrex's DINO", "model.share_heads=True")
+    warning_phrases = ("model.share_heads=True (the official DINO)", "model.share_heads=False")
 
     def state_dict_arch(self, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
         """Shared heads are inferred from the heads' values (a per-layer-head model saved right
@@ -285,43 +267,14 @@ class DINOWeights(WeightFamily):
         queries the query count leaves no trace."""
         if not all(k in state_dict for k in _OUR_SIGNATURE):
             return {}
-        level_embed = state_dict["transformer.level_embed"]
         arch: Dict[str, Any] = {
             "meta_architecture": "DINO",
-            "num_feature_levels": int(level_embed.shape[0]),
-            "d_model": int(level_embed.shape[1]),
+            **self.multi_scale_arch(state_dict),
             "mixed_selection": _TGT_EMBED in state_dict,
         }
         if _TGT_EMBED in state_dict:
             arch["num_queries"] = int(state_dict[_TGT_EMBED].shape[0])
-        identical = heads_identical(state_dict)
-        if identical is not None:
-            arch["share_heads"] = identical
-        if "class_embed.0.weight" in state_dict:
-            arch["num_classes"] = int(state_dict["class_embed.0.weight"].shape[0])
-        arch.update(layer_counts(state_dict))
         return arch
-
-    def keys_point_at(self, missing: Sequence[str], unexpected: Sequence[str]) -> List[str]:
-        keys = list(missing) + list(unexpected)
-        hints = [ARCH_OPTIONS["mixed_selection"]] if _TGT_EMBED in keys else []
-        return hints + multi_scale_hints(keys, ARCH_OPTIONS)
-
-    def explain_tied(self, keys: Sequence[str], stored: Mapping[str, Any]) -> Optional[str]:
-        return separate_heads_explanation(
-            keys, stored, "share_heads", trained_with="model.share_heads=False, as detrex's DINO",
-            config_sets="model.share_heads=True",
-        )
-
-    def warnings(
-        self, model_facts: Mapping[str, Any], tensor_facts: Mapping[str, Any], stored: Mapping[str, Any]
-    ) -> List[str]:
-        """A per-layer-head model given a checkpoint whose heads are all equal: probably a
-        shared-head model's (it loads and predicts the same; a warning, not an error)."""
-        return identical_heads_warnings(
-            model_facts, tensor_facts, stored, "share_heads", per_layer=False,
-            trained_with="model.share_heads=True (the official DINO)", config_sets="model.share_heads=False",
-        )
 
     def describe(self, state_dict: Mapping[str, torch.Tensor]) -> str:
         arch = self.state_dict_arch(state_dict)
