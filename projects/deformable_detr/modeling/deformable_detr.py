@@ -1,7 +1,7 @@
 """Deformable DETR (Zhu et al. 2021): one-stage, box refinement and two-stage variants."""
 import copy
 import math
-from typing import ClassVar, Dict, List, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -20,9 +20,9 @@ class DeformableDETR(DETRBase):
     """Deformable DETR on detectron2 inputs.
 
     Args:
-        backbone, neck, pixel_mean, pixel_std, batch_invariant_inference, size_divisibility:
-            see :class:`DETRBase`. The neck must give ``transformer.num_feature_levels`` levels of
-            ``transformer.d_model`` channels.
+        backbone, neck, base_kwargs (``pixel_mean``, ``pixel_std``, ``batch_invariant_inference``,
+            ``size_divisibility``): see :class:`DETRBase`. The neck must give
+            ``transformer.num_feature_levels`` levels of ``transformer.d_model`` channels.
         position_embedding: mask (N, H, W) -> (N, d_model, H, W), e.g. PositionEmbeddingSine
             with num_pos_feats = d_model / 2 and offset -0.5.
         transformer: :class:`DeformableTransformer` (two_stage must equal ``as_two_stage``).
@@ -53,16 +53,11 @@ class DeformableDETR(DETRBase):
         with_box_refine: bool = False,
         as_two_stage: bool = False,
         select_box_nums_for_evaluation: int = 100,
-        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
-        pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
-        batch_invariant_inference: bool = True,
-        size_divisibility: int = 0,
+        **base_kwargs: Any,
     ):
         super().__init__(
             backbone=backbone, neck=neck, criterion=criterion,
-            select_box_nums_for_evaluation=select_box_nums_for_evaluation, pixel_mean=pixel_mean,
-            pixel_std=pixel_std, batch_invariant_inference=batch_invariant_inference,
-            size_divisibility=size_divisibility,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation, **base_kwargs,
         )
         if transformer.two_stage != as_two_stage:
             raise ValueError(f"DeformableDETR: as_two_stage={as_two_stage} but transformer.two_stage={transformer.two_stage}")

@@ -1,6 +1,6 @@
 """DETR (Carion et al. 2020): a transformer over single-scale backbone features, set prediction
 with a softmax classifier that has a no-object class."""
-from typing import ClassVar, Dict, List, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -57,8 +57,8 @@ class DETR(DETRBase):
             in the DC5 variant).
         aux_loss: supervise every decoder layer (the heads are shared across layers).
         select_box_nums_for_evaluation: detections kept per image; at most one per query.
-        pixel_mean, pixel_std, batch_invariant_inference, size_divisibility: see
-            :class:`DETRBase`.
+        base_kwargs: ``pixel_mean``, ``pixel_std``, ``batch_invariant_inference``,
+            ``size_divisibility``: see :class:`DETRBase`.
     """
 
     # what the loader and the converter know about this model's weights (projects/detr/checkpoint.py)
@@ -76,17 +76,12 @@ class DETR(DETRBase):
         in_feature: str = "res5",
         aux_loss: bool = True,
         select_box_nums_for_evaluation: int = 100,
-        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
-        pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
-        batch_invariant_inference: bool = True,
-        size_divisibility: int = 0,
+        **base_kwargs: Any,
     ):
         neck = _SingleFeature(backbone.output_shape(), in_feature)
         super().__init__(
             backbone=backbone, neck=neck, criterion=criterion,
-            select_box_nums_for_evaluation=select_box_nums_for_evaluation, pixel_mean=pixel_mean,
-            pixel_std=pixel_std, batch_invariant_inference=batch_invariant_inference,
-            size_divisibility=size_divisibility,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation, **base_kwargs,
         )
         if getattr(criterion, "loss_class_type", "ce_loss") != "ce_loss":
             raise ValueError(f"DETR: the criterion must use loss_class_type='ce_loss', got {criterion.loss_class_type!r}")

@@ -2,7 +2,7 @@
 selection and look forward twice."""
 import copy
 import math
-from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -22,8 +22,9 @@ class DINO(DETRBase):
     """DINO on detectron2 inputs.
 
     Args:
-        backbone, neck, pixel_mean, pixel_std, batch_invariant_inference, size_divisibility:
-            see :class:`DETRBase`; the neck gives ``transformer.num_feature_levels`` levels.
+        backbone, neck, base_kwargs (``pixel_mean``, ``pixel_std``, ``batch_invariant_inference``,
+            ``size_divisibility``): see :class:`DETRBase`; the neck gives
+            ``transformer.num_feature_levels`` levels.
         position_embedding: mask (N, H, W) -> (N, d_model, H, W) (DINO: sine, temperature 20).
         transformer: :class:`DINOTransformer`; its ``num_queries``, ``mixed_selection`` and
             ``look_forward_twice`` must equal this model's (the configs tie them).
@@ -60,16 +61,11 @@ class DINO(DETRBase):
         look_forward_twice: bool = True,
         share_heads: bool = True,
         select_box_nums_for_evaluation: int = 300,
-        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
-        pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
-        batch_invariant_inference: bool = True,
-        size_divisibility: int = 0,
+        **base_kwargs: Any,
     ):
         super().__init__(
             backbone=backbone, neck=neck, criterion=criterion,
-            select_box_nums_for_evaluation=select_box_nums_for_evaluation, pixel_mean=pixel_mean,
-            pixel_std=pixel_std, batch_invariant_inference=batch_invariant_inference,
-            size_divisibility=size_divisibility,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation, **base_kwargs,
         )
         for name, mine, theirs in (
             ("num_queries", num_queries, transformer.num_queries),
