@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointFileError",
     "CheckpointMismatchError",
+    "NothingToResumeError",
     "ConversionError",
     "AnalysisError",
     "NonFiniteLossError",
@@ -85,6 +86,11 @@ class CheckpointMismatchError(CheckpointError):
     def __init__(self, message: str, details: str = ""):
         super().__init__(message)
         self.details = details
+
+
+class NothingToResumeError(CheckpointError):
+    """``--resume`` found checkpoints in the output folder but none loads: training does not start
+    over them (train_net exits 2 with the reason)."""
 
 
 class ConversionError(DetrexError, KeyError):

@@ -214,3 +214,38 @@ def test_diverged_run_writes_no_non_finite_checkpoint(tmp_path):
     assert line.endswith("last good checkpoint: none saved yet (start again with a lower optimizer.lr, or with "
                          "train.amp.enabled=False)")
     assert not [f for f in os.listdir(out) if f.endswith(".pth") or f == "last_checkpoint"]
+
+
+# ------------------------------------------------------------------ output folder and resume faults, one line each
+def test_unwritable_output_dir_is_one_line(tmp_path, capsys):
+    """An output folder whose lock cannot be created (here: the lock path is a folder; a
+    read-only folder gives the same path through the lock) used to end in a traceback."""
+    out = tmp_path / "run"
+    (out / "train_net.lock").mkdir(parents=True)
+    rc = _train_net_module().cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1] == f"train_net: error: the lock path {out / 'train_net.lock'} is a directory: remove it to use output folder {out}"
+
+
+def test_resume_over_only_unloadable_checkpoints_exits_2_and_keeps_them(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model_0000004.pth").write_bytes(b"truncated")
+    (out / "last_checkpoint").write_bytes(bytes(range(200)))  # damaged too
+    rc = _train_net_module().cli(["--resume", "--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.max_iter=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err[-5:]
+    assert err[-1].startswith(f"train_net: error: --resume: no checkpoint in {out} can be loaded")
+    assert (out / "model_0000004.pth").read_bytes() == b"truncated"
+
+
+def test_damaged_last_checkpoint_falls_back_to_the_newest_other(tmp_path, caplog):
+    from detrex_lite.checkpoint.run import find_run_checkpoint
+
+    (tmp_path / "model_0000004.pth").write_bytes(b"x")
+    (tmp_path / "model_0000009.pth").write_bytes(b"x")
+    for content in (bytes(range(256)), b"../../etc/passwd", b""):
+        (tmp_path / "last_checkpoint").write_bytes(content)
+        with caplog.at_level("WARNING"):
+            assert find_run_checkpoint(str(tmp_path)) == str(tmp_path / "model_0000009.pth")

@@ -147,6 +147,29 @@ def run_config_path(run_dir: str) -> str:
     return path
 
 
+def read_last_checkpoint(run_dir: str) -> str:
+    """The checkpoint file that ``run_dir/last_checkpoint`` names, or "" when there is no such
+    file, or it is damaged (not a short UTF-8 file name) or names a file that does not exist
+    (both with a warning naming it)."""
+    last = os.path.join(run_dir, "last_checkpoint")
+    if not os.path.isfile(last):
+        return ""
+    try:
+        with open(last, "rb") as f:
+            name = f.read(4096).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        logger.warning(f"{last} cannot be read ({type(e).__name__}); using the newest other checkpoint")
+        return ""
+    if not name or os.path.basename(name) != name or not name.isprintable():
+        logger.warning(f"{last} does not hold a file name ({name[:40]!r}); using the newest other checkpoint")
+        return ""
+    named = os.path.join(run_dir, name)
+    if not os.path.isfile(named):
+        logger.warning(f"{last} names {named}, which does not exist; using the newest other checkpoint")
+        return ""
+    return named
+
+
 def find_run_checkpoint(run_dir: str, name: Optional[str] = None) -> str:
     """The checkpoint of a run to use: ``name`` (a file in ``run_dir`` or a path) when given, else
     the newest complete one: the file ``last_checkpoint`` names (written only after the file is
@@ -156,13 +179,9 @@ def find_run_checkpoint(run_dir: str, name: Optional[str] = None) -> str:
         if not os.path.isfile(path):
             raise CheckpointFileError(f"{name}: no such checkpoint (in {run_dir} or as a path)")
         return path
-    last = os.path.join(run_dir, "last_checkpoint")
-    if os.path.isfile(last):
-        with open(last) as f:
-            named = os.path.join(run_dir, f.read().strip())
-        if os.path.isfile(named):
-            return named
-        logger.warning(f"{last} names {named}, which does not exist; using the newest other checkpoint")
+    named = read_last_checkpoint(run_dir)
+    if named:
+        return named
     final = os.path.join(run_dir, "model_final.pth")
     if os.path.isfile(final):
         return final

@@ -15,6 +15,7 @@ from .demo_dataset import (
     register_demo_datasets,
 )
 from .evaluation import build_coco_evaluator
+from .subset import first_dataset_dicts
 from .transforms import detr_crop_augmentation, detr_test_augmentation, detr_train_augmentation
 
 register_demo_datasets()

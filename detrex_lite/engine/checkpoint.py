@@ -22,7 +22,8 @@ import torch
 from detectron2.engine import hooks
 
 from detrex_lite.checkpoint import DetrexCheckpointer
-from detrex_lite.errors import CheckpointError
+from detrex_lite.checkpoint.run import read_last_checkpoint
+from detrex_lite.errors import NothingToResumeError
 
 from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
 
@@ -158,6 +159,14 @@ class AtomicCheckpointer(DetrexCheckpointer):
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
+    def get_checkpoint_file(self) -> str:
+        """The file ``last_checkpoint`` names ("" when it is missing, damaged or names no file:
+        :func:`detrex_lite.checkpoint.run.read_last_checkpoint`, which warns)."""
+        return read_last_checkpoint(self.save_dir) if self.save_dir else ""
+
+    def has_checkpoint(self) -> bool:
+        return bool(self.get_checkpoint_file())
+
     def _resume_candidates(self) -> List[str]:
         """`last_checkpoint`'s file first, then this run's other checkpoints (``model_final.pth``,
         ``model_<iteration>.pth``), newest first."""
@@ -199,7 +208,7 @@ class AtomicCheckpointer(DetrexCheckpointer):
                 continue
             self.resumed = candidate
             return checkpoint
-        raise CheckpointError(
+        raise NothingToResumeError(
             "--resume: no checkpoint in {} can be loaded, and training from scratch would overwrite them "
             "({}); move them away to start again, or name a good one with train.init_checkpoint".format(
                 self.save_dir, "; ".join(errors)

@@ -33,7 +33,8 @@ from detrex_lite.errors import (
     DatasetError,
     ImageReadError,
     NonFiniteLossError,
-    OutputDirBusyError,
+    NothingToResumeError,
+    OutputDirError,
 )
 from detrex_lite.solver import schedule_periods
 from detrex_lite.utils import json_io
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if holds_lock:
         try:
             lock.acquire()
-        except OutputDirBusyError as e:
+        except OutputDirError as e:  # in use by a live run, or not writable
             return _error(e, 2)
         if lock.taken_over:
             print(f"train_net: warning: {lock.taken_over}", file=sys.stderr)
@@ -214,6 +215,8 @@ def _launch(args: argparse.Namespace, cfg) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return _error("interrupted twice: stopped at once; files written so far are complete (atomic writes)", INTERRUPT_EXIT_CODE)
+    except NothingToResumeError as e:
+        return _error(e, 2)
     except (NonFiniteLossError, CheckpointError, CheckpointWriteError, DatasetError, ImageReadError) as e:
         # single process; with several, the launcher reports the worker's traceback
         return _error(e, 1)

@@ -120,6 +120,25 @@ class LevelLayout:
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         return cls(tuple(level_shapes(spatial_shapes)), spatial_shapes, level_start_index)
 
+    @staticmethod
+    def check_tensors(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, caller: str = "LevelLayout") -> None:
+        """The layout tensors' structure, without reading their values (the one place the op and
+        the layout check it): (L, 2) and (L,) int64 tensors with the same L.
+
+        Raises:
+            ValueError: starting with ``caller`` and naming the argument at fault.
+        """
+        expected = (("spatial_shapes", spatial_shapes, 2, "(L, 2)"), ("level_start_index", level_start_index, 1, "(L,)"))
+        for name, t, rank, layout in expected:
+            if not isinstance(t, torch.Tensor) or t.dim() != rank or t.dtype != torch.int64:
+                got = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{caller}: {name} must be an int64 tensor of shape {layout}, got {got}")
+        if spatial_shapes.shape[-1] != 2 or level_start_index.shape[0] != spatial_shapes.shape[0]:
+            raise ValueError(
+                f"{caller}: spatial_shapes (L, 2) and level_start_index (L,) disagree: shapes "
+                f"{tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}"
+            )
+
     @classmethod
     def from_tensors(
         cls, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, caller: str = "LevelLayout"
@@ -132,16 +151,7 @@ class LevelLayout:
             ValueError: not (L, 2) / (L,) int64 tensors, non-positive sizes, or level_start_index
                 not the offsets that spatial_shapes implies.
         """
-        expected = (("spatial_shapes", spatial_shapes, 2, "(L, 2)"), ("level_start_index", level_start_index, 1, "(L,)"))
-        for name, t, rank, layout in expected:
-            if not isinstance(t, torch.Tensor) or t.dim() != rank or t.dtype != torch.int64:
-                got = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{caller}: {name} must be an int64 tensor of shape {layout}, got {got}")
-        if spatial_shapes.shape[-1] != 2 or level_start_index.shape[0] != spatial_shapes.shape[0]:
-            raise ValueError(
-                f"{caller}: spatial_shapes (L, 2) and level_start_index (L,) disagree: shapes "
-                f"{tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}"
-            )
+        cls.check_tensors(spatial_shapes, level_start_index, caller)
         sizes = tuple(level_shapes(spatial_shapes))
         if torch.jit.is_tracing():  # traced sizes: nothing to read
             return cls(sizes, spatial_shapes, level_start_index)

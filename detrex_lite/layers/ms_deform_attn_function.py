@@ -314,17 +314,14 @@ def _validate(
             _fail(name, f"must be a torch.Tensor, got {type(t).__name__}")
     expected_rank = {
         "value": (4, "(N, S, M, D)"),
-        "spatial_shapes": (2, "(L, 2)"),
-        "level_start_index": (1, "(L,)"),
         "sampling_locations": (6, "(N, Lq, M, L, P, 2)"),
         "attention_weights": (5, "(N, Lq, M, L, P)"),
     }
     for name, (rank, layout) in expected_rank.items():
         if tensors[name].dim() != rank:
             _fail(name, f"must be {layout}, got shape {tuple(tensors[name].shape)}")
-    for name in ("spatial_shapes", "level_start_index"):
-        if tensors[name].dtype != torch.int64:
-            _fail(name, f"must be int64, got {tensors[name].dtype}")
+    # the layout's structure: LevelLayout's check (its values are checked below, eager only)
+    LevelLayout.check_tensors(spatial_shapes, level_start_index, caller="ms_deform_attn")
     for name in ("value", "sampling_locations", "attention_weights"):
         if not tensors[name].is_floating_point():
             _fail(name, f"must be a floating-point tensor, got {tensors[name].dtype}")
@@ -344,14 +341,6 @@ def _validate(
 
     n, s, m, _ = value.shape
     num_levels = spatial_shapes.shape[0]
-    if spatial_shapes.shape[1] != 2:
-        _fail("spatial_shapes", f"must be (L, 2) rows of (H, W), got shape {tuple(spatial_shapes.shape)}")
-    if level_start_index.shape[0] != num_levels:
-        _fail(
-            "level_start_index",
-            f"must be (L,) = ({num_levels},) like spatial_shapes {tuple(spatial_shapes.shape)}, "
-            f"got shape {tuple(level_start_index.shape)}",
-        )
     loc_shape = tuple(sampling_locations.shape)
     if loc_shape[0] != n or loc_shape[2] != m or loc_shape[3] != num_levels or loc_shape[5] != 2:
         _fail(
