@@ -172,7 +172,7 @@ class DINO(DETRBase):
 
     def float32_modules(self) -> List[nn.Module]:
         # The decoder heads and the encoder's, which rank the tokens and place the anchors.
-        return super().float32_modules() + [self.transformer.enc_out_class_embed, self.transformer.enc_out_bbox_embed]
+        return [self.class_embed, self.bbox_embed, self.transformer.enc_out_class_embed, self.transformer.enc_out_bbox_embed]
 
     @property
     def min_encoder_tokens(self) -> int:
