@@ -148,3 +148,28 @@ def test_demo_configs_are_matched():
     # Different output folders, so running both keeps both curves.
     assert dd.train.output_dir != detr.train.output_dir
     assert "demo" in dd.train.output_dir and "demo" in detr.train.output_dir
+
+
+@pytest.mark.parametrize(
+    "demo, small",
+    [
+        ("projects/deformable_detr/configs/deformable_detr_r18_demo.py", "projects/deformable_detr/configs/deformable_detr_r18_demo_100img.py"),
+        ("projects/dino/configs/dino_r18_demo.py", "projects/dino/configs/dino_r18_demo_100img.py"),
+    ],
+)
+def test_small_data_demos_change_only_the_training_images(demo, small):
+    """The small-data regime (docs/dino.md): the demo's model, schedule, budget and evaluation,
+    trained on the first 100 of the 600 training images."""
+    from detectron2.config import LazyConfig
+
+    from detrex_lite.data import first_dataset_dicts
+
+    full, cut = (as_plain(LazyConfig.load(os.path.join(REPO, p))) for p in (demo, small))
+    assert cut["dataloader"]["train"]["dataset"] == {
+        "_target_": first_dataset_dicts, "names": "detrex_demo_train", "num_images": 100,
+    }
+    for c in (full, cut):
+        del c["dataloader"]["train"]["dataset"], c["train"]["output_dir"]
+    assert cut == full
+    records = first_dataset_dicts("detrex_demo_train", 100)
+    assert len(records) == 100 and [r["image_id"] for r in records] == sorted(r["image_id"] for r in records)

@@ -19,7 +19,7 @@ from tests.test_demo_configs import as_plain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "projects", "dino", "configs")
-TOP_LEVEL = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")) if not p.endswith("_demo.py"))
+TOP_LEVEL = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")) if "_demo" not in os.path.basename(p))
 DEMO = os.path.join(CONFIG_DIR, "dino_r18_demo.py")
 DDETR_DEMO = os.path.join(REPO, "projects/deformable_detr/configs/deformable_detr_r18_demo.py")
 
