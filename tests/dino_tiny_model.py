@@ -7,7 +7,8 @@ import torch
 from detectron2.config import LazyConfig
 from detectron2.structures import Boxes, Instances
 
-from detrex_lite.config import get_config, shrink_model
+from detrex_lite.config import shrink_model
+from tests.tools_tiny_models import _tiny_data_and_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DINO_MODEL = os.path.join(REPO, "projects/dino/configs/models/dino_r50.py")
@@ -26,12 +27,7 @@ def tiny_dino_config(num_classes: int = 6, num_queries: int = 12, num_layers: in
     cfg.model.dn_number = dn_number
     for key, value in switches.items():
         cfg.model[key] = value
-    cfg.dataloader = get_config("common/data/demo_detr.py").dataloader
-    cfg.dataloader.test.mapper.augmentation.min_size = 64
-    cfg.dataloader.test.mapper.augmentation.max_size = 96
-    cfg.optimizer = get_config("common/optim.py").AdamW
-    cfg.train = get_config("common/train.py").train
-    cfg.train.init_checkpoint = ""
+    _tiny_data_and_train(cfg)  # the demo data at 64-96 px, the shared optimizer and train settings
     return cfg
 
 

@@ -9,36 +9,20 @@
 #   model.mixed_selection=False     pure query selection (content queries from the encoder too)
 #   model.look_forward_twice=False  Deformable DETR's detached box refinement
 from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig
 
 from detrex_lite.layers import PositionEmbeddingSine
-from detrex_lite.modeling import ChannelMapper, HungarianMatcher, build_resnet, resnet_output_shape
+from detrex_lite.modeling import HungarianMatcher
 from projects.dino.modeling import DINO, DINOCriterion, DINOTransformer
 
+# The backbone and the neck are Deformable DETR's (ResNet-50 res3-res5 with the stem and res2
+# frozen, FrozenBN, torchvision weights; input_proj as a ChannelMapper with GroupNorm and a
+# stride-64 fourth level), taken from its model config rather than written again.
+_ddetr = LazyConfig.load_rel("../../../deformable_detr/configs/models/deformable_detr_r50.py").model
+
 model = L(DINO)(
-    backbone=L(build_resnet)(
-        depth=50,
-        out_features=["res3", "res4", "res5"],
-        # As Deformable DETR: the stem and res2 frozen, FrozenBN everywhere (torchvision weights).
-        freeze_at=2,
-        norm="FrozenBN",
-        stride_in_1x1=False,
-        res5_dilation=1,
-        stem_out_channels=64,
-    ),
-    neck=L(ChannelMapper)(
-        input_shapes=L(resnet_output_shape)(
-            depth="${...backbone.depth}",
-            out_features="${...backbone.out_features}",
-            res5_dilation="${...backbone.res5_dilation}",
-            stem_out_channels="${...backbone.stem_out_channels}",
-        ),
-        in_features="${..backbone.out_features}",
-        out_channels="${..transformer.d_model}",
-        num_outs="${..transformer.num_feature_levels}",
-        kernel_size=1,
-        norm="GN",
-        num_groups=32,
-    ),
+    backbone=_ddetr.backbone,
+    neck=_ddetr.neck,
     # Official DINO: temperature 20 and positions not shifted to pixel centres (offset 0).
     position_embedding=L(PositionEmbeddingSine)(
         embed_dim="${..transformer.d_model}", temperature=20, normalize=True, offset=0.0
