@@ -172,11 +172,25 @@ def test_denoising_query_layout():
     assert idx[1][0].tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19]
     assert idx[1][1].tolist() == [0, 1, 2, 3] * 3
     assert idx[2][0].numel() == 0
-    # No boxes in the batch, or dn_number 0: no denoising queries.
+    # No boxes in the batch: no denoising queries; dn_number 0: no denoising at all.
     empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
     kw = dict(label_noise_ratio=0.5, box_noise_scale=1.0, num_classes=6, num_queries=12, label_enc=model.label_enc)
-    assert denoising.build_denoising_queries(empty, dn_number=12, **kw) is None
+    assert denoising.build_denoising_queries(empty, dn_number=12, **kw).num_queries == 0
     assert denoising.build_denoising_queries(targets, dn_number=0, **kw) is None
+
+
+def test_batch_without_boxes_keeps_the_loss_keys_and_every_parameter_in_the_graph():
+    """Distributed training (find_unused_parameters=False) needs every parameter to get a
+    gradient in every iteration, also when no image of a batch has a box."""
+    model = _model(dn_number=10).train()
+    with_boxes = model(random_inputs(SIZES))
+    losses = model(random_inputs([(72, 88, 0), (64, 96, 0)]))
+    assert set(losses) == set(with_boxes)
+    for key in ("loss_class_dn", "loss_bbox_dn", "loss_giou_dn", "loss_bbox_dn_0"):
+        assert losses[key].item() == 0.0, key
+    sum(losses.values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
 
 
 # ---- the criterion: matcher and denoising losses -----------------------------------------

@@ -137,14 +137,25 @@ def build_denoising_queries(
         label_enc: (K, C) embedding of the (noised) labels: the queries' content.
 
     Returns:
-        None when ``dn_number <= 0`` or the batch has no box, else :class:`DenoisingQueries`.
+        None when ``dn_number <= 0``, else :class:`DenoisingQueries` (with no query when the
+        batch has no box).
     """
     counts = [len(t["labels"]) for t in targets]
     max_boxes = max(counts, default=0)
-    if dn_number <= 0 or max_boxes == 0:
+    if dn_number <= 0:
         return None
     device = label_enc.weight.device
     bs, hidden = len(targets), label_enc.embedding_dim
+    if max_boxes == 0:
+        # No box in the batch: no denoising query, but label_enc stays in the graph (with a zero
+        # gradient), so that distributed training, which expects every parameter to get a
+        # gradient, does not stop on a batch of empty images, and the loss keys stay the same.
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return DenoisingQueries(
+            label_enc(empty).view(bs, 0, hidden).expand(bs, 0, hidden), torch.zeros(bs, 0, 4, device=device),
+            torch.zeros(num_queries, num_queries, dtype=torch.bool, device=device),
+            torch.zeros(bs, 0, dtype=torch.int64, device=device), 1, 0,
+        )
     num_groups = num_denoising_groups(dn_number, max_boxes)
     group_size = 2 * max_boxes
     num_dn = num_groups * group_size

@@ -66,7 +66,9 @@ class DINOTransformerDecoder(nn.Module):
     next reference r_d = b_d.detach(). The box it is *supervised* with is
     sigmoid(delta_d(norm(o_d)) + inverse_sigmoid(x)) where x = b_{d-1} undetached with look
     forward twice (so layer d's loss also trains layer d-1's box prediction, Sec. 3.5) and
-    x = r_{d-1} without (Deformable DETR's refinement). Both have the same value.
+    x = r_{d-1} without (Deformable DETR's refinement); b_{d-1} and r_{d-1} have the same value, so
+    the switch changes gradients only. (As official, the reference chain uses the raw output o_d,
+    the supervised box the normalised one.)
 
     Args:
         num_layers: decoder layers.
