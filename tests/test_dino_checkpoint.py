@@ -334,3 +334,21 @@ def test_dino_weights_into_a_deformable_detr_config_say_dino(tmp_path, config, o
         with pytest.raises(CheckpointMismatchError) as err:
             load()
         assert "these are detrex_lite DINO weights and the config builds DeformableDETR: use a DINO config" in str(err.value), str(err.value)
+
+
+def test_fine_tuning_to_another_class_count_keeps_every_class_row_initialised():
+    """train.init_checkpoint with another class count (COCO weights -> a 6-class dataset): every
+    class-indexed tensor (decoder and encoder class heads, the denoising label embedding) keeps its
+    initialisation, the rest loads; a strict purpose still refuses."""
+    source = _randomized(_small_dino(80), seed=3)
+    target = _small_dino(6)
+    report = apply_state_dict(target, source.state_dict(), purpose="train")
+    skipped = {key for key, _, _ in report.skipped_class_heads}
+    assert "label_enc.weight" in skipped and any(k.startswith("transformer.enc_out_class_embed.") for k in skipped)
+    assert any(k.startswith("class_embed.") for k in skipped)
+    own = target.state_dict()
+    for key, value in source.state_dict().items():
+        if key not in skipped:
+            assert torch.equal(own[key], value), key
+    with pytest.raises(CheckpointMismatchError, match="the checkpoint has 80 classes, the config 6"):
+        apply_state_dict(_small_dino(6), source.state_dict(), purpose="eval")
