@@ -209,8 +209,10 @@ def test_official_coco_class_rows():
     assert torch.equal(coco.label_enc.weight, official["label_enc.weight"][ids])
     assert torch.equal(full.label_enc.weight, official["label_enc.weight"][:91])
     got, ref = _outputs(coco), _outputs(full)
-    assert torch.equal(got["pred_logits"], ref["pred_logits"][..., ids])
-    assert torch.equal(got["pred_boxes"], ref["pred_boxes"])
+    # Equal up to float32 summation order: an 80- and a 91-row head split their matrix products
+    # differently across threads (bit-identical with one thread).
+    torch.testing.assert_close(got["pred_logits"], ref["pred_logits"][..., ids], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["pred_boxes"], ref["pred_boxes"], rtol=0, atol=1e-5)
 
 
 def test_detrex_round_trip():
