@@ -10,7 +10,7 @@ process that has registered nothing. Hugging Face models carry ``id2label`` the 
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -19,7 +19,7 @@ from .io import CheckpointFileError
 
 __all__ = [
     "RunMetadata", "run_metadata", "resolve_num_classes", "find_run_checkpoint", "run_config_path",
-    "metadata_from_meta", "test_resize_of", "coco_run_metadata",
+    "metadata_from_meta", "test_resize_of", "coco_run_metadata", "numbered_checkpoints", "read_last_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,6 +147,12 @@ def run_config_path(run_dir: str) -> str:
     return path
 
 
+def numbered_checkpoints(run_dir: str) -> List[Tuple[int, str]]:
+    """(iteration, file name) of every ``model_<iteration>.pth`` in ``run_dir``, oldest first."""
+    names = os.listdir(run_dir) if run_dir and os.path.isdir(run_dir) else []
+    return sorted((int(m[1]), m[0]) for m in map(_CHECKPOINT_RE.fullmatch, names) if m)
+
+
 def read_last_checkpoint(run_dir: str) -> str:
     """The checkpoint file that ``run_dir/last_checkpoint`` names, or "" when there is no such
     file, or it is damaged (not a short UTF-8 file name) or names a file that does not exist
@@ -185,9 +191,7 @@ def find_run_checkpoint(run_dir: str, name: Optional[str] = None) -> str:
     final = os.path.join(run_dir, "model_final.pth")
     if os.path.isfile(final):
         return final
-    numbered = sorted(
-        (int(m[1]), m[0]) for m in map(_CHECKPOINT_RE.fullmatch, os.listdir(run_dir) if os.path.isdir(run_dir) else []) if m
-    )
+    numbered = numbered_checkpoints(run_dir)
     if not numbered:
         raise CheckpointFileError(f"{run_dir}: no checkpoint (model_final.pth or model_<iteration>.pth) in it")
     return os.path.join(run_dir, numbered[-1][1])

@@ -22,7 +22,7 @@ import torch
 from detectron2.engine import hooks
 
 from detrex_lite.checkpoint import DetrexCheckpointer
-from detrex_lite.checkpoint.run import read_last_checkpoint
+from detrex_lite.checkpoint.run import numbered_checkpoints, read_last_checkpoint
 from detrex_lite.errors import NothingToResumeError
 
 from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
@@ -167,10 +167,9 @@ class AtomicCheckpointer(DetrexCheckpointer):
     def has_checkpoint(self) -> bool:
         return bool(self.get_checkpoint_file())
 
-    def _resume_candidates(self) -> List[str]:
-        """`last_checkpoint`'s file first, then this run's other checkpoints (``model_final.pth``,
-        ``model_<iteration>.pth``), newest first."""
-        first = self.get_checkpoint_file() if self.has_checkpoint() else ""
+    def _resume_candidates(self, first: str) -> List[str]:
+        """``first`` (the file `last_checkpoint` names, or ""), then this run's other checkpoints
+        (``model_final.pth``, ``model_<iteration>.pth``), newest first."""
         ours = re.compile(r"model_(final|\d{7})\.pth")
         others = sorted(
             (p for p in self.get_all_checkpoint_files() if p != first and ours.fullmatch(os.path.basename(p))),
@@ -186,14 +185,17 @@ class AtomicCheckpointer(DetrexCheckpointer):
         ``self.resumed`` to the file it resumed from ("" when it did not resume).
 
         Raises:
-            CheckpointError: checkpoints are there but none loads (nothing is overwritten: training
-                does not start from scratch over them).
+            NothingToResumeError: checkpoints are there but none loads (nothing is overwritten:
+                training does not start from scratch over them).
         """
         self.resumed = ""
-        candidates = self._resume_candidates() if resume and self.save_dir and os.path.isdir(self.save_dir) else []
+        if not (resume and self.save_dir and os.path.isdir(self.save_dir)):
+            return self.load(path, checkpointables=[])
+        named = self.get_checkpoint_file()  # read (and warned about) once
+        candidates = self._resume_candidates(named)
         if not candidates:
             return self.load(path, checkpointables=[])
-        if not self.has_checkpoint():
+        if not named:
             logger.warning(
                 f"{self.save_dir} has no last_checkpoint file: resuming from the newest complete checkpoint, {candidates[0]}"
             )
@@ -220,11 +222,7 @@ class AtomicCheckpointer(DetrexCheckpointer):
         were used by an iteration before ``iteration`` (``i + 1 < iteration``), or "" when there is
         none; with ``retag``, ``last_checkpoint`` then names it, so that ``--resume`` continues
         from there (the newer files stay on disk)."""
-        pattern = re.compile(r"model_(\d{7})\.pth")
-        found = sorted(
-            (int(m[1]), m[0]) for m in map(pattern.fullmatch, os.listdir(self.save_dir) if self.save_dir else []) if m
-        )
-        before = [name for i, name in found if i + 1 < iteration]
+        before = [name for i, name in numbered_checkpoints(self.save_dir) if i + 1 < iteration]
         if not before:
             return ""
         if retag:
@@ -233,7 +231,7 @@ class AtomicCheckpointer(DetrexCheckpointer):
 
     def last_checkpoint_path(self) -> str:
         """The file `last_checkpoint` names, or "" when nothing was saved yet."""
-        return self.get_checkpoint_file() if self.has_checkpoint() else ""
+        return self.get_checkpoint_file()
 
 
 class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
