@@ -19,6 +19,7 @@ from detectron2.config import LazyConfig
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
+from detrex_lite.utils.files import replaced_when_done
 from detrex_lite.utils.logger import setup_logger
 
 LOGGER_NAMES = ("detectron2", "fvcore", "detrex_lite")
@@ -52,14 +53,8 @@ def environment_summary() -> str:
 def save_config_atomically(cfg, path: str) -> None:
     """``LazyConfig.save(cfg, path)`` through a temporary file renamed over ``path``: a process
     killed while saving leaves the previous file whole."""
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.tmp.{os.getpid()}")
-    try:
+    with replaced_when_done(path) as tmp:
         LazyConfig.save(cfg, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def default_setup(cfg, args: argparse.Namespace) -> logging.Logger:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -44,6 +43,7 @@ from detrex_lite.layers import attention_backend
 from detrex_lite.modeling.meta_arch import DETRBase
 from detrex_lite.modeling.padding import padding_masks, valid_size
 from detrex_lite.utils.box_ops import box_cxcywh_to_xyxy
+from detrex_lite.utils.files import replaced_when_done
 
 __all__ = [
     "ExportableDETR",
@@ -188,14 +188,8 @@ def export_onnx(
                 dynamic_axes[name] = {0: "batch"}
     # Written beside ``path`` and renamed over it once checked: a process killed meanwhile leaves
     # the previous file whole (it used to leave a 0-byte model.onnx that onnx.load accepts).
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.tmp.{os.getpid()}")
-    try:
+    with replaced_when_done(path) as tmp:
         _export_checked(wrapper, images, image_sizes, tmp, dynamic_axes, opset)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     logger.info(
         "Exported %s to %s (opset %d, %s)", type(model).__name__, path, opset,
         "dynamic height and width" if dynamic_size else f"fixed canvas {h}x{w}",

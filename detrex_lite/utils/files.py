@@ -1,10 +1,13 @@
-"""Checks made before long work that ends in writing a file."""
+"""Writing files whole: checks made before long work that ends in a file, and a temporary file
+renamed over the target only once it is complete."""
+import contextlib
 import os
 import tempfile
+from typing import Iterator
 
 from detrex_lite.errors import OutputDirError
 
-__all__ = ["check_writable"]
+__all__ = ["check_writable", "replaced_when_done"]
 
 
 def check_writable(path: str, flag: str = "--output") -> None:
@@ -20,3 +23,18 @@ def check_writable(path: str, flag: str = "--output") -> None:
             pass
     except OSError as e:
         raise OutputDirError(f"{flag} {path}: cannot write in {directory} ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def replaced_when_done(path: str) -> Iterator[str]:
+    """Yields a temporary path beside ``path`` to write (for writers that take a file name, e.g.
+    ``LazyConfig.save``, ``torch.onnx.export``); renames it over ``path`` when the block ends
+    without an error, and removes it otherwise: a process killed meanwhile leaves ``path`` whole."""
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.tmp.{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
