@@ -95,11 +95,3 @@ class ToyDetector(nn.Module):
             w = self.query_embed.weight
             loss_class = loss_class + 0.0 * torch.sqrt(w - w.detach()).sum()  # d sqrt(u)/du at 0 = inf
         return {"loss_class": self.loss_weight * loss_class, "loss_bbox": 5.0 * self.loss_weight * loss_bbox}
-
-
-def first_dataset_dicts(names, num_images: int):
-    """The first `num_images` records of registered datasets: a short evaluation for tests
-    (detectron2's COCOEvaluator scores only the images it saw predictions for)."""
-    from detectron2.data import get_detection_dataset_dicts
-
-    return get_detection_dataset_dicts(names, filter_empty=False)[:num_images]

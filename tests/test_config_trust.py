@@ -88,4 +88,4 @@ def test_users_own_modules_are_trusted_installed_ones_are_not():
     assert is_users_module("tests")  # this repository's folder, on sys.path: the user's code
     assert not is_users_module("numpy") and not is_users_module("os") and not is_users_module("sys")
     assert not is_users_module("no_such_module_anywhere")
-    assert is_allowed_target("tests.engine_toy_detector.first_dataset_dicts")
+    assert is_allowed_target("tests.engine_toy_detector.ToyDetector")

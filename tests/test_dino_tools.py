@@ -14,7 +14,7 @@ from detrex_lite.export.onnx_export import check_onnx_parity, export_onnx, prepa
 from detrex_lite.predictor import Predictor
 from detrex_lite.solver import default_detr_schedule
 from tests.dino_tiny_model import tiny_dino_config
-from tests.engine_toy_detector import first_dataset_dicts
+from detrex_lite.data import first_dataset_dicts
 from tests.tools_tiny_models import save_config
 
 CANVAS = (96, 96)

@@ -7,8 +7,8 @@ from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
 
 from detrex_lite.config import get_config, shrink_model
+from detrex_lite.data import first_dataset_dicts
 from detrex_lite.solver import default_detr_schedule, epochs_to_iters
-from tests.engine_toy_detector import first_dataset_dicts
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _base = LazyConfig.load(os.path.join(_REPO, "projects/deformable_detr/configs/deformable_detr_r50_50ep.py"))

@@ -3,8 +3,9 @@
 from detectron2.config import LazyCall as L
 
 from detrex_lite.config import get_config, num_classes_from_dataset
+from detrex_lite.data import first_dataset_dicts
 from detrex_lite.solver import default_detr_schedule
-from tests.engine_toy_detector import ToyDetector, first_dataset_dicts
+from tests.engine_toy_detector import ToyDetector
 
 dataloader = get_config("common/data/demo_detr.py").dataloader
 optimizer = get_config("common/optim.py").AdamW

@@ -7,7 +7,7 @@ import os
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
 
-from tests.engine_toy_detector import first_dataset_dicts
+from detrex_lite.data import first_dataset_dicts
 
 _base = LazyConfig.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_detector_demo.py"))
 model, optimizer, lr_multiplier, train, dataloader = (
