@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Times multi-scale deformable attention: the compiled operator vs the PyTorch reference, and
+r"""Times multi-scale deformable attention: the compiled operator vs the PyTorch reference, and
 compares both with a floor computed from the bytes that must move.
 
 Shapes (M heads, D channels per head, L = 4 levels, P points; M=8, D=32, P=4 unless stated):

@@ -48,20 +48,23 @@ times its own rows on).
 The checkout must have its compiled operator built (``detrex_lite/_C*.so``). Only interfaces
 that every detrex_lite version has are used: ``LazyConfig.load``, ``instantiate(cfg.model)``,
 ``model.eval()`` and ``model(list[dict])``. Random weights (``--seed``); speed does not depend on
-them. Prints one JSON object: ms per iteration (wall and process CPU time), peak RSS, the
-where its ``detrex_lite`` was imported from (to show it was that
-checkout's and not this one's).
+them. Prints one JSON object: ms per iteration (wall and process CPU time), images per second,
+the peak RSS, the number of threads and the folder its ``detrex_lite`` was imported from (to
+show it was that checkout's and not this one's).
 """
 
 
 def benchmark_parser() -> argparse.ArgumentParser:
     """The parser of ``tools/benchmark.py``."""
     parser = argparse.ArgumentParser(description=BENCHMARK_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--config-file", required=True, help="LazyConfig .py (or a saved config.yaml) whose model is timed")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
+    parser.add_argument(
+        "--image-size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
+        help="height and width of the synthetic images in pixels (default: 800 1333)",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="inference batch sizes")
-    parser.add_argument("--train-batch-size", type=int, default=2)
+    parser.add_argument("--train-batch-size", type=int, default=2, help="images per training iteration (default: 2)")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per measurement")
     parser.add_argument(
         "--rounds", type=int, default=1,
@@ -69,7 +72,10 @@ def benchmark_parser() -> argparse.ArgumentParser:
         "report each row's median round; for ratios on a shared machine whose load drifts",
     )
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
-    parser.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"],
+        help="what to time: inference (no-grad eval forwards) and/or train (forward, backward, optimizer step)",
+    )
     parser.add_argument(
         "--precisions", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp", "bf16"],
         help="fp32; amp (autocast, --amp-dtype); bf16: the CPU fast mode's bf16 for detrex_lite-fast "
@@ -81,7 +87,7 @@ def benchmark_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights, images and boxes (default: 0)")
     parser.add_argument(
         "--compare-hf", action="store_true",
         help="also time transformers' DeformableDetrForObjectDetection with the same architecture",
@@ -135,11 +141,14 @@ def time_checkout_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tree", required=True, help="the detrex_lite checkout whose model is timed")
     parser.add_argument("--config-file", required=True, help="relative to --tree")
     parser.add_argument("--inputs", required=True, help="torch.save'd list of detectron2 input dicts")
-    parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--num-threads", type=int, default=None)
-    parser.add_argument("--tune-allocator", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iters", type=int, default=3, help="timed forwards (default: 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed forwards first (default: 1)")
+    parser.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--tune-allocator", action="store_true",
+        help="detrex_lite.inference.tune_cpu_allocator() first (glibc keeps freed memory)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     add_override_arguments(parser, help="config overrides after the flags, applied in --tree's config")
     return parser
 

@@ -64,13 +64,16 @@ def export_onnx_parser() -> argparse.ArgumentParser:
         help="input size traced and checked; the fixed input size with --fixed-size "
         "(default: max_size x max_size of the test ResizeShortestEdge)",
     )
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
     parser.add_argument(
         "--fixed-size", action="store_true", help="fix the input height and width to --canvas (only the batch is dynamic)"
     )
     parser.add_argument("--check-images", nargs="*", default=[], help="images for the parity check")
     parser.add_argument("--check-batch-size", type=int, default=2, help="random images when none are given")
-    parser.add_argument("--atol", type=float, default=1e-3)
+    parser.add_argument(
+        "--atol", type=float, default=1e-3,
+        help="largest absolute difference from PyTorch the check accepts (default: 1e-3)",
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--json", default=None, help="write the parity report here")
     add_override_arguments(parser, help="config overrides after the flags, e.g. train.init_checkpoint=model.pth")
@@ -94,11 +97,19 @@ def parse_export_onnx_args(argv: Optional[Sequence[str]] = None) -> argparse.Nam
 def analyze_model_parser() -> argparse.ArgumentParser:
     """The parser of ``tools/analyze_model.py``."""
     parser = argparse.ArgumentParser(description=ANALYZE_MODEL_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--tasks", nargs="+", default=["parameter", "flop"], choices=["parameter", "flop", "structure"])
-    parser.add_argument("--image-size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
+    parser.add_argument("--config-file", required=True, help="LazyConfig .py (or a saved config.yaml) whose model is analysed")
+    parser.add_argument(
+        "--tasks", nargs="+", default=["parameter", "flop"], choices=["parameter", "flop", "structure"],
+        help="parameter: parameter counts, flop: FLOPs (fvcore), both per module down to --max-depth; "
+        "structure: also print the module tree "
+        "(default: parameter flop)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
+        help="height and width of the random input image in pixels (default: 800 1333)",
+    )
     parser.add_argument("--max-depth", type=int, default=2, help="depth of the per-module breakdown")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     add_override_arguments(parser, help="config overrides after the flags, e.g. model.num_queries=100")
     return parser
