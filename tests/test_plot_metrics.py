@@ -204,3 +204,21 @@ def test_two_runs_overlaid_with_loss_terms(tmp_path):
     assert plot_metrics_main([a, b, "--labels", "two-stage", "one-stage", "--out", str(out), "--log"]) == 0
     assert sorted(os.listdir(out)) == ["grad_norm.png", "loss.png", "loss_terms.png", "lr.png", "time.png"]
     assert set(plt.get_fignums()) == figures_before  # every figure closed after saving
+
+
+def test_default_output_is_the_first_runs_plots_folder(tmp_path, monkeypatch, capsys):
+    """Without --out nothing is written to the current folder: the PNGs (and the summary) go to
+    <first run>/plots, and the last line printed says how many and where."""
+    a = write_run(tmp_path / "first", training_records()[0])
+    b = write_run(tmp_path / "second", training_records()[0])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert plot_metrics_main([a, b, "--summary"]) == 0
+    assert os.listdir(cwd) == []
+    plots = os.path.join(a, "plots")
+    expected = sorted(f"{m}.png" for m in plot_metrics.METRICS + ("loss_terms", "lr", "time"))
+    assert sorted(os.listdir(plots)) == sorted(expected + ["summary.json", "summary.md"])
+    assert not os.path.exists(os.path.join(b, "plots"))
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"wrote {len(expected)} plots and summary.json, summary.md to {plots}"

@@ -3,7 +3,9 @@
 or more training runs, overlaid with their names.
 
     python tools/plot_metrics.py output/deformable_detr_r18_demo output/detr_r18_demo \
-        --labels "Deformable DETR" DETR --out benchmarks/demo_comparison [--log] [--summary]
+        --labels "Deformable DETR" DETR [--out DIR] [--log] [--summary]
+
+The PNGs go to --out, by default the plots/ folder of the first run given.
 
 What it reads and writes (metrics.json in, one PNG per metric out, resumed runs, ``--summary``)
 is described in detrex_lite.analysis.training_curves' docstring.

@@ -5,7 +5,8 @@ or more training runs, overlaid with their names.
         --labels "Deformable DETR" DETR --out benchmarks/demo_comparison [--log] [--summary]
 
 Each run folder holds the ``metrics.json`` that detectron2's JSONWriter writes (one JSON object
-per line). Writes one PNG per metric into ``--out``, one line per run:
+per line). Writes one PNG per metric into ``--out`` (default: ``plots/`` in the first run folder),
+one line per run:
 
 * ``loss.png``: ``total_loss`` (or the sum of the ``loss_*`` keys when a line has none);
 * ``loss_terms.png``: every loss term (as weighted in the total), one column per term
@@ -323,8 +324,9 @@ def write_summary(summary: Dict[str, dict], out_dir: str) -> List[str]:
 
 def run(args: argparse.Namespace) -> int:
     """plot_metrics with parsed arguments (``runs``, ``labels``, ``out``, ``summary``, ``log``):
-    writes the plots (and the summary), prints their paths; returns the exit code (2: a mistake
-    in the arguments or a folder without metrics.json, said in one line on stderr)."""
+    writes the plots (and the summary) into ``out`` (None: ``plots/`` in the first run folder),
+    prints their paths and then ``wrote N plots to OUT``; returns the exit code (2: a mistake in
+    the arguments or a folder without metrics.json, said in one line on stderr)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     labels = args.labels or [os.path.basename(os.path.normpath(folder)) for folder in args.runs]
     if len(labels) != len(args.runs):
@@ -342,9 +344,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if not runs[label]:
             logger.warning(f"{folder}: metrics.json has no loss or AP values yet")
-    written = plot_runs(runs, args.out, log=args.log)
-    if args.summary:
-        written += write_summary(summarize(runs), args.out)
-    for path in written:
+    out = args.out if args.out is not None else os.path.join(args.runs[0], "plots")
+    plots = plot_runs(runs, out, log=args.log)
+    summary = write_summary(summarize(runs), out) if args.summary else []
+    for path in plots + summary:
         print(path)
+    also = " and " + ", ".join(os.path.basename(path) for path in summary) if summary else ""
+    print(f"wrote {len(plots)} plots{also} to {out}")
     return 0
