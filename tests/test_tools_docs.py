@@ -158,3 +158,39 @@ def test_relative_links_resolve():
             elif anchor and rel.endswith(".md") and anchor not in _headings(rel):
                 broken.append(f"{page}: {target} (no such heading)")
     assert not broken, broken
+
+
+def _lr_per_iteration(config_file: str, overrides: List[str]) -> List[float]:
+    """The lr multiplier at every iteration of a run of ``config_file`` with ``overrides``, as
+    training applies it (detectron2's LRMultiplier over ``train.max_iter``, which the trainer's
+    LRScheduler hook builds)."""
+    import torch
+    from detectron2.config import instantiate
+    from detectron2.solver import LRMultiplier
+
+    from detrex_lite.config import apply_overrides_checked, load_config_file
+
+    cfg = apply_overrides_checked(load_config_file(os.path.join(REPO, config_file)), overrides)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
+    lrs = []
+    for _ in range(cfg.train.max_iter):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_docs_say_where_the_lr_drop_of_a_shortened_run_lands():
+    """docs/tools.md (print_config) and docs/training.md (schedules) state what the schedule code
+    does with `train.max_iter=600` on the demo config: the drop moves with the run's length."""
+    lrs = _lr_per_iteration("projects/deformable_detr/configs/deformable_detr_r18_demo.py", ["train.max_iter=600"])
+    warmup = lrs.index(1.0)
+    drop = next(i for i in range(warmup, len(lrs)) if lrs[i] < 1.0)
+    assert (warmup, drop, len(lrs)) == (25, 480, 600)
+    assert lrs[drop:] == [pytest.approx(0.1)] * (600 - drop)
+    tools = " ".join(_read("docs/tools.md").split())
+    assert f"iteration {drop} of 600, and the warm-up takes {warmup} iterations" in tools
+    assert "does not shorten the schedule" not in tools
+    training = " ".join(_read("docs/training.md").split())
+    assert "keeps the drop at the same fraction of training" in training
