@@ -20,6 +20,13 @@ Outputs (``output="detections"``, the default)
 Outputs (``output="raw"``)
     ``pred_logits`` (B, Q, K or K+1) and ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h).
 
+Metadata (the file's ``metadata_props``, JSON strings, for code that runs the graph without
+torch, e.g. :mod:`detrex_lite.export.onnx_predictor`)
+    ``format`` ("detections" or "raw"), ``input_format`` ("RGB"), ``pixel_mean`` and
+    ``pixel_std`` (3 floats each, 0-255 scale), plus what the caller adds
+    (``tools/export_onnx.py``: ``test_resize`` and ``class_names``, see
+    :func:`detrex_lite.export.onnx_tool.deployment_metadata`).
+
 The graph runs the model's own hooks (:meth:`DETRBase.forward_heads`,
 :meth:`DETRBase.select_detections`) on an already padded batch. The deformable attention runs
 through its pure-PyTorch backend (``grid_sample``, opset >= 16) during export, chosen with
@@ -30,6 +37,7 @@ while tracing (``torch.jit.is_tracing()``, see :meth:`LevelLayout.from_features`
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
@@ -50,6 +58,7 @@ __all__ = [
     "check_onnx_parity",
     "encoder_tokens",
     "export_onnx",
+    "graph_metadata",
     "prepare_export_inputs",
 ]
 
@@ -106,6 +115,18 @@ class ExportableDETR(nn.Module):
         return topk_scores, labels, boxes_xyxy
 
 
+def graph_metadata(model: nn.Module, output: str) -> Dict[str, str]:
+    """What a caller needs to prepare the graph's input without the model: the output format,
+    the channel order and the normalisation (``pixel_mean``/``pixel_std``, RGB, 0-255), as JSON
+    strings for the ONNX file's ``metadata_props``."""
+    return {
+        "format": json.dumps(output),
+        "input_format": json.dumps("RGB"),
+        "pixel_mean": json.dumps([float(v) for v in model.pixel_mean.detach().cpu().flatten()]),
+        "pixel_std": json.dumps([float(v) for v in model.pixel_std.detach().cpu().flatten()]),
+    }
+
+
 def prepare_export_inputs(
     model: nn.Module, images: Sequence[torch.Tensor], canvas: Optional[Tuple[int, int]] = None
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -144,6 +165,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     dynamic_size: bool = True,
     sample_batch_size: int = 1,
+    metadata: Optional[Dict[str, str]] = None,
 ) -> ExportableDETR:
     """Exports ``model`` (put in eval mode, on CPU) to ``path``; returns the exported wrapper.
 
@@ -155,6 +177,8 @@ def export_onnx(
         dynamic_size: mark H and W dynamic. Two-stage models need at least ``num_queries``
             encoder tokens (sum of the levels' H_l * W_l) at run time: the proposal top-k has a
             fixed k in the graph.
+        metadata: more ``metadata_props`` (key -> JSON string) written with
+            :func:`graph_metadata`'s.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}: GridSample (deformable attention) needs opset >= {MIN_OPSET}")
@@ -190,6 +214,7 @@ def export_onnx(
     # the previous file whole (it used to leave a 0-byte model.onnx that onnx.load accepts).
     with replaced_when_done(path) as tmp:
         _export_checked(wrapper, images, image_sizes, tmp, dynamic_axes, opset)
+        _write_metadata(tmp, {**graph_metadata(model, output), **(metadata or {})})
     logger.info(
         "Exported %s to %s (opset %d, %s)", type(model).__name__, path, opset,
         "dynamic height and width" if dynamic_size else f"fixed canvas {h}x{w}",
@@ -217,6 +242,18 @@ def _export_checked(wrapper, images, image_sizes, path: str, dynamic_axes, opset
     import onnx
 
     onnx.checker.check_model(onnx.load(path))
+
+
+def _write_metadata(path: str, metadata: Dict[str, str]) -> None:
+    """Sets the ONNX file's ``metadata_props`` to ``metadata`` (key -> string), in place."""
+    import onnx
+
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, path)
 
 
 # Two detections whose scores differ by less than this may legitimately sort in either order.

@@ -1,10 +1,12 @@
 """``tools/export_onnx.py``: load a config and its weights strictly, export to ONNX
 (:func:`detrex_lite.export.onnx_export.export_onnx`) and check the graph against PyTorch with
-onnxruntime, on the given or random images and, for a dynamic-size graph, at a second size."""
+onnxruntime, on the given or random images and, for a dynamic-size graph, at a second size.
+The file records what deployment needs to prepare its input (:func:`deployment_metadata`)."""
+import json
 import logging
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import instantiate
@@ -14,14 +16,16 @@ from detrex_lite.checkpoint import CheckpointError, load_weights
 from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path
 from detrex_lite.data.dataset_mapper import read_image_file
 from detrex_lite.errors import OutputDirError
-from detrex_lite.predictor import load_config, preprocess_image, test_augmentations
+from detrex_lite.predictor import load_config, preprocess_image, test_augmentations, test_metadata
 from detrex_lite.utils import json_io
 from detrex_lite.utils.files import check_writable
 from detrex_lite.utils.logger import setup_logger
 
 from .onnx_export import check_onnx_parity, encoder_tokens, export_onnx, prepare_export_inputs
 
-__all__ = ["default_canvas", "check_inputs", "check_other_size", "export_and_check", "export_onnx_cli"]
+__all__ = [
+    "default_canvas", "deployment_metadata", "check_inputs", "check_other_size", "export_and_check", "export_onnx_cli",
+]
 
 logger = logging.getLogger("detrex_lite.export_onnx")
 
@@ -34,6 +38,36 @@ def default_canvas(augmentations: Sequence[T.Augmentation]) -> Tuple[int, int]:
             side = int(aug.max_size) if aug.max_size and aug.max_size < 1e6 else int(max(aug.short_edge_length))
             return side, side
     raise ValueError("Cannot infer the export canvas from the test augmentations; pass --canvas H W")
+
+
+def deployment_metadata(augmentations: Sequence[T.Augmentation], class_names: Optional[Sequence[str]]) -> Dict[str, str]:
+    """The ONNX ``metadata_props`` (key -> JSON string) that let code without torch reproduce the
+    test loader (``tools/onnx_inference.py``): ``test_resize`` = {"short_edge_length",
+    "max_size", "interp" (a PIL resampling name)} when the test augmentation is one
+    ResizeShortestEdge of one size, and ``class_names`` (index = the graph's label) when known.
+    Anything else is logged as not recorded."""
+    metadata: Dict[str, str] = {}
+    augs = list(augmentations)
+    resize = augs[0] if len(augs) == 1 and isinstance(augs[0], T.ResizeShortestEdge) else None
+    if resize is not None and len(set(int(s) for s in resize.short_edge_length)) == 1:
+        from PIL import Image
+
+        metadata["test_resize"] = json.dumps({
+            "short_edge_length": int(resize.short_edge_length[0]),
+            "max_size": int(resize.max_size),
+            "interp": Image.Resampling(resize.interp).name.lower(),
+        })
+    else:
+        logger.warning(
+            "The test augmentation %s is not one ResizeShortestEdge of one size: the ONNX file records no "
+            "test_resize (tools/onnx_inference.py then needs --short-edge and --max-size).",
+            [type(a).__name__ for a in augs],
+        )
+    if class_names:
+        metadata["class_names"] = json.dumps([str(name) for name in class_names])
+    else:
+        logger.warning("No class names known (checkpoint metadata or test dataset): the ONNX file records none.")
+    return metadata
 
 
 def check_inputs(
@@ -107,8 +141,10 @@ def export_and_check(args) -> Dict:
     canvas = tuple(args.canvas) if args.canvas else default_canvas(augmentations)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    class_names = test_metadata(cfg, meta).get("thing_classes", None)
     wrapper = export_onnx(
-        model, args.output, canvas, output=args.format, opset=args.opset, dynamic_size=not args.fixed_size
+        model, args.output, canvas, output=args.format, opset=args.opset, dynamic_size=not args.fixed_size,
+        metadata=deployment_metadata(augmentations, class_names),
     )
     report: Dict = {
         "onnx": args.output, "format": args.format, "canvas": list(canvas), "opset": args.opset,
