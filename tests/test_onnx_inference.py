@@ -142,7 +142,7 @@ def test_threshold_keeps_the_predictors_detections_above_it(exported, predictor,
     assert code == 0
     best = float(instances.scores.max())
     assert f"no detection with score >= 1 (highest score {best:.3f})" in stdout
-    assert stdout.splitlines()[-1] == "0 detections with score >= 1 in 1 images"
+    assert stdout.splitlines()[-1] == "0 detections with score >= 1 in 1 image"
 
 
 def test_runs_without_torch_or_detectron2(exported):
@@ -156,7 +156,7 @@ def test_runs_without_torch_or_detectron2(exported):
     assert "onnxruntime" in modules and "PIL" in modules
     heavy = sorted(m for m in modules if m.split(".")[0] in ("torch", "detectron2", "fvcore", "cv2"))
     assert not heavy, heavy[:5]
-    assert proc.stdout.splitlines()[-1].endswith("in 1 images")
+    assert proc.stdout.splitlines()[-1].endswith("in 1 image")
 
 
 def _without(onnx_path, key, target):

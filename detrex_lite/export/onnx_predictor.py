@@ -229,14 +229,17 @@ def onnx_inference_main(args) -> None:
     for path in args.images:
         result = predictor(path, args.threshold)
         results.append(result)
-        print(f"{path} ({result.width}x{result.height}, resized to {result.resized[1]}x{result.resized[0]}):")
+        print(f"{path} (h x w = {result.height}x{result.width}, resized to {result.resized[0]}x{result.resized[1]}):")
         if not result.detections:
             print(f"  no detection with score >= {args.threshold:g} (highest score {result.highest_score:.3f})")
         for d in result.detections:
             x0, y0, x1, y1 = d.box
             print(f"  {d.class_name:<16} {d.score:.3f}  {x0:8.1f} {y0:8.1f} {x1:8.1f} {y1:8.1f}")
     total = sum(len(r.detections) for r in results)
-    summary = f"{total} detections with score >= {args.threshold:g} in {len(results)} images"
+    summary = (
+        f"{total} detection{'' if total == 1 else 's'} with score >= {args.threshold:g} "
+        f"in {len(results)} image{'' if len(results) == 1 else 's'}"
+    )
     if args.json:
         from detrex_lite.utils import json_io
 
