@@ -27,7 +27,9 @@ contract. After export, the same inputs (``--check-images``, resized as the test
 random images, padded to the canvas; with dynamic sizes also a second batch of another size) are
 run through onnxruntime and PyTorch; the maximum differences are printed (and written with
 ``--json``), and the exit status is 1 when they exceed ``--atol``. Config overrides (key=value)
-come after the flags (after ``--`` when the last flag is ``--check-images``).
+come after the flags (after ``--`` when the last flag is ``--check-images``). The file's metadata
+records the test resize, the normalisation and the class names, which tools/onnx_inference.py
+reads to run the graph without torch.
 """
 
 ANALYZE_MODEL_DESCRIPTION = r"""Parameter count, FLOPs at a given input size and a per-module breakdown of any config's model.
