@@ -42,7 +42,7 @@ def test_progress_line_format():
                          1e-4, 0.4213, "0:07:31")
     assert line == "iter 120/1200  loss 4.211 (class 0.612 bbox 0.321 giou 0.715)  lr 1.00e-04  0.421 s/it  eta 0:07:31"
     assert progress_line(1, None, None, {}, None, None) == "iter 1"
-    assert progress_line(3, 9, 2.0, {}, 0.001, None, "", 12.34).endswith("loss 2  lr 1.00e-03  mem 12.3G")
+    assert progress_line(3, 9, 2.0, {}, 0.001, None, "", 12.34).endswith("loss 2.000  lr 1.00e-03  mem 12.3G")
 
 
 # ------------------------------------------------------------------ the model printout
@@ -216,6 +216,17 @@ def test_run_folder_prefers_model_best(tmp_path, caplog):
     assert find_run_checkpoint(str(tmp_path), "model_final.pth") == str(tmp_path / "model_final.pth")
 
 
+def test_best_checkpoint_mode_is_checked(tmp_path, capsys):
+    from test_train_net import TOY_CONFIG, _train_net_module
+
+    rc = _train_net_module().cli(
+        ["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.best_checkpoint.mode=maximum"]
+    )
+    assert rc == 2
+    assert capsys.readouterr().err == "train_net: error: train.best_checkpoint.mode='maximum': expected 'max' or 'min'\n"
+    assert not os.listdir(tmp_path)
+
+
 # ------------------------------------------------------------------ the closing summary
 def test_summary_after_an_interruption(tmp_path):
     model = _Linear()
@@ -260,7 +271,7 @@ def test_tiny_training_run_output(tmp_path):
         assert re.search(r"  loss [\d.]+ \(class [\d.]+ bbox [\d.]+ giou [\d.]+\)  lr [\d.]+e-\d\d" + timing + "$", line), line
         assert "_0" not in line  # ... and not on the line
     # the same windowed median as metrics.json's row of that iteration
-    assert rows[0]["iteration"] == 1 and progress[0].split("  loss ")[1].split(" ")[0] == f"{rows[0]['total_loss']:.4g}"
+    assert rows[0]["iteration"] == 1 and progress[0].split("  loss ")[1].split(" ")[0] == f"{rows[0]['total_loss']:.3f}"
     # the model printout: log.txt only
     log = open(os.path.join(out, "log.txt")).read()
     assert "(backbone): ResNet(" in log and "(backbone)" not in terminal
