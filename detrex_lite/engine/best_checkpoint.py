@@ -61,8 +61,6 @@ class BestCheckpointer(HookBase):
 
     # ------------------------------------------------------------------ hook
     def before_train(self) -> None:
-        if not self.save:
-            return
         if getattr(self.checkpointer, "resumed", ""):
             best = read_best(self.path)
             if best and best.get("metric") == self.metric and isinstance(best.get("value"), (int, float)):
