@@ -40,9 +40,9 @@ def test_final_layer_terms_from_the_key_names():
 def test_progress_line_format():
     line = progress_line(120, 1200, 4.2107, {"loss_class": 0.6123, "loss_bbox": 0.3211, "loss_giou": 0.7149},
                          1e-4, 0.4213, "0:07:31")
-    assert line == "iter 120/1200  loss 4.211 (class 0.612 bbox 0.321 giou 0.715)  lr 1.00e-04  0.421 s/it  eta 0:07:31"
+    assert line == "iter 120/1200  loss 4.21 (class 0.61 bbox 0.32 giou 0.71)  lr 1.0e-04  0.421 s/it  eta 0:07:31"
     assert progress_line(1, None, None, {}, None, None) == "iter 1"
-    assert progress_line(3, 9, 2.0, {}, 0.001, None, "", 12.34).endswith("loss 2.000  lr 1.00e-03  mem 12.3G")
+    assert progress_line(3, 9, 2.0, {}, 0.001, None, "", 12.34).endswith("loss 2.00  lr 1.0e-03  mem 12.3G")
 
 
 # ------------------------------------------------------------------ the model printout
@@ -268,10 +268,10 @@ def test_tiny_training_run_output(tmp_path):
         assert len(line) < 150, line
         # time and ETA once the iteration timer has its first measurement (after its warm-up)
         timing = r"  [\d.]+ s/it  eta \d+:\d\d:\d\d" if i else r"(  [\d.]+ s/it  eta \d+:\d\d:\d\d)?"
-        assert re.search(r"  loss [\d.]+ \(class [\d.]+ bbox [\d.]+ giou [\d.]+\)  lr [\d.]+e-\d\d" + timing + "$", line), line
+        assert re.search(r"  loss [\d.]+ \(class [\d.]+ bbox [\d.]+ giou [\d.]+\)  lr \d\.\de-\d\d" + timing + "$", line), line
         assert "_0" not in line  # ... and not on the line
     # the same windowed median as metrics.json's row of that iteration
-    assert rows[0]["iteration"] == 1 and progress[0].split("  loss ")[1].split(" ")[0] == f"{rows[0]['total_loss']:.3f}"
+    assert rows[0]["iteration"] == 1 and progress[0].split("  loss ")[1].split(" ")[0] == f"{rows[0]['total_loss']:.2f}"
     # the model printout: log.txt only
     log = open(os.path.join(out, "log.txt")).read()
     assert "(backbone): ResNet(" in log and "(backbone)" not in terminal

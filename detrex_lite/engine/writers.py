@@ -65,7 +65,7 @@ def progress_line(
     eta: str = "",
     max_mem_gb: Optional[float] = None,
 ) -> str:
-    """``iter 120/1200  loss 4.211 (class 0.612 bbox 0.321 giou 0.715)  lr 1.00e-04  0.421 s/it  eta 0:07:31``.
+    """``iter 120/1200  loss 4.21 (class 0.61 bbox 0.32 giou 0.71)  lr 1.0e-04  0.421 s/it  eta 0:07:31``.
 
     Args:
         iteration: iterations done (1-based: the line after the first iteration says ``iter 1``).
@@ -75,12 +75,12 @@ def progress_line(
     """
     parts = [f"iter {iteration}/{max_iter}" if max_iter else f"iter {iteration}"]
     if total_loss is not None:
-        named = " ".join(f"{name[len('loss_'):]} {value:.3f}" for name, value in list(terms.items())[:_MAX_TERMS])
-        parts.append(f"loss {total_loss:.3f}" + (f" ({named})" if named else ""))
+        named = " ".join(f"{name[len('loss_'):]} {value:.2f}" for name, value in list(terms.items())[:_MAX_TERMS])
+        parts.append(f"loss {total_loss:.2f}" + (f" ({named})" if named else ""))
     if lr is not None:
-        parts.append(f"lr {lr:.2e}")
+        parts.append(f"lr {lr:.1e}")
     if seconds_per_iter is not None:
-        parts.append(f"{seconds_per_iter:.3f} s/it")
+        parts.append(f"{seconds_per_iter:.3g} s/it")
     if eta:
         parts.append(f"eta {eta}")
     if max_mem_gb is not None:
