@@ -126,7 +126,7 @@ class Predictor:
         predictor = Predictor("projects/deformable_detr/configs/deformable_detr_r50_50ep.py",
                               "output/model_final.pth")
         instances = predictor("image.jpg")  # pred_boxes (abs. xyxy, original size), scores, pred_classes
-        predictor = Predictor.from_run("output/run")  # its config.yaml and newest checkpoint
+        predictor = Predictor.from_run("output/run")  # its config.yaml and model_best.pth (else newest)
     """
 
     def __init__(
@@ -169,9 +169,10 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: Union[str, os.PathLike], checkpoint: Optional[str] = None, **kwargs: Any) -> "Predictor":
-        """A predictor from a training output folder: its ``config.yaml`` and its newest complete
-        checkpoint (or ``checkpoint``, a file name in the folder or a path). Works in a process
-        that registered no dataset: class names come from the checkpoint's metadata.
+        """A predictor from a training output folder: its ``config.yaml`` and its ``model_best.pth``
+        (the best evaluation's weights), else its newest complete checkpoint (or ``checkpoint``, a
+        file name in the folder or a path). Works in a process that registered no dataset: class
+        names come from the checkpoint's metadata.
 
         Args:
             kwargs: :class:`Predictor`'s keyword arguments (``device``, ``opts``,

@@ -44,7 +44,7 @@ def test_training_run_output_is_clean_and_a_finished_run_is_not_repeated(tmp_pat
     # checkpointer.period=0.5 of max_iter=2: a checkpoint every iteration.
     assert "checkpoint every 1 (train.checkpointer.period=0.5)" in log
     assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == [
-        "model_0000000.pth", "model_0000001.pth", "model_final.pth"]
+        "model_0000000.pth", "model_0000001.pth", "model_best.pth", "model_final.pth"]
     # metrics.json: strict JSON on every line; the demo val set has no large object: APl is null.
     lines = open(os.path.join(out, "metrics.json")).read().splitlines()
     rows = [_strict_json(line) for line in lines]

@@ -92,7 +92,7 @@ def test_predict_demo_export_from_run_in_a_fresh_process(run_dir, tmp_path):
     proc = _run([sys.executable, "-c", script], cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["checkpoint"] == os.path.join(run_dir, "model_final.pth")  # the newest complete one
+    assert got["checkpoint"] == os.path.join(run_dir, "model_best.pth")  # the best evaluation's weights
     assert got["classes"] == ["circle", "square", "triangle", "cross", "ring", "bar"]
     assert got["num"] == 20 and got["size"] == [90, 120]
     assert got["demo_rc"] == 0 and got["export_rc"] == 0
@@ -111,7 +111,7 @@ def test_eval_only_from_run(run_dir, tmp_path):
         cwd=str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"Loaded {os.path.join(run_dir, 'model_final.pth')} for eval" in proc.stderr + proc.stdout
+    assert f"Loaded {os.path.join(run_dir, 'model_best.pth')} for eval" in proc.stderr + proc.stdout
     with open(os.path.join(out, "eval_results.json")) as f:
         assert "AP" in json.load(f)["bbox"]
     assert os.path.isfile(os.path.join(out, "inference", "detrex_demo_val", "coco_instances_results.json"))

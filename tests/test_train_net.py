@@ -87,7 +87,9 @@ def test_train_eval_resume(tmp_path):
     assert train_rows[0]["total_loss"] == pytest.approx(train_rows[0]["loss_class"] + train_rows[0]["loss_bbox"], rel=1e-5)
     assert any("bbox/AP" in m for m in metrics)  # evaluation after training
     assert open(os.path.join(out, "last_checkpoint")).read() == "model_final.pth"
-    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000002.pth", "model_0000005.pth", "model_final.pth"]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == [
+        "model_0000002.pth", "model_0000005.pth", "model_best.pth", "model_final.pth"]
+    assert os.path.samefile(os.path.join(out, "model_final.pth"), os.path.join(out, "model_0000005.pth"))  # stored once
     ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
     assert ckpt["iteration"] == 5 and ckpt["trainer"]["iteration"] == 5
     assert ckpt["model_ema"]["num_updates"] == 6
@@ -157,7 +159,7 @@ def test_two_cpu_processes_with_gloo(tmp_path):
     assert "Rank of current process: 1. World size: 2" in rank1_log
     # Rank 0 alone writes checkpoints and metrics (one row per iteration, not two).
     assert [m["iteration"] for m in read_metrics(out) if "total_loss" in m] == [0, 1, 2, 3]
-    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_final.pth"]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_best.pth", "model_final.pth"]
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
     # Each spawned worker imports detectron2 without its torch.jit.script deprecation warning.
     assert "torch.jit.script" not in proc.stderr

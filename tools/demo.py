@@ -8,8 +8,8 @@ r"""Runs a trained detector on images, folders, globs or videos and draws its de
     python tools/demo.py --run output/run --input photos/ --output demo_out   # a training output folder
 
 Weights come from ``train.init_checkpoint`` (override it with key=value after the flags), or with
-``--run DIR`` from DIR's newest complete checkpoint (its config.yaml; class names from the
-checkpoint, so no dataset needs to be registered). One drawn image is written per input image
+``--run DIR`` from DIR's model_best.pth, else its newest complete checkpoint (its config.yaml;
+class names from the checkpoint, so no dataset needs to be registered). One drawn image is written per input image
 (same file name) and one drawn .mp4 per input video; ``--json`` also writes ``detections.json``
 in COCO results format (plus ``file_name`` and, for videos, ``frame``) holding the detections
 drawn, i.e. those scoring at least ``--confidence-threshold`` (use 0 to keep all, e.g. for
@@ -37,7 +37,8 @@ def get_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config-file", metavar="FILE", help="LazyConfig .py file (or a run's config.yaml)")
     source.add_argument("--run", metavar="DIR",
-                        help="a training output folder: its config.yaml and newest complete checkpoint")
+                        help="a training output folder: its config.yaml and model_best.pth (else its newest "
+                        "checkpoint)")
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="image files, folders (their images, sorted), glob patterns (quote them) or videos")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the drawn images/videos")

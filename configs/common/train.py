@@ -31,8 +31,15 @@ train = dict(
     checkpointer=dict(period=0.05, max_to_keep=100),
     # Evaluate on dataloader.test every eval_period (0.1: 10 times over the run; 0: only at the end).
     eval_period=0.1,
-    # Print / write metrics every log_period iterations.
+    # Print / write metrics every log_period iterations: one line on the terminal (total loss, the
+    # final decoder layer's terms, lr, time, ETA); every scalar in metrics.json and TensorBoard.
     log_period=20,
+    # model_best.pth: written after each evaluation whose `metric` (a key of the evaluation
+    # results, as in metrics.json: "bbox/AP", "bbox/AP50", ...) is the best so far (mode "max":
+    # higher is better; "min"). Weights (and EMA) with the run metadata and meta["best"], no
+    # optimizer state; --run and Predictor.from_run use it. The closing summary reports the
+    # metric's best and last values; enabled=False keeps the summary but writes no file.
+    best_checkpoint=dict(enabled=True, metric="bbox/AP", mode="max"),
     # Clip the global gradient norm before each optimizer step (the official DETR recipes use
     # max_norm=0.1 with the L2 norm).
     clip_grad=dict(enabled=True, params=dict(max_norm=0.1, norm_type=2)),

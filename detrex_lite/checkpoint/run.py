@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
+from .best import BEST_CHECKPOINT, describe_best, read_best
 from .family import model_arch
 from .io import CheckpointFileError
 
@@ -178,13 +179,19 @@ def read_last_checkpoint(run_dir: str) -> str:
 
 def find_run_checkpoint(run_dir: str, name: Optional[str] = None) -> str:
     """The checkpoint of a run to use: ``name`` (a file in ``run_dir`` or a path) when given, else
-    the newest complete one: the file ``last_checkpoint`` names (written only after the file is
-    complete), else ``model_final.pth``, else the ``model_<iter>.pth`` of the highest iteration."""
+    ``model_best.pth`` (the best evaluation's weights; logged with its metric), else the newest
+    complete one: the file ``last_checkpoint`` names (written only after the file is complete),
+    else ``model_final.pth``, else the ``model_<iter>.pth`` of the highest iteration."""
     if name:
         path = name if os.path.isfile(name) else os.path.join(run_dir, name)
         if not os.path.isfile(path):
             raise CheckpointFileError(f"{name}: no such checkpoint (in {run_dir} or as a path)")
         return path
+    best = os.path.join(run_dir, BEST_CHECKPOINT)
+    if os.path.isfile(best):
+        said = describe_best(read_best(best))
+        logger.info(f"{run_dir}: using {BEST_CHECKPOINT}{f' ({said})' if said else ''}, the run's best evaluation")
+        return best
     named = read_last_checkpoint(run_dir)
     if named:
         return named

@@ -41,7 +41,7 @@ examples:
   # evaluate a checkpoint
   python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \\
       --eval-only train.init_checkpoint=output/ddetr/model_final.pth
-  # evaluate a training run's newest complete checkpoint (its config.yaml, no dataset registration)
+  # evaluate a training run's model_best.pth (else its newest checkpoint; its config.yaml, no dataset registration)
   python tools/train_net.py --eval-only --run output/ddetr
   # continue an interrupted run from its last complete checkpoint
   python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \\
@@ -90,8 +90,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--run",
         default=None,
         metavar="DIR",
-        help="with --eval-only: a training output folder; its config.yaml, its newest complete "
-        "checkpoint and DIR as train.output_dir (each unless given); no dataset registration needed "
+        help="with --eval-only: a training output folder; its config.yaml, its model_best.pth (else its "
+        "newest complete checkpoint) and DIR as train.output_dir (each unless given); no dataset registration needed "
         "beyond the test set's",
     )
     add_override_arguments(parser)

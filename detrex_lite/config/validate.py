@@ -200,6 +200,7 @@ _CHECKED_VALUES = (
     ("train.output_dir", lambda v: isinstance(v, str) and v.strip() != "", "a folder path (not empty)"),
     ("train.log_period", _positive_int, "a positive int"),
     ("train.checkpointer.max_to_keep", lambda v: v is None or _positive_int(v), "a positive int or None (keep all)"),
+    ("train.best_checkpoint.mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
     ("dataloader.train.total_batch_size", _positive_int, "a positive int"),
     ("optimizer.lr", _positive_number, "a positive finite number"),
 )

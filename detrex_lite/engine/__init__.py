@@ -1,7 +1,8 @@
 """Training: the trainer (AMP, gradient clipping, EMA, non-finite guard), atomic checkpoints
 that never hold a NaN, stopping on SIGTERM / SIGUSR1 / Ctrl-C with a checkpoint (preemption.py),
 one run per output folder (output_lock.py), process launch (multi-process, multi-machine, SLURM)
-and the train/test entry points. The errors train_net reports in one line are in errors.py.
+the train/test entry points, the progress line (writers.py), model_best.pth (best_checkpoint.py)
+and the closing summary (summary.py). The errors train_net reports in one line are in errors.py.
 
 Names are imported on first use, so that a spawned worker that only needs `launch` does not pay
 for importing detectron2's engine and evaluation packages.
@@ -14,6 +15,7 @@ from .launch import expand_hostlist, launch, launch_slurm, resolve_device, slurm
 
 _EXPORTS = {
     "AtomicCheckpointer": "checkpoint",
+    "BestCheckpointer": "best_checkpoint",
     "atomic_write": "checkpoint",
     "CheckpointWriteError": "errors",
     "GracefulStop": "preemption",
@@ -25,10 +27,12 @@ _EXPORTS = {
     "PreemptionCheckpointer": "preemption",
     "REQUEUE_EXIT_CODE": "errors",
     "TrainingInterrupted": "errors",
+    "TrainingSummary": "summary",
     "build_model": "defaults",
     "create_ddp_model": "defaults",
     "default_setup": "run_setup",
     "default_writers": "writers",
+    "ProgressPrinter": "writers",
     "do_test": "defaults",
     "do_train": "defaults",
     "load_for_eval": "defaults",

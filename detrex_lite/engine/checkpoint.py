@@ -147,6 +147,29 @@ class AtomicCheckpointer(DetrexCheckpointer):
         atomic_write(save_file, lambda f: torch.save(data, f), size_hint=size)
         self.tag_last_checkpoint(basename)
 
+    def save_as_link(self, existing: str, name: str) -> bool:
+        """Make ``<name>.pth`` a second name (a hard link) of ``existing``, a file of the folder
+        just written with the same contents, and tag it in ``last_checkpoint``: no second copy of
+        the same bytes (``model_final.pth`` when the last iteration's periodic checkpoint was
+        just written). Atomic like :meth:`save`. Returns False, changing nothing, when the file
+        system has no hard links (the caller then saves a copy)."""
+        source = os.path.join(self.save_dir, existing)
+        target = os.path.join(self.save_dir, f"{name}.pth")
+        tmp = os.path.join(self.save_dir, f".{name}.pth.tmp.{os.getpid()}")
+        _remove_quietly(tmp)
+        try:
+            os.link(source, tmp)
+            os.replace(tmp, target)
+        except OSError as e:
+            _remove_quietly(tmp)
+            logger.info(f"Cannot hard-link {source} as {target} ({type(e).__name__}: {e}); writing a copy")
+            return False
+        _remove_quietly(tmp)  # still there when target already was this file (rename did nothing)
+        _fsync_dir(self.save_dir)
+        self.logger.info(f"Saving checkpoint to {target} (a hard link to {existing}: the same file, stored once)")
+        self.tag_last_checkpoint(os.path.basename(target))
+        return True
+
     def _remove_stale_temporaries(self) -> None:
         """Temporary files of earlier, killed runs (only the main process saves, so any
         temporary of another process id is left over)."""
@@ -239,16 +262,28 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
     checkpoints on disk (`<prefix>_XXXXXXX.pth`, earlier runs of the same folder included: a
     resumed run keeps `max_to_keep` in all), not only the ones this process wrote.
     `<prefix>_final.pth` and the file `last_checkpoint` names are never removed.
+
+    When the last iteration is also a periodic one, `<prefix>_final.pth` is a hard link to the
+    periodic file just written (the same weights stored once; a copy where the file system has no
+    hard links). A later, longer run replaces `<prefix>_final.pth` atomically, which leaves the
+    periodic file as it was.
     """
 
     def step(self, iteration: int, **kwargs: Any) -> None:
         iteration = int(iteration)
         state = {"iteration": iteration, **kwargs}
+        periodic = ""
         if (iteration + 1) % self.period == 0:
-            self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", **state)
+            periodic = f"{self.file_prefix}_{iteration:07d}"
+            self.checkpointer.save(periodic, **state)
             self.remove_old_checkpoints()
         if self.max_iter is not None and iteration >= self.max_iter - 1:
-            self.checkpointer.save(f"{self.file_prefix}_final", **state)
+            final = f"{self.file_prefix}_final"
+            linked = bool(periodic) and hasattr(self.checkpointer, "save_as_link") and self.checkpointer.save_as_link(
+                f"{periodic}.pth", final
+            )
+            if not linked:
+                self.checkpointer.save(final, **state)
 
     def remove_old_checkpoints(self) -> List[str]:
         """Delete the oldest periodic checkpoints beyond max_to_keep; returns the removed paths."""

@@ -5,6 +5,7 @@ tools/train_net.py is a thin command line around `do_train` and `do_test`.
 import copy
 import logging
 import os
+import time
 from typing import Optional
 
 import torch
@@ -20,11 +21,14 @@ from detrex_lite.checkpoint import CheckpointMismatchError, load_weights
 from detrex_lite.checkpoint.run import RunMetadata, run_metadata
 from detrex_lite.solver.param_groups import param_group_summary
 from detrex_lite.solver.schedule import schedule_periods
+from detrex_lite.utils.logger import LOG_FILE_ONLY
 
+from .best_checkpoint import BestCheckpointer
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer
 from .ema import ModelEMA
 from .launch import resolve_device
 from .preemption import GracefulStop, PreemptionCheckpointer
+from .summary import TrainingSummary
 from .trainer import DetrTrainer
 from .writers import default_writers
 
@@ -48,8 +52,16 @@ def create_ddp_model(model: nn.Module, *, fp16_compression: bool = False, **kwar
 def build_model(cfg) -> nn.Module:
     model = instantiate(cfg.model)
     model.to(torch.device(resolve_device(cfg.train.get("device", "auto"))))
-    logger.info("Model:\n{}".format(model))
+    logger.info("Model:\n{}".format(model), extra=LOG_FILE_ONLY)  # hundreds of lines: log.txt only
+    logger.info(f"Model: {model_line(model)} (printout in log.txt)")
     return model
+
+
+def model_line(model: nn.Module) -> str:
+    """``DeformableDETR, 39.8 M parameters (39.7 M trained)``."""
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{type(model).__name__}, {total / 1e6:.1f} M parameters ({trained / 1e6:.1f} M trained)"
 
 
 def evaluation_output_dir(cfg) -> Optional[str]:
@@ -166,6 +178,7 @@ def do_train(cfg, resume: bool = False) -> DetrTrainer:
 
 
 def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
+    started = time.perf_counter()
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -204,6 +217,10 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
         f"(train.checkpointer.period={cfg.train.checkpointer.period}){beyond}"
     )
     max_to_keep = cfg.train.checkpointer.get("max_to_keep", None)
+    best_cfg = cfg.train.get("best_checkpoint", {})
+    best = BestCheckpointer(
+        checkpointer, best_cfg.get("metric", "bbox/AP"), best_cfg.get("mode", "max"), save=best_cfg.get("enabled", True)
+    ) if comm.is_main_process() and best_cfg.get("metric", "bbox/AP") else None
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -213,11 +230,13 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
             else None,
             PreemptionCheckpointer(stop, checkpointer, period=periods.checkpoint_period),
             hooks.EvalHook(periods.eval_period, test_fn),
+            best,  # model_best.pth: after the EvalHook, whose results it reads
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
             )
             if comm.is_main_process()
             else None,
+            TrainingSummary(checkpointer, best, started) if comm.is_main_process() else None,  # last
         ]
     )
 

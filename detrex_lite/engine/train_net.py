@@ -53,7 +53,7 @@ logger = logging.getLogger("detrex_lite.train_net")
 
 
 def _run_folder_arguments(args: argparse.Namespace) -> Tuple[str, List[str]]:
-    """(config file, overrides) with --run DIR: DIR/config.yaml, its newest complete checkpoint
+    """(config file, overrides) with --run DIR: DIR/config.yaml, its model_best.pth or newest checkpoint
     and DIR as the output folder, unless the command line names them."""
     overrides = [o for o in (args.opts or []) if o != "--"]
     if not getattr(args, "run", None):

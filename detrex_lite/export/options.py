@@ -53,11 +53,11 @@ def export_onnx_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config-file", help="LazyConfig .py (or saved .yaml) file")
     source.add_argument(
-        "--run", metavar="DIR", help="a training output folder: its config.yaml and newest complete checkpoint"
+        "--run", metavar="DIR", help="a training output folder: its config.yaml and model_best.pth (else its newest checkpoint)"
     )
     parser.add_argument(
         "--checkpoint", default=None,
-        help="weights (default: train.init_checkpoint; with --run its newest checkpoint, or this file in DIR)",
+        help="weights (default: train.init_checkpoint; with --run its model_best.pth or newest checkpoint, or this file in DIR)",
     )
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--format", default="detections", choices=["detections", "raw"], help="graph outputs")

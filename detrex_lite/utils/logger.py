@@ -1,9 +1,38 @@
-"""Loggers for the tools and training: plain text in files, colour only on a terminal."""
+"""Loggers for the tools and training: plain text in files, colour only on a terminal.
+
+A record logged with ``extra=LOG_FILE_ONLY`` (the model printout, hundreds of lines) goes to the
+log file and not to the terminal.
+"""
 import logging
+import os
 import sys
+from types import MappingProxyType
 from typing import Iterable, Optional
 
 from detectron2.utils.logger import setup_logger as _d2_setup_logger
+
+__all__ = ["LOG_FILE_ONLY", "setup_logger"]
+
+# ``logger.info(text, extra=LOG_FILE_ONLY)``: written to log.txt only (read-only: the attribute
+# the record then carries).
+_FILE_ONLY_ATTR = "detrex_log_file_only"
+LOG_FILE_ONLY = MappingProxyType({_FILE_ONLY_ATTR: True})
+
+
+class _NotForTheTerminal(logging.Filter):
+    """Drops the records marked with ``extra=LOG_FILE_ONLY``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, _FILE_ONLY_ATTR, False)
+
+
+def _writes_to_a_file(handler: logging.Handler) -> bool:
+    """A handler writing to a file on disk (detectron2's log.txt handler is a StreamHandler on an
+    opened file), as opposed to stdout / stderr (whose ``name`` is "<stdout>", or none)."""
+    if isinstance(handler, logging.FileHandler):
+        return True
+    name = getattr(getattr(handler, "stream", None), "name", None)
+    return isinstance(name, str) and os.path.isfile(name)
 
 
 def setup_logger(
@@ -22,6 +51,8 @@ def setup_logger(
         names: the logger names to configure (e.g. "detectron2", "fvcore", "detrex_lite").
         color: colour the stdout lines; default: only when stdout is a terminal. The file is
             always plain text (detectron2 formats it without colour).
+
+    Records logged with ``extra=LOG_FILE_ONLY`` reach the file only.
     """
     if color is None:
         color = sys.stdout.isatty()
@@ -29,4 +60,7 @@ def setup_logger(
     for name in names:
         # detectron2 caches setup_logger on its arguments, so a repeated call adds no handler.
         logger = _d2_setup_logger(output, distributed_rank, color=color, name=name)
+        for handler in logger.handlers:
+            if not _writes_to_a_file(handler) and not any(isinstance(f, _NotForTheTerminal) for f in handler.filters):
+                handler.addFilter(_NotForTheTerminal())
     return logger
