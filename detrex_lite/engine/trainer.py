@@ -109,11 +109,12 @@ class DetrTrainer(SimpleTrainer):
         self._restored_history = {}  # metric name -> [(value, iteration)], from the checkpoint
 
     def before_train(self):
-        storage = get_event_storage()
-        for name, values in self._restored_history.items():
-            for value, iteration in values:
-                storage.histories()[name].update(value, iteration)
-        self._restored_history = {}
+        storage = getattr(self, "storage", None)  # set by train(); absent when a test calls this alone
+        if storage is not None:
+            for name, values in self._restored_history.items():
+                for value, iteration in values:
+                    storage.histories()[name].update(value, iteration)
+            self._restored_history = {}
         super().before_train()
 
     def train(self, start_iter: int, max_iter: int):
