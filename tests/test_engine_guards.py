@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 from torch import nn
 
-from detrex_lite.data import DetrDatasetMapper, ImageReadError, detr_train_augmentation
+from detrex_lite.data import DetrDatasetMapper, ImageReadError, ResumableTrainLoader, detr_train_augmentation
 from detrex_lite.engine import (
     AtomicCheckpointer,
     CheckpointWriteError,
@@ -180,14 +180,15 @@ def test_full_disk_is_one_line_and_replaces_nothing(tmp_path):
 
 
 # ------------------------------------------------------------------ unreadable training set
-def test_every_image_unreadable_with_skip_unreadable_is_one_clear_error(tmp_path):
+@pytest.mark.parametrize("build_loader", [build_detection_train_loader, ResumableTrainLoader])
+def test_every_image_unreadable_with_skip_unreadable_is_one_clear_error(tmp_path, build_loader):
     records = [
         {"file_name": str(tmp_path / f"missing_{i}.jpg"), "height": 32, "width": 32, "image_id": i,
          "annotations": [{"bbox": [1, 1, 8, 8], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0}]}
         for i in range(3)
     ]
     mapper = DetrDatasetMapper(detr_train_augmentation([32], max_size=64), skip_unreadable=True)
-    loader = build_detection_train_loader(records, mapper=mapper, total_batch_size=2, num_workers=0)
+    loader = build_loader(records, mapper=mapper, total_batch_size=2, num_workers=0)
     trainer = DetrTrainer(_Quadratic(), loader, torch.optim.SGD(_Quadratic().parameters(), lr=0.1))
     with pytest.raises(ImageReadError, match="^no training image could be read: the mapper skipped every image"):
         _steps(trainer, 1)

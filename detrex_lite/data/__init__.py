@@ -16,6 +16,7 @@ from .demo_dataset import (
 )
 from .evaluation import build_coco_evaluator
 from .subset import first_dataset_dicts
+from .train_loader import ALL_SKIPPED_MESSAGE, ResumableTrainLoader
 from .transforms import detr_crop_augmentation, detr_test_augmentation, detr_train_augmentation
 
 register_demo_datasets()

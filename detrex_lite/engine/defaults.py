@@ -198,6 +198,7 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
         amp_dtype=amp.get("dtype", "float16"),
         clip_grad_params=dict(clip.params) if clip.get("enabled", False) else None,
         model_ema=model_ema,
+        seed=cfg.train.seed if cfg.train.get("seed", -1) >= 0 else None,
     )
     checkpointables = {"trainer": trainer, "meta": RunMetadata(run_metadata(cfg, model))}
     if model_ema is not None:

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from detrex_lite.data import ImageReadError
+from detrex_lite.data import ALL_SKIPPED_MESSAGE, ImageReadError
+from detrex_lite.utils.rng import derived_seed, seed_global_rngs
 
 from .divergence import DivergenceWatch
 from .ema import ModelEMA
@@ -21,6 +23,8 @@ logger = logging.getLogger(__name__)
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # What detectron2's MapDataset raises when its mapper returned None for every image it has.
 _ALL_SKIPPED = "Sample larger than population"
+# Iterations of metric history a checkpoint keeps: the writers' median window (detectron2's 20).
+_METRIC_WINDOW = 20
 # Errors train_net reports in one line: detectron2's loop need not log their tracebacks.
 _ONE_LINE_ERRORS = (NonFiniteLossError, CheckpointWriteError, ImageReadError)
 
@@ -50,6 +54,14 @@ class DetrTrainer(SimpleTrainer):
     weights and the optimizer state stay those of the last good step -> backward (scaled for
     float16) -> clip the global gradient norm -> optimizer step -> EMA update.
 
+    Randomness: after fetching its batch, each iteration seeds python ``random``, numpy's and
+    torch's global generators with a function of ``(seed, rank, iteration)`` (dropout, the
+    model's random draws), so that the draws of an iteration do not depend on the ones before
+    it. The checkpoint keeps the seed, the data loader's position (every process's, when the
+    loader has ``state_dict``, e.g. detrex_lite.data.ResumableTrainLoader) and the last
+    iterations of metric history (the writers' medians); with an unchanged config a resumed run
+    then repeats the uninterrupted one.
+
     On resume (`load_state_dict`), the optimizer's state (moments, step counts) comes from the
     checkpoint but its hyper-parameters (lr, weight decay, betas of every group) stay those of
     the config, so `--resume optimizer.lr=...` takes effect; the schedule (lr_multiplier,
@@ -62,6 +74,8 @@ class DetrTrainer(SimpleTrainer):
         clip_grad_params: kwargs of torch.nn.utils.clip_grad_norm_ (max_norm, norm_type), or
             None for no clipping.
         model_ema: a ModelEMA updated after every step, or None.
+        seed: the base of the per-iteration seeds (``train.seed``); None: one drawn from numpy's
+            global generator of rank 0, saved in the checkpoint and used again on resume.
     """
 
     def __init__(
@@ -73,6 +87,7 @@ class DetrTrainer(SimpleTrainer):
         amp_dtype: str = "float16",
         clip_grad_params: Optional[dict] = None,
         model_ema: Optional[ModelEMA] = None,
+        seed: Optional[int] = None,
     ):
         super().__init__(model, data_loader, optimizer)
         if amp_dtype not in _AMP_DTYPES:
@@ -87,6 +102,20 @@ class DetrTrainer(SimpleTrainer):
         # Set by the caller once the checkpointer exists; named in the non-finite-loss error.
         self.checkpointer = None
         self.divergence = DivergenceWatch()
+        self._seed_from_config = seed is not None
+        self.seed = int(seed) if seed is not None else int(comm.shared_random_seed())
+        # Every process's data loader state after the last batch (None: the loader has none).
+        self._loader_states = None
+        self._restored_history = {}  # metric name -> [(value, iteration)], from the checkpoint
+
+    def before_train(self):
+        storage = getattr(self, "storage", None)  # set by train(); absent when a test calls this alone
+        if storage is not None:
+            for name, values in self._restored_history.items():
+                for value, iteration in values:
+                    storage.histories()[name].update(value, iteration)
+            self._restored_history = {}
+        super().before_train()
 
     def train(self, start_iter: int, max_iter: int):
         quiet = _NoTracebackFor()
@@ -102,6 +131,8 @@ class DetrTrainer(SimpleTrainer):
         start = time.perf_counter()
         data = self._next_batch()
         data_time = time.perf_counter() - start
+        self._record_loader_state()
+        seed_global_rngs(derived_seed(self.seed, comm.get_rank(), self.iter))
 
         try:
             with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_enabled):
@@ -151,11 +182,16 @@ class DetrTrainer(SimpleTrainer):
         except ValueError as e:
             if _ALL_SKIPPED not in str(e):
                 raise
-            raise ImageReadError(
-                "no training image could be read: the mapper skipped every image of the training set "
-                "as unreadable (dataloader.train.mapper.skip_unreadable=True; the warnings above name the "
-                "files); check the dataset's image folder"
-            ) from None
+            raise ImageReadError(ALL_SKIPPED_MESSAGE) from None
+
+    def _record_loader_state(self) -> None:
+        """Keep the loader's position after this batch, of every process (the main process alone
+        writes checkpoints): one small all-gather per iteration when several processes train."""
+        state_dict = getattr(self.data_loader, "state_dict", None)
+        if state_dict is None:
+            return
+        state = state_dict()
+        self._loader_states = comm.all_gather(state) if comm.get_world_size() > 1 else [state]
 
     def _last_checkpoint(self) -> str:
         """The checkpoint a non-finite stop names: the newest one written before the divergence
@@ -179,7 +215,18 @@ class DetrTrainer(SimpleTrainer):
         ret = super().state_dict()
         if self.grad_scaler.is_enabled():
             ret["grad_scaler"] = self.grad_scaler.state_dict()
+        ret["seed"] = self.seed
+        if self._loader_states is not None:
+            ret["data_loader"] = self._loader_states
+        ret["metric_history"] = self._recent_metric_history()
         return ret
+
+    def _recent_metric_history(self) -> dict:
+        """The last _METRIC_WINDOW values of every scalar, {name: [(value, iteration)]}."""
+        storage = getattr(self, "storage", None)
+        if storage is None:
+            return {}
+        return {name: list(buffer.values()[-_METRIC_WINDOW:]) for name, buffer in storage.histories().items()}
 
     def load_state_dict(self, state_dict):
         configured = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
@@ -187,6 +234,23 @@ class DetrTrainer(SimpleTrainer):
         if self.grad_scaler.is_enabled() and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
         self._keep_configured_hyperparameters(configured)
+        if not self._seed_from_config and "seed" in state_dict:
+            self.seed = int(state_dict["seed"])
+        self._restored_history = dict(state_dict.get("metric_history", {}))
+        self._load_loader_state(state_dict.get("data_loader"))
+
+    def _load_loader_state(self, states) -> None:
+        load = getattr(self.data_loader, "load_state_dict", None)
+        if load is None:
+            return
+        if states is None:
+            logger.warning(
+                "The checkpoint has no data loader position (written by an older version or with another "
+                "loader): the training data stream starts again from its beginning"
+            )
+            return
+        load(states)
+        self._loader_states = list(states)
 
     def _keep_configured_hyperparameters(self, configured) -> None:
         """Put the config's hyper-parameters back after loading the optimizer's state.

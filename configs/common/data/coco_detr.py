@@ -4,15 +4,12 @@ Images and annotations are read from ``$DETECTRON2_DATASETS/coco`` (default ``./
 ``train2017/``, ``val2017/``, ``annotations/instances_{train,val}2017.json``.
 """
 from detectron2.config import LazyCall as L
-from detectron2.data import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from omegaconf import OmegaConf
 
 from detrex_lite.data import (
     DetrDatasetMapper,
+    ResumableTrainLoader,
     build_coco_evaluator,
     detr_crop_augmentation,
     detr_test_augmentation,
@@ -21,7 +18,10 @@ from detrex_lite.data import (
 
 dataloader = OmegaConf.create()
 
-dataloader.train = L(build_detection_train_loader)(
+# detectron2's build_detection_train_loader with a position that the checkpoint keeps: a resumed
+# run sees the images, augmentation and batches of the uninterrupted run (shuffled each epoch,
+# seeded by train.seed; see detrex_lite/data/train_loader.py).
+dataloader.train = L(ResumableTrainLoader)(
     # DETR trains on every image, those without annotations included (the "no object" class
     # learns from them); images with only crowd boxes become images without boxes.
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=False),
@@ -42,6 +42,8 @@ dataloader.train = L(build_detection_train_loader)(
         skip_unreadable=False,  # True: log and skip unreadable images instead of stopping
     ),
     total_batch_size=16,
+    # Landscape (w > h) and other images in separate batches (less padding), as detectron2's.
+    aspect_ratio_grouping=True,
     num_workers=4,
 )
 
