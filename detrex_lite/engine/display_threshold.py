@@ -41,6 +41,11 @@ def record_display_threshold(evaluator: Any, output_dir: Optional[str], dataset:
         predictions = json.load(f)
     found = best_f1_threshold(coco_api.dataset.get("annotations", []), predictions)
     if found is None:
+        # What an earlier evaluation suggested is not about these predictions any more.
+        if os.path.isfile(os.path.join(output_dir, THRESHOLD_FILE)):
+            os.remove(os.path.join(output_dir, THRESHOLD_FILE))
+        if run_meta is not None:
+            run_meta.meta.pop("display_threshold", None)
         logger.info(f"No display threshold suggested: no prediction in {results_file} matches an object at IoU 0.5")
         return None
     stored = found.to_meta(dataset, iteration)
