@@ -74,7 +74,7 @@ def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         demo.get_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0.5)" in text and "(default: 1.0)" in text
+    assert "(default: the display threshold stored in the checkpoint" in text and "(default: 1.0)" in text
     for option in ("--scale", "--line-width", "--font-scale", "--dataset"):
         assert option in text
 
