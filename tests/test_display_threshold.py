@@ -195,7 +195,7 @@ def test_evaluation_records_the_threshold(tmp_path):
     write_predictions(results, str(out / "coco_instances_results.json"))
     evaluator = build_coco_evaluator(VAL, output_dir=str(out))
     run_meta = RunMetadata({"num_classes": 6})
-    stored = record_display_threshold(evaluator, str(out), VAL, iteration=41, run_meta=run_meta)
+    stored = record_display_threshold(evaluator, str(out), iteration=41, run_meta=run_meta)
     with open(gt_json) as f:
         expected = best_f1_threshold(json.load(f)["annotations"], results)
     assert stored["score"] == expected.score and stored["f1"] == round(expected.f1, 4)

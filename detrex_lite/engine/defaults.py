@@ -123,7 +123,7 @@ def do_test(cfg, model: nn.Module, model_ema: Optional[ModelEMA] = None, *, iter
         output_dir = evaluation_output_dir(cfg)
         if output_dir and os.path.isdir(output_dir):
             logger.info(f"Predictions written to {output_dir}")
-            record_display_threshold(evaluator, output_dir, os.path.basename(output_dir), iteration, run_meta)
+            record_display_threshold(evaluator, output_dir, iteration=iteration, run_meta=run_meta)
     return ret or {}
 
 

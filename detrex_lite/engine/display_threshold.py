@@ -23,20 +23,23 @@ logger = logging.getLogger(__name__)
 THRESHOLD_FILE = "display_threshold.json"
 
 
-def record_display_threshold(evaluator: Any, output_dir: Optional[str], dataset: str,
+def record_display_threshold(evaluator: Any, output_dir: Optional[str], dataset: Optional[str] = None,
                              iteration: Optional[int] = None,
                              run_meta: Optional[Any] = None) -> Optional[Dict[str, Any]]:
     """After an evaluation (main process): the suggested display threshold of the predictions it
     wrote (``output_dir/coco_instances_results.json``) against the evaluator's ground truth, logged,
     written to ``output_dir/display_threshold.json`` and, with ``run_meta`` (the run's
     :class:`~detrex_lite.checkpoint.run.RunMetadata`), put into the metadata of the next
-    checkpoints. Returns the stored dict, or None when there is nothing to suggest (no predictions
-    file, an evaluator without COCO ground truth, or no correct detection)."""
+    checkpoints. ``dataset`` (the name stored) defaults to the evaluator's dataset. Returns the
+    stored dict, or None when there is nothing to suggest (no predictions file, an evaluator
+    without COCO ground truth, or no correct detection)."""
     coco_api = getattr(evaluator, "_coco_api", None)
     results_file = os.path.join(output_dir, "coco_instances_results.json") if output_dir else ""
     if coco_api is None or not os.path.isfile(results_file):
         logger.info("No display threshold suggested: the evaluation wrote no COCO results with ground truth")
         return None
+    if dataset is None:
+        dataset = getattr(getattr(evaluator, "_metadata", None), "name", None) or os.path.basename(output_dir)
     with open(results_file) as f:
         predictions = json.load(f)
     found = best_f1_threshold(coco_api.dataset.get("annotations", []), predictions)
