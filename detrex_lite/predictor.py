@@ -176,7 +176,6 @@ class Predictor:
         self.augmentations = T.AugmentationList(test_augmentations(self.cfg, self.meta))
         self.metadata = test_metadata(self.cfg, self.meta)
         self.threshold: ScoreThreshold = choose_threshold(threshold, self.meta, checkpoint, flag="Predictor(threshold=)")
-        logger.debug(f"Predictor: {self.threshold.describe()}")
 
     @classmethod
     def from_run(cls, run_dir: Union[str, os.PathLike], checkpoint: Optional[str] = None, **kwargs: Any) -> "Predictor":
