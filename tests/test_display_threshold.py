@@ -227,14 +227,16 @@ def test_the_evaluation_at_the_end_precedes_model_final(tmp_path):
     evaluated = []
 
     def evaluate():
-        evaluated.append(trainer.iter)
+        evaluated.append((trainer.iter, trainer.storage.iter))
         meta.meta["display_threshold"] = {"score": 0.1, "iteration": trainer.iter}
-        return {}
+        return {"bbox": {"AP": 1.0}}
 
     checkpointer = AtomicCheckpointer(model, str(tmp_path), meta=meta)
     trainer.register_hooks([EvalHook(3, evaluate), PeriodicCheckpointer(checkpointer, 3, max_iter=5)])
     trainer.train(0, 5)
-    assert evaluated == [2, 4]  # every 3 iterations, and at the end, once
+    # every 3 iterations, and at the end, once; the last labelled max_iter, as detectron2 labels it
+    assert evaluated == [(2, 2), (4, 5)]
+    assert trainer.storage.history("bbox/AP").values() == [(1.0, 2), (1.0, 5)]
     stored = {name: torch.load(tmp_path / name, weights_only=True)["meta"]["display_threshold"]["iteration"]
               for name in ("model_0000002.pth", "model_final.pth")}
     assert stored == {"model_0000002.pth": 2, "model_final.pth": 4}

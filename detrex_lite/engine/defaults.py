@@ -200,7 +200,7 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
     trainer.checkpointer = checkpointer
 
     def test_fn():
-        return do_test(cfg, model, model_ema, iteration=trainer.iter, run_meta=run_meta)
+        return do_test(cfg, model, model_ema, iteration=trainer.storage.iter, run_meta=run_meta)
 
     # Fractions of train.max_iter become iterations here, so they follow a max_iter override.
     periods = schedule_periods(cfg.train)
@@ -215,7 +215,8 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            # Before the checkpointer: a checkpoint holds the display threshold of its iteration's evaluation.
+            # Before the checkpointer: a checkpoint holds the display threshold of its iteration's evaluation
+            # (stored with the iteration metrics.json gives the evaluation).
             EvalHook(periods.eval_period, test_fn),
             PeriodicCheckpointer(checkpointer, periods.checkpoint_period, max_to_keep=max_to_keep)
             if comm.is_main_process()

@@ -68,12 +68,19 @@ def record_display_threshold(evaluator: Any, output_dir: Optional[str], dataset:
 class EvalHook(hooks.EvalHook):
     """detectron2's EvalHook, evaluating at the last iteration in ``after_step`` instead of
     ``after_train``: registered before the PeriodicCheckpointer, every evaluation precedes the
-    checkpoint of its iteration, ``model_final.pth`` included."""
+    checkpoint of its iteration, ``model_final.pth`` included. The final evaluation's metrics
+    keep detectron2's label (``iteration`` = max_iter in metrics.json and TensorBoard)."""
 
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
-        periodic = self._period > 0 and next_iter % self._period == 0
-        if periodic or (self._eval_after_train and next_iter == self.trainer.max_iter):
+        if self._eval_after_train and next_iter == self.trainer.max_iter:
+            storage = self.trainer.storage
+            storage.iter = self.trainer.max_iter  # as detectron2's after_train sets it
+            try:
+                self._do_eval()
+            finally:
+                storage.iter = self.trainer.iter  # this iteration's writers still report it
+        elif self._period > 0 and next_iter % self._period == 0:
             self._do_eval()
 
     def after_train(self) -> None:
