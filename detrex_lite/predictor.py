@@ -1,4 +1,7 @@
-"""Single-image inference from a LazyConfig: ``Predictor(cfg, checkpoint)(image) -> Instances``.
+"""Single-image inference from a LazyConfig: ``Predictor(cfg, checkpoint)(image) -> Instances``
+(every detection the model returns, as evaluation sees them), and ``Predictor.detect(image)``:
+those scoring at least the predictor's threshold, with class names (like Hugging Face's
+``post_process_object_detection``).
 
 The predictor reproduces what the test data loader does to an image before the model sees it
 (the config's test-time augmentation, usually ``ResizeShortestEdge``; BGR -> RGB; HWC -> CHW), so
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,6 +24,7 @@ from detrex_lite.data.dataset_mapper import read_image_file
 from detectron2.structures import Instances
 from omegaconf import OmegaConf
 
+from detrex_lite.analysis.threshold import ScoreThreshold, choose_threshold
 from detrex_lite.checkpoint import load_weights
 from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path
 from detrex_lite.config import apply_overrides_checked, load_config_file
@@ -120,12 +124,16 @@ class Predictor:
             BatchNorm folded, channels_last, and for "bf16" bfloat16 weights and activations
             where the CPU has native bfloat16, else float32 with a warning).
         force_bf16: with ``precision="bf16"``, run bfloat16 even without native support.
+        threshold: the score :meth:`detect` keeps from; None: the display threshold the
+            checkpoint's last evaluation suggested (``meta["display_threshold"]``, max F1 at IoU
+            0.5), else 0.3. ``predictor.threshold`` holds the value and where it came from.
 
     Example::
 
         predictor = Predictor("projects/deformable_detr/configs/deformable_detr_r50_50ep.py",
                               "output/model_final.pth")
         instances = predictor("image.jpg")  # pred_boxes (abs. xyxy, original size), scores, pred_classes
+        found = predictor.detect("image.jpg")  # {"scores", "labels", "label_names", "boxes"} >= threshold
         predictor = Predictor.from_run("output/run")  # its config.yaml and model_best.pth (else newest)
     """
 
@@ -139,6 +147,7 @@ class Predictor:
         input_format: str = "BGR",
         precision: Optional[str] = None,
         force_bf16: bool = False,
+        threshold: Optional[float] = None,
     ):
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}")
@@ -166,6 +175,7 @@ class Predictor:
             self.model = optimize_for_inference(self.model, precision, force_bf16=force_bf16)
         self.augmentations = T.AugmentationList(test_augmentations(self.cfg, self.meta))
         self.metadata = test_metadata(self.cfg, self.meta)
+        self.threshold: ScoreThreshold = choose_threshold(threshold, self.meta, checkpoint, flag="Predictor(threshold=)")
 
     @classmethod
     def from_run(cls, run_dir: Union[str, os.PathLike], checkpoint: Optional[str] = None, **kwargs: Any) -> "Predictor":
@@ -176,10 +186,20 @@ class Predictor:
 
         Args:
             kwargs: :class:`Predictor`'s keyword arguments (``device``, ``opts``,
-                ``input_format``, ``precision``, ``force_bf16``).
+                ``input_format``, ``precision``, ``force_bf16``, ``threshold``).
         """
         run_dir = os.fspath(run_dir)
         return cls(run_config_path(run_dir), find_run_checkpoint(run_dir, checkpoint), **kwargs)
+
+    @property
+    def class_names(self) -> List[str]:
+        """The class names, by contiguous class id (from the checkpoint or the test dataset)."""
+        return list(getattr(self.metadata, "thing_classes", None) or [])
+
+    def class_name(self, class_id: int) -> str:
+        """The name of a contiguous class id (``"class <id>"`` when the names are unknown)."""
+        names = self.class_names
+        return names[class_id] if 0 <= class_id < len(names) else f"class {class_id}"
 
     @property
     def device(self) -> torch.device:
@@ -216,5 +236,25 @@ class Predictor:
         return [out["instances"].to("cpu") for out in outputs]
 
     def __call__(self, image: ImageLike) -> Instances:
-        """Inference on one image path or HxWx3 uint8 array (``input_format`` channel order)."""
+        """Inference on one image path or HxWx3 uint8 array (``input_format`` channel order):
+        every detection the model returns (no threshold), as evaluation sees them."""
         return self.predict([image])[0]
+
+    def detect(self, image: ImageLike, threshold: Optional[float] = None) -> Dict[str, Any]:
+        """The detections of one image scoring at least ``threshold`` (default:
+        ``self.threshold.value``), best first, with their class names::
+
+            {"scores": (N,) float, "labels": (N,) int64 contiguous class ids,
+             "label_names": [N class names], "boxes": (N, 4) absolute xyxy at the original size,
+             "threshold": the threshold used}
+        """
+        return self.postprocess(self(image), threshold)
+
+    def postprocess(self, instances: Instances, threshold: Optional[float] = None) -> Dict[str, Any]:
+        """What :meth:`detect` returns, from one image's ``Instances``."""
+        value = self.threshold.value if threshold is None else float(threshold)
+        kept = instances[instances.scores >= value]
+        kept = kept[torch.argsort(kept.scores, descending=True, stable=True)]
+        labels = kept.pred_classes.to(torch.int64)
+        return {"scores": kept.scores, "labels": labels, "label_names": [self.class_name(c) for c in labels.tolist()],
+                "boxes": kept.pred_boxes.tensor, "threshold": value}

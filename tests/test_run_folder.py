@@ -55,6 +55,10 @@ def test_training_saves_what_inference_needs(run_dir):
     assert results and set(results[0]) >= {"image_id", "category_id", "bbox", "score"}
     assert {r["category_id"] for r in results} <= set(range(1, 7))
     assert os.path.isfile(os.path.join(results_dir, "instances_predictions.pth"))
+    # the evaluation at the end runs before model_final.pth is written (it holds what it found)
+    with open(os.path.join(run_dir, "log.txt")) as f:
+        log = f.read()
+    assert log.index("coco_instances_results.json") < log.index("model_final.pth")
 
 
 def test_predict_demo_export_from_run_in_a_fresh_process(run_dir, tmp_path):

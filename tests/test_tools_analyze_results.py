@@ -185,7 +185,7 @@ def test_confusion_matrix_equals_the_constructed_errors(demo, score_threshold):
 def test_cli_writes_tables_and_figures(demo, tmp_path, capsys):
     gt_json, path, _ = demo
     out = tmp_path / "analysis"
-    assert analyze_results.main(["--predictions", path, "--dataset", VAL, "--out", str(out)]) == 0
+    assert analyze_results.main(["--predictions", path, "--dataset", VAL, "--out", str(out), "--score-threshold", "0.3"]) == 0
     printed = capsys.readouterr().out
     ref = reference_eval(gt_json, path)
     with open(out / "error_analysis.json") as f:

@@ -74,7 +74,7 @@ def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         demo.get_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0.5)" in text and "(default: 1.0)" in text
+    assert "(default: the display threshold stored in the checkpoint" in text and "(default: 1.0)" in text
     for option in ("--scale", "--line-width", "--font-scale", "--dataset"):
         assert option in text
 
@@ -92,9 +92,9 @@ def test_nothing_above_the_threshold_is_said_with_the_best_score(setup, tmp_path
         logging.getLogger("detrex_lite.demo").removeHandler(records)
     assert code == 0
     best = Predictor(cfg_path, device="cpu")(str(inputs / "b.png")).scores.max().item()
-    said = [m for m in records.messages if "no detection scores >= 1.01" in m]
-    assert said == [f"{inputs / 'b.png'}: no detection scores >= 1.01 (highest score {best:.3f}); "
-                    "lower --confidence-threshold to draw more"]
+    said = [m for m in records.messages if "no prediction reaches the threshold 1.01" in m]
+    assert said == [f"{inputs / 'b.png'}: no prediction reaches the threshold 1.01 (highest score {best:.3g}); "
+                    "lower it with --threshold"]
     import cv2
 
     assert cv2.imread(str(tmp_path / "b.png")).shape == (120, 160, 3)  # --scale 2 of 60x80

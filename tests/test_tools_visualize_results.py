@@ -64,7 +64,8 @@ def test_worst_images_and_their_counts(demo, tmp_path, threshold, worst):
 def test_cli_first_images_and_table(demo, tmp_path, capsys):
     gt_json, path = demo
     out = tmp_path / "first"
-    assert visualize_results.main(["--predictions", path, "--dataset", VAL, "--num", "2", "--out", str(out)]) == 0
+    assert visualize_results.main(["--predictions", path, "--dataset", VAL, "--num", "2", "--out", str(out),
+                                   "--threshold", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert sorted(os.listdir(out)) == ["001_1.png", "002_2.png"]
     expected = expected_errors(gt_json, 0.5)

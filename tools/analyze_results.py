@@ -13,7 +13,7 @@ datasets are built in). Everything is computed by pycocotools' COCOeval. Writes 
                               average, one panel per object size (all / small / medium / large)
   per_class/<k>_<class>.png   the same for each class
   error_analysis.json, .csv   the AP (%) of every curve per class and size, with object counts
-  confusion_matrix.png, .csv  ground truth x prediction counts at --iou and --score-threshold,
+  confusion_matrix.png, .csv  ground truth x prediction counts at --iou and --threshold,
                               background row (false detections) and column (missed objects)
   per_class_ap.json, .csv     COCO AP, AP50, AP75, APs, APm, APl per class, object and
                               prediction counts, and COCO's overall numbers
@@ -31,8 +31,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictions", required=True, help="COCO results json (coco_instances_results.json)")
     parser.add_argument("--dataset", required=True, help="registered dataset the predictions are for")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--score-threshold", type=float, default=0.3,
-                        help="confusion matrix: keep predictions with at least this score (default 0.3)")
+    parser.add_argument("--threshold", "--score-threshold", dest="score_threshold", type=float, default=None,
+                        help="confusion matrix: keep predictions with at least this score (default: the score of "
+                        "maximal F1 at IoU 0.5 of these predictions, as the evaluation stored it with the checkpoint)")
     parser.add_argument("--iou", type=float, default=0.5, help="confusion matrix IoU threshold (default 0.5)")
     parser.add_argument("--no-class-plots", action="store_true", help="skip the per-class PR figures")
     return parser

@@ -2,7 +2,7 @@
 r"""Runs a trained detector on images, folders, globs or videos and draws its detections.
 
     python tools/demo.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \
-        --input "photos/*.jpg" clip.mp4 --output demo_out --confidence-threshold 0.5 \
+        --input "photos/*.jpg" clip.mp4 --output demo_out --threshold 0.5 \
         --json train.init_checkpoint=output/model_final.pth
 
     python tools/demo.py --run output/run --input photos/ --output demo_out   # a training output folder
@@ -12,8 +12,8 @@ Weights come from ``train.init_checkpoint`` (override it with key=value after th
 class names from the checkpoint, so no dataset needs to be registered). One drawn image is written per input image
 (same file name) and one drawn .mp4 per input video; ``--json`` also writes ``detections.json``
 in COCO results format (plus ``file_name`` and, for videos, ``frame``) holding the detections
-drawn, i.e. those scoring at least ``--confidence-threshold`` (use 0 to keep all, e.g. for
-evaluation); with ``--dataset`` the images of that dataset keep its image ids. An input that
+drawn, i.e. those scoring at least ``--threshold`` (use 0 to keep all, e.g. for evaluation;
+default: the threshold the checkpoint's last evaluation suggested, max F1 at IoU 0.5, else 0.3); with ``--dataset`` the images of that dataset keep its image ids. An input that
 cannot be read is reported by name and skipped; the exit status is 1 when any input was skipped.
 The drawing is ``detrex_lite.visualization`` (colour = class, labels never overlap).
 """
@@ -42,8 +42,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="image files, folders (their images, sorted), glob patterns (quote them) or videos")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the drawn images/videos")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="SCORE",
-                        help="minimum score drawn (and written)")
+    parser.add_argument("--threshold", "--confidence-threshold", dest="confidence_threshold", type=float,
+                        default=None, metavar="SCORE",
+                        help="minimum score drawn (and written) (default: the display threshold stored in the "
+                        "checkpoint by its last evaluation, max F1 at IoU 0.5; 0.3 for checkpoints without one)")
     parser.add_argument("--json", action="store_true", help="also write OUTPUT/detections.json (COCO results format)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--scale", type=float, default=1.0, metavar="FACTOR",

@@ -9,9 +9,9 @@ Colour is the class everywhere (detrex_lite.visualization); the line style says 
 matching (IoU 0.5, one prediction per object, highest score first) made of a box. Left: the
 ground truth (white; solid: found by a prediction of its class with score >= --threshold,
 dashed: missed). Right: the predictions with score >= --threshold (solid: correct, dashed:
-false: wrong class, bad box, duplicate or background; dotted: on a crowd region). Without
---worst the first --num images of the dataset are drawn; with --worst N the N images with the
-most missed plus false boxes. Writes one PNG per image (<rank>_<image_id>.png) into --out and
+false: wrong class, bad box, duplicate or background; dotted: on a crowd region). The threshold
+used, and where it came from, is printed first. Without --worst the first --num images of the
+dataset are drawn; with --worst N the N images with the most missed plus false boxes. Writes one PNG per image (<rank>_<image_id>.png) into --out and
 prints the list with the counts.
 """
 import argparse
@@ -24,7 +24,9 @@ def get_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", required=True, help="COCO results json (coco_instances_results.json)")
     parser.add_argument("--dataset", required=True, help="registered dataset the predictions are for")
-    parser.add_argument("--threshold", type=float, default=0.5, help="draw predictions with at least this score (0.5)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="draw predictions with at least this score (default: the score of maximal F1 at IoU "
+                        "0.5 of these predictions, as the evaluation stored it with the checkpoint)")
     parser.add_argument("--worst", type=int, default=0, metavar="N",
                         help="draw the N images with the most missed + false boxes at IoU 0.5")
     parser.add_argument("--num", type=int, default=10, help="without --worst: draw the first NUM images (10)")

@@ -103,7 +103,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: List[str], path: str, iou: 
     ax.set_yticklabels(names, fontsize=fontsize)
     ax.set_xlabel("predicted class (background = object missed)", fontsize=9)
     ax.set_ylabel("ground-truth class (background = false detection)", fontsize=9)
-    ax.set_title(f"confusion at IoU {iou:g}, score >= {score_threshold:g}", fontsize=10)
+    ax.set_title(f"confusion at IoU {iou:g}, score >= {score_threshold:.3g}", fontsize=10)
     cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label("share of the row", fontsize=8)
     cbar.ax.tick_params(labelsize=8)

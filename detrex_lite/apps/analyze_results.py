@@ -4,6 +4,7 @@ import csv
 import logging
 import os
 import re
+from typing import Optional
 
 from detrex_lite.analysis import (
     ERROR_TYPES,
@@ -16,6 +17,7 @@ from detrex_lite.analysis import (
     predictions_coco,
 )
 from detrex_lite.analysis.error_analysis import AREAS
+from detrex_lite.analysis.threshold import nothing_passes_message, threshold_for_predictions
 from detrex_lite.utils import json_io
 
 logger = logging.getLogger("detrex_lite.analyze_results")
@@ -87,10 +89,12 @@ def confusion_outputs(matrix, names, out_dir: str, iou: float, score_threshold: 
     return [png, csv_path]
 
 
-def run(predictions: str, dataset: str, out_dir: str, score_threshold: float = 0.3, iou: float = 0.5,
+def run(predictions: str, dataset: str, out_dir: str, score_threshold: Optional[float] = None, iou: float = 0.5,
         class_plots: bool = True) -> dict:
     """Computes and writes everything; returns {"error_analysis": rows, "per_class_ap": ...,
-    "confusion_matrix": {"names", "counts"}, "files": [...]}."""
+    "confusion_matrix": {"names", "counts"}, "score_threshold": {"value", "source"}, "files": [...]}.
+    ``score_threshold`` (the confusion matrix's) None: the one of maximal F1 at IoU 0.5 of these
+    predictions (:func:`detrex_lite.analysis.threshold.threshold_for_predictions`)."""
     from detrex_lite.analysis.plots import plot_error_analysis
 
     coco_gt = dataset_coco_gt(dataset)
@@ -98,6 +102,9 @@ def run(predictions: str, dataset: str, out_dir: str, score_threshold: float = 0
     if not results:
         raise AnalysisError(f"{predictions}: no predictions in the file")
     coco_dt = predictions_coco(coco_gt, results)
+    choice = threshold_for_predictions(score_threshold, coco_gt.dataset.get("annotations", []), results,
+                                       predictions, dataset)
+    score_threshold = choice.value
     os.makedirs(out_dir, exist_ok=True)
     files = []
 
@@ -126,9 +133,12 @@ def run(predictions: str, dataset: str, out_dir: str, score_threshold: float = 0
     print("\nPer-class COCO AP:")
     print_ap_table(ap)
     k = len(names) - 1
+    print(f"\nConfusion matrix at {choice.describe()}")
+    if not any(r["score"] >= score_threshold for r in results):
+        print(nothing_passes_message(score_threshold, max(r["score"] for r in results)))
     found = int(matrix[:k, :k].trace())
     confused = int(matrix[:k, :k].sum()) - found
-    print(f"\nAt IoU {iou:g} and score >= {score_threshold:g}: {found} objects found, {confused} taken for "
+    print(f"At IoU {iou:g} and score >= {score_threshold:.3g}: {found} objects found, {confused} taken for "
           f"another class, {int(matrix[:k, k].sum())} missed; {int(matrix[k, :k].sum())} false detections on "
           "background or duplicates")
     print("\nWrote:")
@@ -138,4 +148,5 @@ def run(predictions: str, dataset: str, out_dir: str, score_threshold: float = 0
     if class_plots:
         print(f"  {os.path.join(out_dir, 'per_class')}/ ({len(analysis.class_names)} PNGs)")
     return {"error_analysis": rows, "per_class_ap": ap,
-            "confusion_matrix": {"names": names, "counts": matrix.tolist()}, "files": files}
+            "confusion_matrix": {"names": names, "counts": matrix.tolist()},
+            "score_threshold": {"value": score_threshold, "source": choice.source}, "files": files}

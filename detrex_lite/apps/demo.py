@@ -12,6 +12,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from detrex_lite.analysis.threshold import choose_threshold, nothing_passes_message
 from detrex_lite.errors import CheckpointError, ConfigError
 from detrex_lite.visualization import dedupe, draw_detections, scaled_size
 
@@ -119,13 +120,11 @@ class Drawer:
 
 
 def keep_confident(instances, threshold: float, name: str):
-    """The instances scoring at least ``threshold``; says so when none does."""
+    """The instances scoring at least ``threshold``; says so, with the highest score, when none does."""
     kept = instances[instances.scores >= threshold]
     if len(kept) == 0:
-        best = f"highest score {instances.scores.max().item():.3f}" if len(instances) else "the model returned none"
-        logger.info(
-            "%s: no detection scores >= %g (%s); lower --confidence-threshold to draw more", name, threshold, best
-        )
+        best = instances.scores.max().item() if len(instances) else None
+        logger.info("%s: %s", name, nothing_passes_message(threshold, best))
     return kept
 
 
@@ -243,12 +242,14 @@ def run_inputs(predictor, drawer: Drawer, paths, output: str, threshold: float,
 
 
 def run(*, config_file: Optional[str], run_dir: Optional[str], inputs: Sequence[str], output: str,
-        opts: Sequence[str] = (), confidence_threshold: float = 0.5, write_json: bool = False,
+        opts: Sequence[str] = (), confidence_threshold: Optional[float] = None, write_json: bool = False,
         device: Optional[str] = None, scale: float = 1.0, line_width: Optional[int] = None,
         font_scale: Optional[float] = None, dataset: Optional[str] = None, precision: Optional[str] = None,
         force_bf16: bool = False, dedupe_iou: Optional[float] = None) -> int:
     """The whole demo: exit status 0, or 1 when an input was skipped or the weights are unusable
-    (one line ``demo: error: ...`` on stderr). ConfigError for an unknown ``dataset``."""
+    (one line ``demo: error: ...`` on stderr). ConfigError for an unknown ``dataset``.
+    ``confidence_threshold`` None: the display threshold stored in the checkpoint, else 0.3
+    (:func:`detrex_lite.analysis.threshold.choose_threshold`); the one used is logged."""
     import sys
 
     import tqdm
@@ -269,13 +270,15 @@ def run(*, config_file: Optional[str], run_dir: Optional[str], inputs: Sequence[
     except (CheckpointError, FileNotFoundError) as e:  # unusable weights or run folder: one line
         print(f"demo: error: {e}", file=sys.stderr)
         return 1
+    threshold = choose_threshold(confidence_threshold, predictor.meta, predictor.checkpoint)
+    logger.info("Drawing detections with %s", threshold.describe())
     drawer = Drawer(predictor.metadata, scale, line_width, font_scale, ground_truth, dedupe_iou)
     os.makedirs(output, exist_ok=True)
     paths = expand_inputs(inputs)
     progress = tqdm.tqdm(paths, desc="demo", unit="input")
     # Log lines go through tqdm.write while the bar runs, so that they do not split it.
     with logging_redirect_tqdm(loggers=[logging.getLogger("detrex_lite")]):
-        results, skipped = run_inputs(predictor, drawer, progress, output, confidence_threshold, dataset)
+        results, skipped = run_inputs(predictor, drawer, progress, output, threshold.value, dataset)
     if write_json:
         json_io.dump(results, os.path.join(output, "detections.json"), indent=None)
     logger.info(

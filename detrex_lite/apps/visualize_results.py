@@ -15,6 +15,7 @@ from detrex_lite.analysis import (
     match_detections,
     predictions_coco,
 )
+from detrex_lite.analysis.threshold import nothing_passes_message, threshold_for_predictions
 from detrex_lite.visualization import DASHED, DOTTED, SOLID, dedupe, draw_detections, save_side_by_side
 
 GT_TITLE = "ground truth (solid: found, dashed: missed)"
@@ -36,10 +37,12 @@ def select_images(matches: dict, worst: int = 0, num: int = 10) -> list:
 
 
 def draw_image(coco_gt, coco_dt, m: ImageMatches, file_name: str, path: str, threshold: float, iou: float,
-               dedupe_iou: Optional[float] = None, min_side: int = 480) -> str:
+               dedupe_iou: Optional[float] = None, min_side: int = 480, best_score: Optional[float] = None) -> str:
     """Writes ``path``: the image's ground truth (left) and predictions (right), each panel
     enlarged so that its longer side is at least ``min_side`` pixels. ``dedupe_iou`` drops, from
-    the drawing only, predictions overlapping a better-scoring drawn one by more than that IoU."""
+    the drawing only, predictions overlapping a better-scoring drawn one by more than that IoU.
+    ``best_score``: the image's highest prediction score, named in the title when none reaches
+    ``threshold``."""
     from detrex_lite.data.dataset_mapper import read_image_file
 
     image = read_image_file(file_name, "RGB")
@@ -66,17 +69,28 @@ def draw_image(coco_gt, coco_dt, m: ImageMatches, file_name: str, path: str, thr
     num_gt = len(m.matched_gt) + len(m.missed_gt)
     num_dt = len(m.true_dt) + len(m.false_dt)
     title = (f"image {m.image_id} ({os.path.basename(file_name)}): {len(m.missed_gt)} of {num_gt} objects missed, "
-             f"{len(m.false_dt)} of {num_dt} predictions false (IoU {iou:g}, score >= {threshold:g})")
+             f"{len(m.false_dt)} of {num_dt} predictions false (IoU {iou:g}, score >= {threshold:.3g})")
+    if num_dt == 0 and best_score is not None:
+        title += f"; highest score {best_score:.3g}"
     return save_side_by_side(left, right, GT_TITLE, DT_TITLE, title, path)
 
 
-def run(predictions: str, dataset: str, out_dir: str, threshold: float = 0.5, worst: int = 0, num: int = 10,
-        iou: float = 0.5, dedupe_iou: Optional[float] = None) -> List[Tuple[str, ImageMatches]]:
+def run(predictions: str, dataset: str, out_dir: str, threshold: Optional[float] = None, worst: int = 0,
+        num: int = 10, iou: float = 0.5, dedupe_iou: Optional[float] = None) -> List[Tuple[str, ImageMatches]]:
     """Draws the selected images; returns [(path, ImageMatches)] in the order drawn. The matching
     (and the counts printed) are of all predictions with score >= ``threshold``, whatever
-    ``dedupe_iou`` hides from the drawing."""
+    ``dedupe_iou`` hides from the drawing. ``threshold`` None: the one of maximal F1 at IoU 0.5
+    of these predictions (:func:`detrex_lite.analysis.threshold.threshold_for_predictions`)."""
     coco_gt = dataset_coco_gt(dataset)
     results = load_predictions(predictions, coco_gt)
+    choice = threshold_for_predictions(threshold, coco_gt.dataset.get("annotations", []), results, predictions, dataset)
+    threshold = choice.value
+    print(choice.describe())
+    best_scores: dict = {}
+    for r in results:
+        best_scores[r["image_id"]] = max(best_scores.get(r["image_id"], float("-inf")), r["score"])
+    if not any(r["score"] >= threshold for r in results):
+        print(nothing_passes_message(threshold, max(best_scores.values(), default=None)))
     coco_dt = predictions_coco(coco_gt, results, score_threshold=threshold)
     matches = match_detections(coco_gt, coco_dt, iou=iou)
     files = dataset_image_files(dataset)
@@ -84,7 +98,7 @@ def run(predictions: str, dataset: str, out_dir: str, threshold: float = 0.5, wo
     drawn = []
     chosen = select_images(matches, worst, num)
     print(f"{'worst' if worst else 'first'} {len(chosen)} of {len(matches)} images of {dataset} "
-          f"(IoU {iou:g}, score >= {threshold:g}):")
+          f"(IoU {iou:g}, score >= {threshold:.3g}):")
     print("| rank | image_id | file | objects | predictions | missed | false |")
     print("|---:|---:|---|---:|---:|---:|---:|")
     for rank, image_id in enumerate(chosen, start=1):
@@ -92,7 +106,7 @@ def run(predictions: str, dataset: str, out_dir: str, threshold: float = 0.5, wo
         if image_id not in files:
             raise AnalysisError(f"dataset '{dataset}' has no image file for image_id {image_id}")
         path = draw_image(coco_gt, coco_dt, m, files[image_id], os.path.join(out_dir, f"{rank:03d}_{image_id}.png"),
-                          threshold, iou, dedupe_iou)
+                          threshold, iou, dedupe_iou, best_score=best_scores.get(image_id))
         drawn.append((path, m))
         print(f"| {rank} | {image_id} | {os.path.basename(files[image_id])} | "
               f"{len(m.matched_gt) + len(m.missed_gt)} | {len(m.true_dt) + len(m.false_dt)} | "

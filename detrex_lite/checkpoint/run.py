@@ -135,7 +135,10 @@ class RunMetadata:
         return dict(self.meta)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        pass  # the current config's facts are written on the next save
+        # The current config's facts are written on the next save; what an evaluation found
+        # (the display threshold) is kept until the next evaluation replaces it.
+        if isinstance(state, dict) and "display_threshold" in state:
+            self.meta["display_threshold"] = state["display_threshold"]
 
 
 def run_config_path(run_dir: str) -> str:

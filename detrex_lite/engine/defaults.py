@@ -25,6 +25,7 @@ from detrex_lite.utils.logger import LOG_FILE_ONLY
 
 from .best_checkpoint import BestCheckpointer
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer
+from .display_threshold import EvalHook, record_display_threshold
 from .ema import ModelEMA
 from .launch import resolve_device
 from .preemption import GracefulStop, PreemptionCheckpointer
@@ -105,11 +106,15 @@ def _evaluator_parameters(evaluator_cfg) -> set:
     return set(params) | ({"output_dir"} if any(p.kind == p.VAR_KEYWORD for p in params.values()) else set())
 
 
-def do_test(cfg, model: nn.Module, model_ema: Optional[ModelEMA] = None) -> dict:
+def do_test(cfg, model: nn.Module, model_ema: Optional[ModelEMA] = None, *, iteration: Optional[int] = None,
+            run_meta: Optional[RunMetadata] = None) -> dict:
     """Evaluate `model` (or its EMA weights) on cfg.dataloader.test with cfg.dataloader.evaluator.
 
     The evaluator writes its predictions under ``<train.output_dir>/inference/<dataset>/``
-    (``coco_instances_results.json`` in COCO results format, ``instances_predictions.pth``).
+    (``coco_instances_results.json`` in COCO results format, ``instances_predictions.pth``),
+    with the display threshold they suggest (``display_threshold.json``, also put into
+    ``run_meta`` for the next checkpoints, with ``iteration``:
+    :func:`detrex_lite.engine.display_threshold.record_display_threshold`).
 
     Returns:
         {task: {metric: value}} as detectron2's evaluators return it (e.g. {"bbox": {"AP": ...}}),
@@ -130,6 +135,7 @@ def do_test(cfg, model: nn.Module, model_ema: Optional[ModelEMA] = None) -> dict
         output_dir = evaluation_output_dir(cfg)
         if output_dir and os.path.isdir(output_dir):
             logger.info(f"Predictions written to {output_dir}")
+            record_display_threshold(evaluator, output_dir, iteration=iteration, run_meta=run_meta)
     return ret or {}
 
 
@@ -200,14 +206,15 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
         model_ema=model_ema,
         seed=cfg.train.seed if cfg.train.get("seed", -1) >= 0 else None,
     )
-    checkpointables = {"trainer": trainer, "meta": RunMetadata(run_metadata(cfg, model))}
+    run_meta = RunMetadata(run_metadata(cfg, model))
+    checkpointables = {"trainer": trainer, "meta": run_meta}
     if model_ema is not None:
         checkpointables["model_ema"] = model_ema
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, **checkpointables)
     trainer.checkpointer = checkpointer
 
     def test_fn():
-        return do_test(cfg, model, model_ema)
+        return do_test(cfg, model, model_ema, iteration=trainer.storage.iter, run_meta=run_meta)
 
     # Fractions of train.max_iter become iterations here, so they follow a max_iter override.
     periods = schedule_periods(cfg.train)
@@ -226,12 +233,14 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            # Before the checkpointer: a checkpoint holds the display threshold of its iteration's evaluation
+            # (stored with the iteration metrics.json gives the evaluation).
+            EvalHook(periods.eval_period, test_fn),
+            best,  # model_best.pth: after the EvalHook, whose results it reads
             PeriodicCheckpointer(checkpointer, periods.checkpoint_period, max_to_keep=max_to_keep)
             if comm.is_main_process()
             else None,
             PreemptionCheckpointer(stop, checkpointer, period=periods.checkpoint_period),
-            hooks.EvalHook(periods.eval_period, test_fn),
-            best,  # model_best.pth: after the EvalHook, whose results it reads
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
             )
