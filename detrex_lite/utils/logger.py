@@ -61,6 +61,12 @@ def setup_logger(
         # detectron2 caches setup_logger on its arguments, so a repeated call adds no handler.
         logger = _d2_setup_logger(output, distributed_rank, color=color, name=name)
         for handler in logger.handlers:
-            if not _writes_to_a_file(handler) and not any(isinstance(f, _NotForTheTerminal) for f in handler.filters):
+            if _writes_to_a_file(handler) or not isinstance(handler, logging.StreamHandler):
+                continue
+            if not any(isinstance(f, _NotForTheTerminal) for f in handler.filters):
                 handler.addFilter(_NotForTheTerminal())
+            # detectron2's cached handler keeps the stdout of the first call: when that stream has
+            # been closed since (a test's capture, a notebook cell's redirect), write to today's.
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stdout  # (setStream would flush the closed stream)
     return logger
