@@ -48,7 +48,7 @@ def planted(trained_run, tmp_path):
     return run, marker
 
 
-REFUSAL = ("{path}: dataloader.test.mapper has _target_ 'os.makedirs', which a saved config may not call (and 1 "
+REFUSAL = ("{path}: dataloader.test.mapper.augmentation_with_crop has _target_ 'os.makedirs', which a saved config may not call (and 1 "
            "more); allowed are this project's, detectron2's and torch's building blocks and your own modules "
            "(docs/reliability.md). If you trust this file, pass --trust-config")
 
@@ -80,27 +80,25 @@ def test_predictor_from_run_trust_config(planted):
     assert len(instances) == 20
 
 
-def test_demo_export_browse_refuse_then_trust(planted, tmp_path):
+@pytest.mark.parametrize("tool", ["demo", "export_onnx", "browse_dataset"])
+def test_other_tools_refuse_then_trust(planted, tmp_path, tool):
     import cv2
     import numpy as np
 
     run, marker = planted
     image = str(tmp_path / "image.png")
     cv2.imwrite(image, np.full((64, 80, 3), 127, dtype=np.uint8))
-    refusal = REFUSAL.format(path=run / "config.yaml")
-    commands = {
-        "demo": ["--run", str(run), "--input", image, "--output", str(tmp_path / "demo")],
-        "export_onnx": ["--run", str(run), "--output", str(tmp_path / "model.onnx"), "--no-check"],
-        "browse_dataset": ["--config-file", str(run / "config.yaml"), "--split", "test", "--num", "1", "--raw",
-                           "--out", str(tmp_path / "browse")],
-    }
-    for tool, args in commands.items():
-        proc = _tool(tool, *args, cwd=str(tmp_path))
-        assert proc.returncode == 2, (tool, proc.stderr[-2000:])
-        assert proc.stderr.strip().splitlines()[-1].endswith(refusal), (tool, proc.stderr[-2000:])
-    assert not marker.exists()
-    for tool, args in commands.items():
-        proc = _tool(tool, "--trust-config", *args, cwd=str(tmp_path))
-        assert proc.returncode == 0, (tool, proc.stderr[-3000:])
-    assert os.path.isfile(tmp_path / "model.onnx") and os.path.isfile(tmp_path / "demo" / "image.png")
-    assert marker.is_dir()  # browse_dataset built the test mapper
+    args, written = {
+        "demo": (["--run", str(run), "--input", image, "--output", str(tmp_path / "demo")], tmp_path / "demo" / "image.png"),
+        "export_onnx": (["--run", str(run), "--output", str(tmp_path / "model.onnx"), "--no-check"], tmp_path / "model.onnx"),
+        "browse_dataset": (["--config-file", str(run / "config.yaml"), "--split", "test", "--num", "1",
+                            "--out", str(tmp_path / "browse")], tmp_path / "browse" / "contact_sheet.png"),
+    }[tool]
+    proc = _tool(tool, *args, cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].endswith(REFUSAL.format(path=run / "config.yaml")), proc.stderr[-2000:]
+    assert not marker.exists() and not written.exists()
+    proc = _tool(tool, "--trust-config", *args, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert written.is_file()
+    assert marker.is_dir() == (tool == "browse_dataset")  # only browse_dataset builds the test mapper
