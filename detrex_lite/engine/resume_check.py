@@ -107,6 +107,26 @@ def train_net_command() -> str:
     return f"python {script}"
 
 
+def _with_run_config(argv: Optional[Sequence[str]], run_dir: str, overrides: Sequence[str],
+                     trust_config: bool) -> List[str]:
+    """This command line (its other flags kept, e.g. --num-gpus) with the run's own config:
+    ``--run DIR`` instead of ``--config-file`` and ``train.output_dir=``."""
+    if argv is None:
+        kept = [o for o in overrides if not o.lstrip("+").startswith("train.output_dir=")]
+        return ["--resume"] + (["--trust-config"] if trust_config else []) + ["--run", run_dir] + kept
+    words: List[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("--config-file", "--run"):
+            skip = True
+        elif not word.startswith(("--config-file=", "--run=", "train.output_dir=", "+train.output_dir=")):
+            words.append(word)
+    at = words.index("--resume") + 1 if "--resume" in words else 0
+    return words[:at] + ["--run", run_dir] + words[at:]
+
+
 def check_resume_config(
     cfg: Any,
     saved_path: str,
@@ -136,8 +156,7 @@ def check_resume_config(
     other = [c for c in changes if not set_on_command_line(c[0], keys)]
     if other and not allow_changed:
         run_dir = os.path.dirname(saved_path) or "."
-        kept = [o for o in overrides if not o.lstrip("+").startswith("train.output_dir=")]
-        as_it_was = ["--resume"] + (["--trust-config"] if trust_config else []) + ["--run", run_dir] + kept
+        as_it_was = _with_run_config(argv, run_dir, overrides, trust_config)
         words = list(argv) if argv is not None else []
         at = words.index("--resume") + 1 if "--resume" in words else 0
         with_changes = words[:at] + ["--resume-changed"] + words[at:] if words else ["--resume", "--resume-changed", "..."]
