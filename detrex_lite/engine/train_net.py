@@ -105,7 +105,8 @@ def _checkpoint_meta(path: str) -> dict:
 
 
 def register_run_datasets(cfg, config_file: str, run_dir: Optional[str], eval_only: bool) -> None:
-    """Register the datasets the config needs that no code registered, as the run recorded them
+    """Register the datasets the config needs (with ``eval_only``, the test set's only) that no
+    code registered, as the run recorded them
     (``datasets.json`` of the run folder, of the saved config's folder or of the output folder,
     then the metadata of ``train.init_checkpoint``); ConfigError naming a dataset still unknown
     (its closest names and the user's datasets) or a recorded file that is gone."""
@@ -122,19 +123,26 @@ def register_run_datasets(cfg, config_file: str, run_dir: Optional[str], eval_on
     needed = config_dataset_names(cfg, keys) if keys else config_dataset_names(cfg)
     folders = [run_dir, os.path.dirname(config_file) if config_file.endswith((".yaml", ".yml")) else None,
                cfg.train.get("output_dir", None)]
+    recorded: List[str] = []  # every name the run recorded: candidates for "closest"
+
+    def register(records, source):
+        records = records if isinstance(records, dict) else {}
+        recorded.extend(n for n in records if n not in recorded)
+        register_recorded_datasets({n: records[n] for n in needed if n in records}, source)
+
     try:
         for folder in dict.fromkeys(f for f in folders if f):
             if not all(name in DatasetCatalog.list() for name in needed):
-                register_recorded_datasets(read_dataset_records(folder), os.path.join(folder, "datasets.json"))
+                register(read_dataset_records(folder), os.path.join(folder, "datasets.json"))
         checkpoint = cfg.train.get("init_checkpoint", "")
         if not all(name in DatasetCatalog.list() for name in needed) and checkpoint:
-            register_recorded_datasets(_checkpoint_meta(checkpoint).get("datasets"), checkpoint)
+            register(_checkpoint_meta(checkpoint).get("datasets"), checkpoint)
     except DatasetError as e:
         raise ConfigError(str(e)) from None
     for name in needed:
         if name not in DatasetCatalog.list():
             raise ConfigError(unknown_dataset_message(
-                name, config_dataset_names(cfg),
+                name, config_dataset_names(cfg) + [n for n in recorded if n not in config_dataset_names(cfg)],
                 hint="register it in the config file (register_coco_dataset, docs/data.md), or use a run folder "
                 "(--run DIR) or checkpoint that recorded it"))
 
