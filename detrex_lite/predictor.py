@@ -40,14 +40,16 @@ ImageLike = Union[str, os.PathLike, np.ndarray]
 _DEFAULT_TEST_RESIZE = dict(short_edge_length=800, max_size=1333)
 
 
-def load_config(cfg_or_path: Any, opts: Sequence[str] = ()) -> Any:
+def load_config(cfg_or_path: Any, opts: Sequence[str] = (), *, trust: bool = False) -> Any:
     """Loads a LazyConfig file (or takes a loaded one) and applies ``key=value`` overrides.
 
     Overrides are checked as train_net checks them: an unknown key (a typo) or a value of the
-    wrong type raises ``ConfigError``; ``+key=value`` adds a new key on purpose.
+    wrong type raises ``ConfigError``; ``+key=value`` adds a new key on purpose. A saved YAML
+    config may call only the allow-list's targets (:mod:`detrex_lite.config.trust`) unless
+    ``trust`` is True.
     """
     if isinstance(cfg_or_path, (str, os.PathLike)):
-        cfg = load_config_file(os.fspath(cfg_or_path))
+        cfg = load_config_file(os.fspath(cfg_or_path), trust=trust)
     else:
         cfg = cfg_or_path
     if opts:
@@ -127,6 +129,9 @@ class Predictor:
         threshold: the score :meth:`detect` keeps from; None: the display threshold the
             checkpoint's last evaluation suggested (``meta["display_threshold"]``, max F1 at IoU
             0.5), else 0.3. ``predictor.threshold`` holds the value and where it came from.
+        trust_config: let a saved ``config.yaml`` call any ``_target_``, not only those of the
+            allow-list (:mod:`detrex_lite.config.trust`, docs/reliability.md); only for a file
+            you trust.
 
     Example::
 
@@ -148,10 +153,11 @@ class Predictor:
         precision: Optional[str] = None,
         force_bf16: bool = False,
         threshold: Optional[float] = None,
+        trust_config: bool = False,
     ):
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}")
-        self.cfg = load_config(cfg_or_path, opts)
+        self.cfg = load_config(cfg_or_path, opts, trust=trust_config)
         self.input_format = input_format
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -178,18 +184,22 @@ class Predictor:
         self.threshold: ScoreThreshold = choose_threshold(threshold, self.meta, checkpoint, flag="Predictor(threshold=)")
 
     @classmethod
-    def from_run(cls, run_dir: Union[str, os.PathLike], checkpoint: Optional[str] = None, **kwargs: Any) -> "Predictor":
+    def from_run(cls, run_dir: Union[str, os.PathLike], checkpoint: Optional[str] = None, *,
+                 trust_config: bool = False, **kwargs: Any) -> "Predictor":
         """A predictor from a training output folder: its ``config.yaml`` and its ``model_best.pth``
         (the best evaluation's weights), else its newest complete checkpoint (or ``checkpoint``, a
         file name in the folder or a path). Works in a process that registered no dataset: class
         names come from the checkpoint's metadata.
 
         Args:
+            trust_config: let the folder's ``config.yaml`` call any ``_target_`` (default: only
+                the allow-list of :mod:`detrex_lite.config.trust`; others raise ``ConfigError``).
             kwargs: :class:`Predictor`'s keyword arguments (``device``, ``opts``,
                 ``input_format``, ``precision``, ``force_bf16``, ``threshold``).
         """
         run_dir = os.fspath(run_dir)
-        return cls(run_config_path(run_dir), find_run_checkpoint(run_dir, checkpoint), **kwargs)
+        return cls(run_config_path(run_dir), find_run_checkpoint(run_dir, checkpoint), trust_config=trust_config,
+                   **kwargs)
 
     @property
     def class_names(self) -> List[str]:

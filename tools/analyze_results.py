@@ -7,7 +7,8 @@
 
 The predictions are a COCO results json (what train_net's evaluation writes under
 <output_dir>/inference/<dataset>/); the dataset is any registered detectron2 dataset (the demo
-datasets are built in). Everything is computed by pycocotools' COCOeval. Writes into --out:
+datasets are built in; one the run registered in its config file is registered again from the
+run's datasets.json), or --gt-json FILE for a COCO json registered nowhere. Everything is computed by pycocotools' COCOeval. Writes into --out:
 
   error_analysis.png          stacked PR curves C75, C50, Loc, Sim, Oth, BG, FN of the class
                               average, one panel per object size (all / small / medium / large)
@@ -24,12 +25,17 @@ import argparse
 import logging
 import sys
 
+from detrex_lite.cli.datasets import add_dataset_arguments, check_dataset_arguments
+
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="analyze_results.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", required=True, help="COCO results json (coco_instances_results.json)")
-    parser.add_argument("--dataset", required=True, help="registered dataset the predictions are for")
+    add_dataset_arguments(
+        parser, "registered dataset the predictions are for (one registered in a training run's config file is "
+        "registered again from the run's datasets.json when the predictions lie in its inference/ folder)",
+        images_needed=False)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", "--score-threshold", dest="score_threshold", type=float, default=None,
                         help="confusion matrix: keep predictions with at least this score (default: the score of "
@@ -40,7 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_dataset_arguments(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from detrex_lite.cli import import_detectron2_quietly
 
@@ -50,7 +58,8 @@ def main(argv=None) -> int:
     from detrex_lite.errors import AnalysisError
 
     return exit_status("analyze_results", (AnalysisError,), run, args.predictions, args.dataset, args.out,
-                       args.score_threshold, args.iou, not args.no_class_plots)
+                       args.score_threshold, args.iou, not args.no_class_plots, gt_json=args.gt_json,
+                       image_root=args.image_root)
 
 
 if __name__ == "__main__":

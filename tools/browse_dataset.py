@@ -36,6 +36,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--columns", type=int, default=None, help="contact sheet: images per row (ceil(sqrt(num)))")
     parser.add_argument("--palette", action="store_true",
                         help="contact sheet with a 256-colour palette: about 3x smaller, for documentation")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="let a saved config.yaml call any _target_, not only the allow-list of "
+                        "docs/reliability.md (only for a file you trust)")
     add_override_arguments(
         parser, help="config overrides after the flags, e.g. dataloader.train.dataset.names=my_train")
     return parser
@@ -56,7 +59,8 @@ def main(argv=None) -> int:
     from detrex_lite.errors import AnalysisError, ConfigError
 
     try:
-        run_config_file(args.config_file, collect_overrides(parser, args), split=args.split, num=args.num,
+        run_config_file(args.config_file, collect_overrides(parser, args), trust_config=args.trust_config,
+                        split=args.split, num=args.num,
                         raw=args.raw, out_dir=args.out, seed=args.seed, cell_size=args.cell_size,
                         columns=args.columns, palette=args.palette)
     except (ConfigError, AnalysisError, FileNotFoundError) as e:

@@ -32,6 +32,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def get_parser() -> argparse.ArgumentParser:
     from detrex_lite.cli import add_override_arguments
+    from detrex_lite.cli.datasets import add_dataset_arguments
 
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=_HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -57,10 +58,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dedupe", type=float, default=None, metavar="IOU",
                         help="display only: of boxes overlapping by IoU > IOU (any class) draw the best-scoring "
                         "one (default: draw all; --json is not affected)")
-    parser.add_argument("--dataset", default=None, metavar="NAME",
-                        help="also draw the ground truth of this registered dataset (white on black, labels below "
-                        "the boxes) on the inputs that are its images (matched by file name); --json then uses "
-                        "the dataset's image ids for them")
+    add_dataset_arguments(
+        parser, "also draw the ground truth of this registered dataset (white on black, labels below the boxes) on "
+        "the inputs that are its images (matched by file name); --json then uses the dataset's image ids for "
+        "them. A dataset the run registered in its config file is registered again as the run recorded it",
+        images_needed=False)
+    parser.add_argument("--trust-config", action="store_true",
+                        help="let a saved config.yaml call any _target_, not only the allow-list of "
+                        "docs/reliability.md (only for a file you trust)")
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"],
                         help="CPU inference mode (detrex_lite.inference): fp32 = folded BatchNorm + channels_last; "
                         "bf16 = bfloat16 weights and activations where the CPU has native bf16 (AMX / AVX-512 "
@@ -78,6 +83,9 @@ def main(argv=None) -> int:
         parser.error(f"--scale {args.scale}: expected > 0")
     if args.dedupe is not None and not 0 <= args.dedupe <= 1:
         parser.error(f"--dedupe {args.dedupe}: expected an IoU in [0, 1]")
+    from detrex_lite.cli.datasets import check_dataset_arguments
+
+    check_dataset_arguments(parser, args, required=False)
     from detrex_lite.cli import import_detectron2_quietly
 
     import_detectron2_quietly()  # detectron2 without its torch.jit.script FutureWarning
@@ -92,7 +100,8 @@ def main(argv=None) -> int:
             opts=trailing + collect_overrides(parser, args), confidence_threshold=args.confidence_threshold,
             write_json=args.json, device=args.device, scale=args.scale, line_width=args.line_width,
             font_scale=args.font_scale, dataset=args.dataset, precision=args.precision,
-            force_bf16=args.force_bf16, dedupe_iou=args.dedupe,
+            force_bf16=args.force_bf16, dedupe_iou=args.dedupe, gt_json=args.gt_json, image_root=args.image_root,
+            trust_config=args.trust_config,
         )
     except ConfigError as e:
         parser.error(str(e))

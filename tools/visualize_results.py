@@ -18,12 +18,16 @@ import argparse
 import logging
 import sys
 
+from detrex_lite.cli.datasets import add_dataset_arguments, check_dataset_arguments
+
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visualize_results.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", required=True, help="COCO results json (coco_instances_results.json)")
-    parser.add_argument("--dataset", required=True, help="registered dataset the predictions are for")
+    add_dataset_arguments(
+        parser, "registered dataset the predictions are for (one registered in a training run's config file is "
+        "registered again from the run's datasets.json when the predictions lie in its inference/ folder)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="draw predictions with at least this score (default: the score of maximal F1 at IoU "
                         "0.5 of these predictions, as the evaluation stored it with the checkpoint)")
@@ -38,7 +42,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_dataset_arguments(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.worst < 0 or args.num < 1:
         print("visualize_results: error: --worst must be >= 0 and --num >= 1", file=sys.stderr)
@@ -54,7 +60,8 @@ def main(argv=None) -> int:
     from detrex_lite.errors import AnalysisError
 
     return exit_status("visualize_results", (AnalysisError,), run, args.predictions, args.dataset, args.out,
-                       args.threshold, args.worst, args.num, dedupe_iou=args.dedupe)
+                       args.threshold, args.worst, args.num, dedupe_iou=args.dedupe, gt_json=args.gt_json,
+                       image_root=args.image_root)
 
 
 if __name__ == "__main__":

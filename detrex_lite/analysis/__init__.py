@@ -9,6 +9,7 @@ from .coco_results import (
     load_predictions,
     predictions_coco,
     quiet_cocoeval,
+    results_dataset,
 )
 from .matching import ImageMatches, confusion_matrix, match_detections
 from .error_analysis import ERROR_TYPES, ErrorAnalysis, error_analysis, per_class_ap
@@ -27,4 +28,5 @@ __all__ = [
     "per_class_ap",
     "predictions_coco",
     "quiet_cocoeval",
+    "results_dataset",
 ]

@@ -28,13 +28,30 @@ def _registered(dataset_name: str) -> None:
 
     import detrex_lite.data  # noqa: F401  (registers the demo datasets)
 
+    from detrex_lite.data.registration import TOOL_HINT, unknown_dataset_message
+
     if dataset_name not in DatasetCatalog.list():
-        names = sorted(DatasetCatalog.list())
-        demo = [n for n in names if n.startswith("detrex_demo")]
-        raise AnalysisError(
-            f"unknown dataset '{dataset_name}': not registered (e.g. {', '.join(demo + names[:4])}; "
-            "register your own with detrex_lite.data.register_coco_dataset)"
-        )
+        raise AnalysisError(unknown_dataset_message(
+            dataset_name, hint=TOOL_HINT, lead=f"unknown dataset '{dataset_name}': not registered"))
+
+
+def results_dataset(predictions: str, dataset: Optional[str], gt_json: Optional[str] = None,
+                    image_root: Optional[str] = None) -> str:
+    """The registered name of the ground truth for ``predictions``: ``gt_json`` registered (as
+    ``dataset`` if given), or ``dataset``, registered if needed as the training run whose
+    ``inference/`` folder holds ``predictions`` recorded it (its datasets.json).
+
+    Raises:
+        AnalysisError: a missing file or an unknown name (the closest names and the user's datasets).
+    """
+    import detrex_lite.data  # noqa: F401  (registers the demo datasets)
+    from detrex_lite.data.registration import run_folder_of_predictions, tool_dataset
+    from detrex_lite.errors import DatasetError
+
+    try:
+        return tool_dataset(dataset, gt_json, image_root, run_dirs=[run_folder_of_predictions(predictions)])
+    except (DatasetError, FileNotFoundError) as e:
+        raise AnalysisError(str(e)) from None
 
 
 def _coco_from_dict(dataset: dict) -> COCO:

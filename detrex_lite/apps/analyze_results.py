@@ -15,6 +15,7 @@ from detrex_lite.analysis import (
     load_predictions,
     per_class_ap,
     predictions_coco,
+    results_dataset,
 )
 from detrex_lite.analysis.error_analysis import AREAS
 from detrex_lite.analysis.threshold import nothing_passes_message, threshold_for_predictions
@@ -89,14 +90,18 @@ def confusion_outputs(matrix, names, out_dir: str, iou: float, score_threshold: 
     return [png, csv_path]
 
 
-def run(predictions: str, dataset: str, out_dir: str, score_threshold: Optional[float] = None, iou: float = 0.5,
-        class_plots: bool = True) -> dict:
+def run(predictions: str, dataset: Optional[str], out_dir: str, score_threshold: Optional[float] = None,
+        iou: float = 0.5, class_plots: bool = True, gt_json: Optional[str] = None,
+        image_root: Optional[str] = None) -> dict:
     """Computes and writes everything; returns {"error_analysis": rows, "per_class_ap": ...,
     "confusion_matrix": {"names", "counts"}, "score_threshold": {"value", "source"}, "files": [...]}.
     ``score_threshold`` (the confusion matrix's) None: the one of maximal F1 at IoU 0.5 of these
-    predictions (:func:`detrex_lite.analysis.threshold.threshold_for_predictions`)."""
+    predictions (:func:`detrex_lite.analysis.threshold.threshold_for_predictions`). The ground
+    truth: the registered ``dataset`` (one the predictions' training run recorded is registered as
+    it was), or ``gt_json`` (:func:`detrex_lite.analysis.results_dataset`)."""
     from detrex_lite.analysis.plots import plot_error_analysis
 
+    dataset = results_dataset(predictions, dataset, gt_json, image_root)
     coco_gt = dataset_coco_gt(dataset)
     results = load_predictions(predictions, coco_gt)
     if not results:

@@ -48,7 +48,11 @@ def load_split(cfg, split: str):
     names = [names] if isinstance(names, str) else list(names or [])
     for name in names:
         if name not in DatasetCatalog.list():
-            raise AnalysisError(f"unknown dataset '{name}' (dataloader.{split}.dataset.names): not registered")
+            from detrex_lite.data.registration import config_dataset_names, unknown_dataset_message
+
+            raise AnalysisError(unknown_dataset_message(
+                name, config_dataset_names(cfg), hint="register it in the config file (register_coco_dataset)",
+                lead=f"unknown dataset '{name}' (dataloader.{split}.dataset.names): not registered"))
     dicts = instantiate(loader.dataset)
     classes = MetadataCatalog.get(names[0]).get("thing_classes", None)
     if classes is None:
@@ -160,11 +164,21 @@ def print_stats(dataset: dict, samples: dict, what: str) -> None:
             print(f"  {label:8s} {size:7s} {count:7d} {100 * count / total:5.1f}%  {bar}")
 
 
-def run_config_file(config_file: str, opts=(), **kwargs) -> dict:
+def run_config_file(config_file: str, opts=(), trust_config: bool = False, **kwargs) -> dict:
     """:func:`run` on a LazyConfig file (.py or saved config.yaml) with ``key=value`` overrides
-    (ConfigError for a key that does not exist)."""
+    (ConfigError for a key that does not exist). A run folder's config.yaml: the datasets its
+    datasets.json records are registered as the run registered them; its ``_target_`` must be
+    in the allow-list unless ``trust_config`` (:mod:`detrex_lite.config.trust`)."""
     from detrex_lite.config import apply_overrides_checked, load_config_file
+    from detrex_lite.data.registration import read_dataset_records, register_recorded_datasets
+    from detrex_lite.errors import DatasetError
 
-    cfg = load_config_file(config_file)
+    cfg = load_config_file(config_file, trust=trust_config)
     apply_overrides_checked(cfg, list(opts))
+    if config_file.endswith((".yaml", ".yml")):
+        folder = os.path.dirname(config_file) or "."
+        try:
+            register_recorded_datasets(read_dataset_records(folder), os.path.join(folder, "datasets.json"))
+        except DatasetError as e:
+            raise ConfigError(str(e)) from None
     return run(cfg, **kwargs)

@@ -245,9 +245,12 @@ def run(*, config_file: Optional[str], run_dir: Optional[str], inputs: Sequence[
         opts: Sequence[str] = (), confidence_threshold: Optional[float] = None, write_json: bool = False,
         device: Optional[str] = None, scale: float = 1.0, line_width: Optional[int] = None,
         font_scale: Optional[float] = None, dataset: Optional[str] = None, precision: Optional[str] = None,
-        force_bf16: bool = False, dedupe_iou: Optional[float] = None) -> int:
+        force_bf16: bool = False, dedupe_iou: Optional[float] = None, gt_json: Optional[str] = None,
+        image_root: Optional[str] = None, trust_config: bool = False) -> int:
     """The whole demo: exit status 0, or 1 when an input was skipped or the weights are unusable
-    (one line ``demo: error: ...`` on stderr). ConfigError for an unknown ``dataset``.
+    (one line ``demo: error: ...`` on stderr). ConfigError for an unknown ``dataset`` (one the
+    run or checkpoint recorded is registered as it was; ``gt_json``: a COCO json registered
+    nowhere) and for a saved config.yaml refused by the allow-list (unless ``trust_config``).
     ``confidence_threshold`` None: the display threshold stored in the checkpoint, else 0.3
     (:func:`detrex_lite.analysis.threshold.choose_threshold`); the one used is logged."""
     import sys
@@ -259,9 +262,11 @@ def run(*, config_file: Optional[str], run_dir: Optional[str], inputs: Sequence[
     from detrex_lite.utils import json_io
     from detrex_lite.utils.logger import setup_logger
 
+    from detrex_lite.data.registration import tool_dataset
+    from detrex_lite.errors import DatasetError
+
     setup_logger()
-    ground_truth = load_ground_truth(dataset) if dataset else None
-    fast = dict(precision=precision, force_bf16=force_bf16)
+    fast = dict(precision=precision, force_bf16=force_bf16, trust_config=trust_config)
     try:
         if run_dir:
             predictor = Predictor.from_run(run_dir, device=device, opts=list(opts), **fast)
@@ -272,6 +277,15 @@ def run(*, config_file: Optional[str], run_dir: Optional[str], inputs: Sequence[
         return 1
     threshold = choose_threshold(confidence_threshold, predictor.meta, predictor.checkpoint)
     logger.info("Drawing detections with %s", threshold.describe())
+    ground_truth = None
+    if dataset or gt_json:
+        try:
+            saved_in = os.path.dirname(config_file) if config_file and config_file.endswith((".yaml", ".yml")) else None
+            dataset = tool_dataset(dataset, gt_json, image_root, run_dirs=[d for d in (run_dir, saved_in) if d],
+                                   checkpoint_meta=predictor.meta, lead=f"--dataset {dataset}: not a registered dataset")
+        except (DatasetError, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from None
+        ground_truth = load_ground_truth(dataset)
     drawer = Drawer(predictor.metadata, scale, line_width, font_scale, ground_truth, dedupe_iou)
     os.makedirs(output, exist_ok=True)
     paths = expand_inputs(inputs)

@@ -14,6 +14,7 @@ from detrex_lite.analysis import (
     load_predictions,
     match_detections,
     predictions_coco,
+    results_dataset,
 )
 from detrex_lite.analysis.threshold import nothing_passes_message, threshold_for_predictions
 from detrex_lite.visualization import DASHED, DOTTED, SOLID, dedupe, draw_detections, save_side_by_side
@@ -75,12 +76,17 @@ def draw_image(coco_gt, coco_dt, m: ImageMatches, file_name: str, path: str, thr
     return save_side_by_side(left, right, GT_TITLE, DT_TITLE, title, path)
 
 
-def run(predictions: str, dataset: str, out_dir: str, threshold: Optional[float] = None, worst: int = 0,
-        num: int = 10, iou: float = 0.5, dedupe_iou: Optional[float] = None) -> List[Tuple[str, ImageMatches]]:
+def run(predictions: str, dataset: Optional[str], out_dir: str, threshold: Optional[float] = None, worst: int = 0,
+        num: int = 10, iou: float = 0.5, dedupe_iou: Optional[float] = None, gt_json: Optional[str] = None,
+        image_root: Optional[str] = None) -> List[Tuple[str, ImageMatches]]:
     """Draws the selected images; returns [(path, ImageMatches)] in the order drawn. The matching
     (and the counts printed) are of all predictions with score >= ``threshold``, whatever
     ``dedupe_iou`` hides from the drawing. ``threshold`` None: the one of maximal F1 at IoU 0.5
-    of these predictions (:func:`detrex_lite.analysis.threshold.threshold_for_predictions`)."""
+    of these predictions (:func:`detrex_lite.analysis.threshold.threshold_for_predictions`). The
+    ground truth: the registered ``dataset`` (one the predictions' training run recorded is
+    registered as it was), or ``gt_json`` with its ``image_root``
+    (:func:`detrex_lite.analysis.results_dataset`)."""
+    dataset = results_dataset(predictions, dataset, gt_json, image_root)
     coco_gt = dataset_coco_gt(dataset)
     results = load_predictions(predictions, coco_gt)
     choice = threshold_for_predictions(threshold, coco_gt.dataset.get("annotations", []), results, predictions, dataset)

@@ -1,8 +1,9 @@
 """A training output folder is a model: what inference needs is saved with the run.
 
 Training stores ``checkpoint["meta"]`` in every checkpoint (class names, the dataset id mapping,
-pixel mean/std, test-time resize, whether the EMA weights are the ones to use, the architecture)
-and a ``config.yaml`` whose class count is a number, not a call on a dataset that only the
+pixel mean/std, test-time resize, whether the EMA weights are the ones to use, the architecture,
+how its datasets were registered: :mod:`detrex_lite.data.registration`), a ``datasets.json`` (the
+same registrations) and a ``config.yaml`` whose class count is a number, not a call on a dataset that only the
 training process registered. So ``Predictor.from_run(dir)``, ``tools/demo.py --run``,
 ``tools/export_onnx.py --run`` and ``tools/train_net.py --eval-only --run`` work in a fresh
 process that has registered nothing. Hugging Face models carry ``id2label`` the same way.
@@ -106,6 +107,10 @@ def run_metadata(cfg: Any, model: nn.Module) -> Dict[str, Any]:
     arch = model_arch(model)
     meta: Dict[str, Any] = {"num_classes": arch.get("num_classes"), "arch": arch}
     meta.update(_dataset_metadata(cfg))
+    from detrex_lite.data.registration import config_dataset_names, dataset_records
+
+    # how the datasets were registered: a tool given only this checkpoint registers them again
+    meta["datasets"] = dataset_records(config_dataset_names(cfg))
     for name in ("pixel_mean", "pixel_std"):
         value = getattr(model, name, None)
         if value is not None:

@@ -43,9 +43,11 @@ examples:
       --eval-only train.init_checkpoint=output/ddetr/model_final.pth
   # evaluate a training run's model_best.pth (else its newest checkpoint; its config.yaml, no dataset registration)
   python tools/train_net.py --eval-only --run output/ddetr
-  # continue an interrupted run from its last complete checkpoint
-  python tools/train_net.py --config-file projects/deformable_detr/configs/deformable_detr_r50_50ep.py \\
-      --resume train.output_dir=output/ddetr
+  # continue an interrupted run from its last complete checkpoint (its config.yaml)
+  python tools/train_net.py --resume --run output/ddetr
+  # the same with a lower lr (keys set here are intended changes; other differences from the
+  # run's config.yaml stop the run unless --resume-changed is given)
+  python tools/train_net.py --resume --run output/ddetr optimizer.lr=1e-5
   # two machines: run on each, with its own --machine-rank
   python tools/train_net.py --config-file CONFIG --num-gpus 8 --num-machines 2 --machine-rank 0 \\
       --dist-url tcp://MACHINE0_ADDRESS:29500
@@ -60,7 +62,13 @@ def get_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the last checkpoint in train.output_dir (start from train.init_checkpoint when there "
-        "is none)",
+        "is none); the config must be the run's config.yaml except for the keys set on this command line",
+    )
+    parser.add_argument(
+        "--resume-changed",
+        action="store_true",
+        help="with --resume: accept differences from the run's config.yaml in keys this command line does not set "
+        "(they are logged)",
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate train.init_checkpoint, no training")
     parser.add_argument(
@@ -91,8 +99,15 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="with --eval-only: a training output folder; its config.yaml, its model_best.pth (else its "
-        "newest complete checkpoint) and DIR as train.output_dir (each unless given); no dataset registration needed "
-        "beyond the test set's",
+        "newest complete checkpoint) and DIR as train.output_dir (each unless given); with --resume: its "
+        "config.yaml and DIR as train.output_dir. Datasets the run registered in its config file are "
+        "registered again from DIR/datasets.json",
+    )
+    parser.add_argument(
+        "--trust-config",
+        action="store_true",
+        help="let a saved config.yaml call any _target_, not only the allow-list of docs/reliability.md "
+        "(only for a file you trust: a config calls code)",
     )
     add_override_arguments(parser)
     return parser
@@ -105,6 +120,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = get_parser()
     args = parser.parse_args(argv)
     args.opts = collect_overrides(parser, args)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the commands error messages print
+    if args.resume_changed and not args.resume:
+        raise ConfigError("--resume-changed goes with --resume")
     return args
 
 

@@ -15,6 +15,14 @@ from .demo_dataset import (
     register_demo_datasets,
 )
 from .evaluation import build_coco_evaluator
+from .registration import (
+    config_dataset_names,
+    read_dataset_records,
+    register_json_dataset,
+    register_recorded_datasets,
+    unknown_dataset_message,
+    write_dataset_records,
+)
 from .subset import first_dataset_dicts
 from .train_loader import ALL_SKIPPED_MESSAGE, ResumableTrainLoader
 from .transforms import detr_crop_augmentation, detr_test_augmentation, detr_train_augmentation

@@ -96,11 +96,11 @@ class ClassInfo:
         infos = []
         for name in names:
             if name not in DatasetCatalog.list():
-                registered = ", ".join(sorted(DatasetCatalog.list()))
-                raise KeyError(
-                    f"{context}: dataset '{name}' is not registered "
-                    f"(import the module that registers it; registered: {registered})"
-                )
+                from .registration import unknown_dataset_message
+
+                raise KeyError(f"{context}: " + unknown_dataset_message(
+                    name, names, hint="register it in the config file (register_coco_dataset) or import the module "
+                    "that registers it"))
             info = cls.of_registered(name)
             if info is None:
                 DatasetCatalog.get(name)

@@ -58,7 +58,8 @@ def save_config_atomically(cfg, path: str) -> None:
 
 
 def default_setup(cfg, args: argparse.Namespace) -> logging.Logger:
-    """Create ``train.output_dir``, set up the loggers, log the job, save config.yaml, seed.
+    """Create ``train.output_dir``, set up the loggers, log the job, save config.yaml and
+    datasets.json (:mod:`detrex_lite.data.registration`), seed.
 
     The same steps as detectron2's ``default_setup`` for a LazyConfig (so its log and
     ``config.yaml`` look the same), without colour codes in the files and without the CUDA_HOME
@@ -86,6 +87,10 @@ def default_setup(cfg, args: argparse.Namespace) -> logging.Logger:
         path = os.path.join(output_dir, name)
         save_config_atomically(cfg, path)
         logger.info(f"Full config saved to {path}")
+        from detrex_lite.data.registration import config_dataset_names, write_dataset_records
+
+        # how the config's datasets were registered, so that tools given the folder register them
+        write_dataset_records(output_dir, config_dataset_names(cfg))
 
     seed = cfg.train.get("seed", -1)
     seed_all_rng(None if seed < 0 else seed + rank)

@@ -11,6 +11,7 @@ in use by another run; 75 stopped by SIGTERM / SIGUSR1 after writing a checkpoin
 import argparse
 import logging
 import os
+import shlex
 import sys
 from datetime import timedelta
 from typing import List, Optional, Tuple
@@ -52,47 +53,156 @@ __all__ = ["check_launch_args", "main", "run", "setup_config"]
 logger = logging.getLogger("detrex_lite.train_net")
 
 
-def _run_folder_arguments(args: argparse.Namespace) -> Tuple[str, List[str]]:
-    """(config file, overrides) with --run DIR: DIR/config.yaml, its model_best.pth or newest checkpoint
-    and DIR as the output folder, unless the command line names them."""
+def _run_folder_arguments(args: argparse.Namespace) -> Tuple[str, List[str], Optional[str]]:
+    """(config file, overrides, run folder or None). With ``--run DIR`` (and with ``--resume``
+    given no config file but ``train.output_dir=DIR``): DIR/config.yaml and DIR as the output
+    folder, unless the command line names them; with --eval-only also DIR's model_best.pth (else
+    its newest complete checkpoint)."""
     overrides = [o for o in (args.opts or []) if o != "--"]
-    if not getattr(args, "run", None):
-        return args.config_file, overrides
-    if not args.eval_only:
-        raise ConfigError("--run is for --eval-only (to continue a training use --resume train.output_dir=DIR)")
+    run_dir = getattr(args, "run", None)
+    resume = getattr(args, "resume", False)
+    if run_dir and not (args.eval_only or resume):
+        from .resume_check import train_net_command
+
+        raise ConfigError(
+            f"--run {run_dir} is for --eval-only (evaluate the run) or --resume (continue it): "
+            f"e.g. '{train_net_command()} --resume --run {shlex.quote(run_dir)}'"
+        )
+    if resume and not run_dir and not args.config_file:
+        given = [o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir=")]
+        if not given:
+            raise ConfigError(
+                "--resume needs the run to continue: --resume --run DIR (the run's own config.yaml), or "
+                "--config-file CONFIG --resume train.output_dir=DIR"
+            )
+        run_dir = given[-1]
+    if not run_dir:
+        return args.config_file, overrides, None
     try:
-        config_file = args.config_file or run_config_path(args.run)
+        config_file = args.config_file or run_config_path(run_dir)
         extra = []
-        if not any(o.startswith("train.init_checkpoint=") for o in overrides):
-            extra.append(f"train.init_checkpoint={find_run_checkpoint(args.run)}")
+        if args.eval_only and not any(o.startswith("train.init_checkpoint=") for o in overrides):
+            extra.append(f"train.init_checkpoint={find_run_checkpoint(run_dir)}")
         if not any(o.startswith("train.output_dir=") for o in overrides):
-            extra.append(f"train.output_dir={args.run}")
+            extra.append(f"train.output_dir={run_dir}")
     except (OSError, CheckpointError) as e:
         raise ConfigError(str(e)) from None
-    return config_file, extra + overrides
+    return config_file, extra + overrides, run_dir
+
+
+def _checkpoint_meta(path: str) -> dict:
+    """``checkpoint["meta"]`` of a local checkpoint file ({} when it has none or cannot be read:
+    loading it later says why)."""
+    import torch
+
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+    except Exception:  # unreadable or not a dict: load_weights reports it in one line
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def register_run_datasets(cfg, config_file: str, run_dir: Optional[str], eval_only: bool) -> None:
+    """Register the datasets the config needs (with ``eval_only``, the test set's only) that no
+    code registered, as the run recorded them
+    (``datasets.json`` of the run folder, of the saved config's folder or of the output folder,
+    then the metadata of ``train.init_checkpoint``); ConfigError naming a dataset still unknown
+    (its closest names and the user's datasets) or a recorded file that is gone."""
+    from detectron2.data import DatasetCatalog
+
+    from detrex_lite.data.registration import (
+        config_dataset_names,
+        read_dataset_records,
+        register_recorded_datasets,
+        unknown_dataset_message,
+    )
+
+    keys = ("dataloader.test.dataset.names", "dataloader.evaluator.dataset_name") if eval_only else None
+    needed = config_dataset_names(cfg, keys) if keys else config_dataset_names(cfg)
+    folders = [run_dir, os.path.dirname(config_file) if config_file.endswith((".yaml", ".yml")) else None,
+               cfg.train.get("output_dir", None)]
+    recorded: List[str] = []  # every name the run recorded: candidates for "closest"
+
+    def register(records, source):
+        records = records if isinstance(records, dict) else {}
+        recorded.extend(n for n in records if n not in recorded)
+        register_recorded_datasets({n: records[n] for n in needed if n in records}, source)
+
+    try:
+        for folder in dict.fromkeys(f for f in folders if f):
+            if not all(name in DatasetCatalog.list() for name in needed):
+                register(read_dataset_records(folder), os.path.join(folder, "datasets.json"))
+        checkpoint = cfg.train.get("init_checkpoint", "")
+        if not all(name in DatasetCatalog.list() for name in needed) and checkpoint:
+            register(_checkpoint_meta(checkpoint).get("datasets"), checkpoint)
+    except DatasetError as e:
+        raise ConfigError(str(e)) from None
+    for name in needed:
+        if name not in DatasetCatalog.list():
+            raise ConfigError(unknown_dataset_message(
+                name, config_dataset_names(cfg) + [n for n in recorded if n not in config_dataset_names(cfg)],
+                hint="register it in the config file (register_coco_dataset, docs/data.md), or use a run folder "
+                "(--run DIR) or checkpoint that recorded it"))
+
+
+def _check_resume(args: argparse.Namespace, cfg, overrides: List[str]) -> None:
+    """With --resume into a folder holding a run: the config must be the run's, except for the
+    keys this command line sets (:mod:`detrex_lite.engine.resume_check`); the accepted changes
+    are kept in ``args.resume_changes`` for the log."""
+    from detrex_lite.checkpoint.run import numbered_checkpoints, read_last_checkpoint
+
+    from .resume_check import check_resume_config
+
+    output_dir = cfg.train.output_dir
+    saved = os.path.join(output_dir, "config.yaml")
+    has_checkpoint = bool(read_last_checkpoint(output_dir) or numbered_checkpoints(output_dir)) or os.path.isfile(
+        os.path.join(output_dir, "model_final.pth"))
+    if not (os.path.isfile(saved) and has_checkpoint):
+        return
+    args.resume_changes = check_resume_config(
+        cfg, saved, overrides, allow_changed=getattr(args, "resume_changed", False), argv=getattr(args, "argv", None),
+        trust_config=getattr(args, "trust_config", False),
+    )
 
 
 def setup_config(args: argparse.Namespace):
     """Load the config, apply the overrides (``args.opts``) and run every check; raises ConfigError."""
-    config_file, overrides = _run_folder_arguments(args)
-    cfg = load_config_file(config_file)
+    config_file, overrides, run_dir = _run_folder_arguments(args)
+    cfg = load_config_file(config_file, trust=getattr(args, "trust_config", False))
     apply_overrides_checked(cfg, overrides)
     check_structure(cfg)
+    if args.eval_only and not cfg.train.init_checkpoint:
+        raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth (or --run DIR)")
+    register_run_datasets(cfg, config_file, run_dir, args.eval_only)
     check_num_classes(cfg, eval_only=args.eval_only)
     try:  # the saved config.yaml states the class count, loadable without the dataset
         resolve_num_classes(cfg)
     except (KeyError, ValueError) as e:
         raise ConfigError(str(e).strip("'\"")) from None
     resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
-    if args.eval_only and not cfg.train.init_checkpoint:
-        raise ConfigError("--eval-only needs weights: add train.init_checkpoint=path/to/model.pth (or --run DIR)")
     if not resuming:
         check_init_checkpoint(cfg.train.init_checkpoint)
     try:
         schedule_periods(cfg.train)  # fractions of train.max_iter; resolved again at start-up
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if args.resume and not args.eval_only:
+        _check_resume(args, cfg, overrides)
     return cfg
+
+
+def _log_resume_changes(args: argparse.Namespace, cfg) -> None:
+    from .resume_check import describe_changes
+
+    explicit, other = getattr(args, "resume_changes", ([], []))
+    saved = os.path.join(cfg.train.output_dir, "config.yaml")
+    if explicit:
+        logger.info(f"Resuming with changes to {saved} set on the command line: {describe_changes(explicit)}")
+    if other:
+        logger.warning(f"Resuming with changes to {saved} not set on the command line (--resume-changed): "
+                       f"{describe_changes(other)}")
 
 
 def main(args: argparse.Namespace, cfg=None) -> Optional[dict]:
@@ -102,6 +212,8 @@ def main(args: argparse.Namespace, cfg=None) -> Optional[dict]:
     if cfg is None:
         cfg = setup_config(args)
     default_setup(cfg, args)  # detrex_lite's: plain-text log.txt, no CUDA_HOME warning on CPU
+    if args.resume and not args.eval_only and comm.is_main_process():
+        _log_resume_changes(args, cfg)  # compared with the run's config.yaml in setup_config
     if args.eval_only:
         model = build_model(cfg)
         load_for_eval(cfg, model)

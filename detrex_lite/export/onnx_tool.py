@@ -15,7 +15,7 @@ from detectron2.data import transforms as T
 from detrex_lite.checkpoint import CheckpointError, load_weights
 from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path
 from detrex_lite.data.dataset_mapper import read_image_file
-from detrex_lite.errors import OutputDirError
+from detrex_lite.errors import ConfigError, OutputDirError
 from detrex_lite.predictor import load_config, preprocess_image, test_augmentations, test_metadata
 from detrex_lite.utils import json_io
 from detrex_lite.utils.files import check_writable
@@ -125,7 +125,8 @@ def export_and_check(args) -> Dict:
     check_writable(args.output)
     if args.json:
         check_writable(args.json, "--json")
-    cfg = load_config(run_config_path(args.run) if args.run else args.config_file, args.opts)
+    cfg = load_config(run_config_path(args.run) if args.run else args.config_file, args.opts,
+                      trust=getattr(args, "trust_config", False))
     model = instantiate(cfg.model).eval()
     checkpoint = args.checkpoint
     if args.run:
@@ -175,10 +176,13 @@ def export_and_check(args) -> Dict:
 def export_onnx_cli(args) -> int:
     """:func:`export_and_check` with the exit status: 1 when the parity check fails; a checkpoint
     that cannot be used (unreadable, another architecture or class count) is one line on
-    stderr, exit 1."""
+    stderr, exit 1; a config mistake (or a config.yaml refused by the allow-list) one line, exit 2."""
     try:
         result = export_and_check(args)
     except (CheckpointError, FileNotFoundError, OutputDirError) as e:
         print(f"export_onnx: error: {e}", file=sys.stderr)
         return 1
+    except ConfigError as e:  # e.g. a saved config.yaml calling a target outside the allow-list
+        print(f"export_onnx: error: {e}", file=sys.stderr)
+        return 2
     return 0 if result.get("max_abs_diff", {"ok": True})["ok"] else 1

@@ -78,6 +78,11 @@ def export_onnx_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--json", default=None, help="write the parity report here")
+    parser.add_argument(
+        "--trust-config", action="store_true",
+        help="let a saved config.yaml call any _target_, not only the allow-list of docs/reliability.md "
+        "(only for a file you trust)",
+    )
     add_override_arguments(parser, help="config overrides after the flags, e.g. train.init_checkpoint=model.pth")
     return parser
 
