@@ -14,7 +14,7 @@ from detrex_lite.data import ImageReadError
 
 from .divergence import DivergenceWatch
 from .ema import ModelEMA
-from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
+from .errors import NonFiniteLossError, OutputWriteError, non_finite_message
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # What detectron2's MapDataset raises when its mapper returned None for every image it has.
 _ALL_SKIPPED = "Sample larger than population"
 # Errors train_net reports in one line: detectron2's loop need not log their tracebacks.
-_ONE_LINE_ERRORS = (NonFiniteLossError, CheckpointWriteError, ImageReadError)
+_ONE_LINE_ERRORS = (NonFiniteLossError, OutputWriteError, ImageReadError)
 
 
 class _NoTracebackFor(logging.Filter):
