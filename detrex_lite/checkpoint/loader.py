@@ -141,8 +141,19 @@ def apply_state_dict(
             reasons.append(hint)
     elif stored:
         reasons += explain_mismatch(options, model_facts, stored, stored=True)
+    tensor_facts = {} if partial_prefix or foreign else family.state_dict_arch(state_dict)
+    if (
+        not partial_prefix and not foreign and not stored.get("meta_architecture")
+        and (missing or report.unexpected or wrong_shapes)
+        and tensor_facts.get("meta_architecture") != model_facts.get("meta_architecture")
+    ):
+        # The model's family does not recognise these tensors: when another family (or a released
+        # format) does, say that alone; the model's options would explain nothing.
+        hint = foreign_format_hint(state_dict, model, stored)
+        if hint:
+            reasons.append(hint)
+            foreign = True
     if not partial_prefix and not foreign:
-        tensor_facts = family.state_dict_arch(state_dict)
         fields = [f for f in options if f != "num_classes" and f not in family.inferred_only and f not in stored]
         reasons += explain_mismatch(options, model_facts, tensor_facts, stored=False, fields=fields)
         reasons += tied_reasons(model, state_dict, family, stored)
