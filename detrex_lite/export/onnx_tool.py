@@ -13,7 +13,7 @@ from detectron2.data import transforms as T
 from detrex_lite.checkpoint import CheckpointError, load_weights
 from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path
 from detrex_lite.data.dataset_mapper import read_image_file
-from detrex_lite.errors import OutputDirError
+from detrex_lite.errors import ConfigError, OutputDirError
 from detrex_lite.predictor import load_config, preprocess_image, test_augmentations
 from detrex_lite.utils import json_io
 from detrex_lite.utils.files import check_writable
@@ -139,9 +139,13 @@ def export_and_check(args) -> Dict:
 def export_onnx_cli(args) -> int:
     """:func:`export_and_check` with the exit status: 1 when the parity check fails; a checkpoint
     that cannot be used (unreadable, another architecture or class count) is one line on
-    stderr, exit 1."""
+    stderr, exit 1; a config that cannot be used (a run folder's config.yaml that is not valid
+    YAML, names a callable outside the allow-list or one that does not exist) one line, exit 2."""
     try:
         result = export_and_check(args)
+    except ConfigError as e:
+        print(f"export_onnx: error: {e}", file=sys.stderr)
+        return 2
     except (CheckpointError, FileNotFoundError, OutputDirError) as e:
         print(f"export_onnx: error: {e}", file=sys.stderr)
         return 1
