@@ -268,9 +268,13 @@ _GOOD_ANNOTATION = {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10
         ("annotations", [dict(_GOOD_ANNOTATION, iscrowd="no")], "annotation id 1 has iscrowd 'no'; expected 0 or 1"),
         ("annotations", [dict(_GOOD_ANNOTATION, id=[1])], "annotations[0] has id [1]; expected an int or a string"),
         ("annotations", [[1, 11, 3]], "annotations[0] is [1, 11, 3]; expected an object"),
+        ("annotations", [dict(_GOOD_ANNOTATION, category_id=[3])], "annotation id 1 has category_id [3], which is not "
+         "among the json's categories (ids [3, 5, 9])"),
+        ("annotations", [dict(_GOOD_ANNOTATION, category_id={"id": 3})], "annotation id 1 has category_id {'id': 3}, "
+         "which is not among the json's categories"),
     ],
     ids=["mixed-category-ids", "duplicate-names", "file-name-null", "list-image-id", "negative-width",
-         "iscrowd-str", "list-annotation-id", "annotation-not-object"],
+         "iscrowd-str", "list-annotation-id", "annotation-not-object", "list-category-id", "dict-category-id"],
 )
 def test_malformed_records_are_one_line_naming_file_and_record(tmp_path, where, change, message):
     """Each of these used to end in a traceback (TypeError, AttributeError, ValueError) or, for
