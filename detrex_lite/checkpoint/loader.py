@@ -323,10 +323,12 @@ class DetrexCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
         self._purpose = "train"
+        self._source = "the checkpoint"  # the file being loaded, for the messages
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         # fvcore: checkpointables=None loads every checkpointable, i.e. a resume
         self._purpose = "resume" if checkpointables is None and self.checkpointables else "train"
+        self._source = path or "the checkpoint"
         return super().load(path, checkpointables=checkpointables)
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
@@ -347,7 +349,8 @@ class DetrexCheckpointer(DetectionCheckpointer):
             own = self.model.state_dict()
             state_dict = {**{k: v for k, v in own.items() if k not in state_dict}, **state_dict}
         apply_state_dict(
-            self.model, state_dict, purpose=self._purpose, meta=checkpoint.get("meta"), partial_prefix=partial
+            self.model, state_dict, purpose=self._purpose, meta=checkpoint.get("meta"), partial_prefix=partial,
+            source=self._source,
         )
         # apply_state_dict already reported what it did; fvcore would list it again
         return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])

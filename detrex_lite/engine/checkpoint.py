@@ -22,7 +22,7 @@ from detectron2.engine import hooks
 
 from detrex_lite.checkpoint import DetrexCheckpointer
 from detrex_lite.checkpoint.run import numbered_checkpoints, read_last_checkpoint
-from detrex_lite.errors import NothingToResumeError
+from detrex_lite.errors import CheckpointMismatchError, NothingToResumeError
 from detrex_lite.utils.files import remove_quietly, write_atomically
 
 from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
@@ -139,7 +139,8 @@ class AtomicCheckpointer(DetrexCheckpointer):
 
         Raises:
             NothingToResumeError: checkpoints are there but none loads (nothing is overwritten:
-                training does not start from scratch over them).
+                training does not start from scratch over them), or the newest does not fit the
+                config (naming it and what differs).
         """
         self.resumed = ""
         if not (resume and self.save_dir and os.path.isdir(self.save_dir)):
@@ -156,6 +157,13 @@ class AtomicCheckpointer(DetrexCheckpointer):
         for candidate in candidates:
             try:
                 checkpoint = self.load(candidate)
+            except CheckpointMismatchError as e:
+                # The config is not the run's (an architecture option or the class count changed):
+                # an older checkpoint of the run would not fit either.
+                raise NothingToResumeError(
+                    f"--resume: {e}; nothing was loaded or overwritten: resume with the run's settings "
+                    f"({os.path.join(self.save_dir, 'config.yaml')}), or train into another train.output_dir"
+                ) from None
             except Exception as e:  # a file written by another tool, or damaged on disk
                 self._parsed_url_during_load = None  # left set by d2's failed load (no public reset)
                 errors.append(f"{os.path.basename(candidate)}: {type(e).__name__}: {e}")
