@@ -25,6 +25,7 @@ __all__ = [
     "ConversionError",
     "AnalysisError",
     "NonFiniteLossError",
+    "OutputWriteError",
     "CheckpointWriteError",
     "OutputDirError",
     "OutputDirBusyError",
@@ -109,7 +110,12 @@ class NonFiniteLossError(DetrexError, FloatingPointError):
     anything non-finite is stepped into the optimizer or written to a checkpoint."""
 
 
-class CheckpointWriteError(DetrexError, OSError):
+class OutputWriteError(DetrexError, OSError):
+    """A file the run writes (a checkpoint, evaluation results) could not be written, e.g. the
+    disk is full; the message names the file and the free space, and nothing was replaced."""
+
+
+class CheckpointWriteError(OutputWriteError):
     """A checkpoint could not be written (e.g. the disk is full); nothing was replaced."""
 
 

@@ -23,12 +23,14 @@ from detectron2.data import transforms as T
 from detrex_lite.data.dataset_mapper import read_image_file
 from detectron2.structures import Instances
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from detrex_lite.analysis.threshold import ScoreThreshold, choose_threshold
 from detrex_lite.checkpoint import load_weights
 from detrex_lite.checkpoint.run import find_run_checkpoint, run_config_path
 from detrex_lite.config import apply_overrides_checked, load_config_file
 from detrex_lite.data.classes import ClassInfo
+from detrex_lite.errors import ConfigError
 
 __all__ = ["Predictor", "load_config", "preprocess_image", "test_augmentations", "test_metadata"]
 
@@ -55,6 +57,22 @@ def load_config(cfg_or_path: Any, opts: Sequence[str] = (), *, trust: bool = Fal
     if opts:
         cfg = apply_overrides_checked(cfg, list(opts))
     return cfg
+
+
+def _build_model(cfg: Any, source: Optional[str]) -> torch.nn.Module:
+    """``instantiate(cfg.model)``; for a config read from the file ``source``, a config that
+    cannot build its model (no ``model``, a wrong argument or value) is a ConfigError naming the
+    file (the original error chained), so that ``Predictor.from_run`` names the config.yaml at
+    fault."""
+    if source is None:
+        return instantiate(cfg.model)
+    if "model" not in cfg:
+        raise ConfigError(f"{source}: has no 'model' to build (keys: {', '.join(map(str, cfg.keys())) or 'none'})")
+    try:
+        return instantiate(cfg.model)
+    except (TypeError, ValueError, KeyError, AttributeError, ImportError, AssertionError, OmegaConfBaseException) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{source}: cannot build its model ({type(e).__name__}: {reason})") from e
 
 
 def test_augmentations(cfg: Any, meta: Optional[dict] = None) -> List[T.Augmentation]:
@@ -161,7 +179,8 @@ class Predictor:
         self.input_format = input_format
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = instantiate(self.cfg.model).to(torch.device(device)).eval()
+        source = os.fspath(cfg_or_path) if isinstance(cfg_or_path, (str, os.PathLike)) else None
+        self.model = _build_model(self.cfg, source).to(torch.device(device)).eval()
 
         if checkpoint is None:
             checkpoint = OmegaConf.select(self.cfg, "train.init_checkpoint", default=None) or ""

@@ -268,9 +268,13 @@ _GOOD_ANNOTATION = {"id": 1, "image_id": 11, "category_id": 3, "bbox": [1, 2, 10
         ("annotations", [dict(_GOOD_ANNOTATION, iscrowd="no")], "annotation id 1 has iscrowd 'no'; expected 0 or 1"),
         ("annotations", [dict(_GOOD_ANNOTATION, id=[1])], "annotations[0] has id [1]; expected an int or a string"),
         ("annotations", [[1, 11, 3]], "annotations[0] is [1, 11, 3]; expected an object"),
+        ("annotations", [dict(_GOOD_ANNOTATION, category_id=[3])], "annotation id 1 has category_id [3], which is not "
+         "among the json's categories (ids [3, 5, 9])"),
+        ("annotations", [dict(_GOOD_ANNOTATION, category_id={"id": 3})], "annotation id 1 has category_id {'id': 3}, "
+         "which is not among the json's categories"),
     ],
     ids=["mixed-category-ids", "duplicate-names", "file-name-null", "list-image-id", "negative-width",
-         "iscrowd-str", "list-annotation-id", "annotation-not-object"],
+         "iscrowd-str", "list-annotation-id", "annotation-not-object", "list-category-id", "dict-category-id"],
 )
 def test_malformed_records_are_one_line_naming_file_and_record(tmp_path, where, change, message):
     """Each of these used to end in a traceback (TypeError, AttributeError, ValueError) or, for
@@ -291,3 +295,51 @@ def _write_raw(folder, images, annotations):
     path.write_text(json.dumps({"images": images, "annotations": annotations,
                                 "categories": [{"id": 3, "name": "cat"}]}))
     return str(path), str(folder / "images")
+
+
+# ------------------------------------------------------------------ evaluation files written whole
+def _reference_coco_files(dataset_name, folder):
+    """detectron2's own COCOEvaluator on the same predictions: the files the evaluator wrote
+    before (the reference for their contents)."""
+    from detectron2.evaluation import COCOEvaluator
+
+    evaluator = COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=str(folder))
+    evaluator._coco_api = build_coco_evaluator(dataset_name)._coco_api  # the same ground truth
+    return _evaluate_ground_truth_as_predictions(evaluator, dataset_name)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("failing", ["instances_predictions.pth", "coco_instances_results.json"])
+def test_evaluation_files_are_written_whole_and_a_full_disk_is_one_line(tmp_path, registered, failing):
+    """The evaluator's two files hold what detectron2's COCOEvaluator writes, and each is
+    written whole: on a full disk (the temporary file is a link to /dev/full, so every write
+    fails with ENOSPC) one OutputWriteError line names the file and the free space, the previous
+    file stays as it was and no temporary is left. detectron2 wrote in place: a full disk left a
+    truncated 8 KB instances_predictions.pth and a traceback."""
+    from detrex_lite.errors import OutputWriteError
+
+    json_file, image_root = write_coco(tmp_path / "data")
+    registered("whole_files", json_file, image_root)
+    out, reference = tmp_path / "eval", tmp_path / "reference"
+    evaluator = build_coco_evaluator("whole_files", output_dir=str(out))
+    results = _evaluate_ground_truth_as_predictions(evaluator, "whole_files")
+    assert json.dumps(results) == json.dumps(_reference_coco_files("whole_files", reference))  # NaN == NaN
+    assert json.loads((out / "coco_instances_results.json").read_text()) == json.loads(
+        (reference / "coco_instances_results.json").read_text())
+    assert {r["category_id"] for r in json.loads((out / "coco_instances_results.json").read_text())} == {3, 5, 9}  # the dataset's ids
+    torch.testing.assert_close(
+        torch.load(out / "instances_predictions.pth", weights_only=False),
+        torch.load(reference / "instances_predictions.pth", weights_only=False),
+    )
+    assert sorted(os.listdir(out)) == ["coco_instances_results.json", "instances_predictions.pth"]
+
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    os.symlink("/dev/full", out / f".{failing}.tmp.{os.getpid()}")
+    with pytest.raises(OutputWriteError) as e:
+        _evaluate_ground_truth_as_predictions(build_coco_evaluator("whole_files", output_dir=str(out)), "whole_files")
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot write {out / failing} (OSError: [Errno 28] No space left on device); "
+                              f"free space in {out}: ")
+    assert message.endswith("nothing was replaced (free some space and evaluate again)")
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before  # no temporary, nothing cut

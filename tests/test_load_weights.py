@@ -3,6 +3,7 @@ would give silent garbage, with the config option behind each mismatch named; a 
 count only when training starts from a checkpoint; EMA weights when the config asks; one-line
 errors for files that are not checkpoints."""
 import logging
+import os
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from detrex_lite.checkpoint import (
     load_weights,
     model_arch,
 )
-from tools_tiny_models import tiny_deformable_detr_config, tiny_detr_config
+from detrex_lite.config import shrink_model
+from tools_tiny_models import TINY, tiny_deformable_detr_config, tiny_detr_config
 
 STRICT = ("eval", "predict", "export")
 
@@ -216,6 +218,16 @@ def _write_bad(tmp_path, kind):
         path.write_bytes(path.read_bytes()[:500])
     elif kind == "no_tensors":
         torch.save({"model": {"a": 1}}, path)
+    elif kind == "plain_pickle_list":  # pickle.dump, not torch.save
+        import pickle
+
+        path.write_bytes(pickle.dumps([1, 2, 3]))
+    elif kind == "plain_pickle_numpy":
+        import pickle
+
+        import numpy as np
+
+        path.write_bytes(pickle.dumps({"model": {"a": np.zeros(3)}}))
     return str(path)
 
 
@@ -229,6 +241,9 @@ def _write_bad(tmp_path, kind):
         ("list", "holds a list, not a state dict"),
         ("truncated", "truncated or damaged"),
         ("no_tensors", "has non-tensor entries (a)"),
+        # a plain pickle used to be "not a PyTorch checkpoint (random or damaged bytes?)"
+        ("plain_pickle_list", "is a plain Python pickle (pickle.dump, not torch.save) holding a list, not a checkpoint"),
+        ("plain_pickle_numpy", "is a plain Python pickle (pickle.dump, not torch.save) holding objects of numpy."),
     ],
 )
 def test_unreadable_files_are_one_line(tmp_path, kind, says):
@@ -242,6 +257,35 @@ def test_unreadable_files_are_one_line(tmp_path, kind, says):
         assert "tools/train_net.py or tools/convert_checkpoint.py" in message
 
 
+@pytest.mark.parametrize(
+    "meta, says",
+    [
+        ("abc", "its 'meta' is a str, expected a dict of run metadata"),
+        ([1, 2], "its 'meta' is a list, expected a dict of run metadata"),
+        ({"arch": "DeformableDETR"}, "meta['arch'] is a str ('DeformableDETR'), expected a dict"),
+        ({"thing_classes": "cat"}, "meta['thing_classes'] is a str ('cat'), expected a list or a tuple"),
+        ({"num_classes": True}, "meta['num_classes'] is a bool (True), expected an int"),
+        ({"test_resize": {"short_edge_length": [800]}}, "meta['test_resize'] is {'short_edge_length': [800]}, expected"),
+    ],
+)
+@pytest.mark.parametrize("purpose", ["train", "eval"])
+def test_checkpoint_meta_of_the_wrong_type_names_the_file_and_key(tmp_path, meta, says, purpose):
+    """checkpoint["meta"] that is not the run metadata training writes (a str, a list, a key of
+    the wrong type): one line naming the file and the key, nothing loaded. A str or a list used to
+    end in a traceback (``ValueError: dictionary update sequence element #0 ...``)."""
+    path = _save(tmp_path, _trained(_model()), meta=False)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["meta"] = meta
+    torch.save(checkpoint, path)
+    target = _model()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointFileError) as err:
+        load_weights(target, path, purpose=purpose)
+    message = _one_line(err)
+    assert message.startswith(f"{path}: ") and says in message, message
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+
+
 def test_own_detr_weights_into_deformable_detr(tmp_path):
     """detrex_lite DETR weights are not "official-detr weights"."""
     detr = instantiate(tiny_detr_config().model)
@@ -250,6 +294,57 @@ def test_own_detr_weights_into_deformable_detr(tmp_path):
     message = _one_line(err)
     assert "official" not in message
     assert "these are detrex_lite DETR weights and the config builds DeformableDETR" in message
+
+
+def test_weights_of_a_family_not_imported_yet_are_named(tmp_path):
+    """DETR weights (twice as wide) into a Deformable DETR config, in a process that imported
+    only the Deformable DETR family, as train_net with a Deformable DETR config does: the
+    families beside the model's are imported when a load fails, and the message says they are
+    DETR weights. It used to list 123 shape mismatches under "check
+    model.transformer.num_encoder_layers, ..." without a word about DETR."""
+    import subprocess
+    import sys
+
+    cfg = tiny_detr_config()
+    shrink_model(cfg.model, **dict(TINY, d_model=64, stem_out_channels=16), num_queries=12)
+    path = _save(tmp_path, instantiate(cfg.model), meta=False)
+    script = f"""
+import sys
+from detectron2.config import instantiate
+from detrex_lite.checkpoint import CheckpointMismatchError, load_weights
+from tools_tiny_models import tiny_deformable_detr_config
+model = instantiate(tiny_deformable_detr_config().model)
+assert "projects.detr" not in sys.modules, "the test needs a process without the DETR family"
+try:
+    load_weights(model, {path!r}, purpose="eval")
+except CheckpointMismatchError as e:
+    print(e)
+"""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = proc.stdout.strip().splitlines()
+    assert line.startswith(f"{path} does not fit the model (eval): these are detrex_lite DETR weights and the "
+                           "config builds DeformableDETR: use a DETR config; "), line
+    assert "check model.transformer" not in line
+
+
+def test_weights_another_family_recognises_are_named_before_the_models_options(tmp_path):
+    """Deformable DETR weights (box refinement: a head per decoder layer) without metadata into
+    a DINO config (one shared head): the DINO family does not recognise them, the Deformable DETR
+    family does, so that is what the message says. It used to explain them with DINO's options
+    ("... trained with model.share_heads=False, as detrex's DINO ...")."""
+    from dino_tiny_model import tiny_dino_config
+
+    path = _save(tmp_path, _trained(_model("box_refine", **{"transformer.num_decoder_layers": 2})), meta=False)
+    dino = instantiate(tiny_dino_config().model).eval()
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_weights(dino, path, purpose="eval")
+    message = _one_line(err)
+    assert message.startswith(f"{path} does not fit the model (eval): these are detrex_lite DeformableDETR weights "
+                              "and the config builds DINO: use a DeformableDETR config; "), message
+    assert "share_heads" not in message
 
 
 def test_every_tool_refuses_a_box_refine_checkpoint_for_the_plain_config(tmp_path, capsys):

@@ -52,6 +52,54 @@ def test_bad_input_raises_value_error_naming_argument(index):
         ms_deform_attn(*tensors)
 
 
+# Every tensor argument of the operators (their names), moved alone to another device.
+OP_ARGUMENTS = ("value", "spatial_shapes", "level_start_index", "sampling_loc", "attn_weight", "grad_output")
+PUBLIC_NAMES = {"sampling_loc": "sampling_locations", "attn_weight": "attention_weights"}
+
+
+@pytest.mark.parametrize("argument", OP_ARGUMENTS)
+def test_an_argument_on_the_meta_device_is_an_error_never_uninitialised_memory(argument):
+    """One tensor on the meta device and the rest on the CPU. The dispatcher sends a call with
+    any meta tensor to the fake kernel, which used to return ``empty`` CPU memory
+    ([3.4e38, 4.6e-41, ...]) with no error, for the forward and the backward op alike. Now the
+    operators raise RuntimeError naming the argument and both devices, and the public entry a
+    ValueError naming it, before any kernel runs. (A CUDA tensor next to CPU ones reaches the
+    C++ device check of the CUDA kernels instead.)"""
+    device = "meta"
+    v, s, i, l, a = make_inputs(dtype=torch.float32)
+    tensors = dict(value=v, spatial_shapes=s, level_start_index=i, sampling_loc=l, attn_weight=a,
+                   grad_output=torch.ones(2, 5, 8))
+    tensors[argument] = tensors[argument].to(device)
+    # value moved: the first tensor left on the CPU is the one that disagrees with it
+    named = "sampling_loc" if argument == "value" else argument
+    at, other = ("cpu", device) if argument == "value" else (device, "cpu")
+    expected = f"{named} is on {at}.* but value is on {other}"
+    forward_args = [tensors[name] for name in OP_ARGUMENTS[:5]]
+    calls = {"ms_deform_attn_backward": lambda: torch.ops.detrex_lite.ms_deform_attn_backward(*forward_args, tensors["grad_output"], 64)}
+    if argument != "grad_output":
+        calls["ms_deform_attn_forward"] = lambda: torch.ops.detrex_lite.ms_deform_attn_forward(*forward_args, 64)
+    if msda.extension_available("cpu"):
+        for op, call in calls.items():
+            with pytest.raises(RuntimeError, match=f"{op}: {expected}"):
+                call()
+    if argument != "grad_output":
+        public = PUBLIC_NAMES.get(named, named)
+        with pytest.raises(ValueError, match=f"ms_deform_attn: {public} must be on"):
+            ms_deform_attn(*forward_args)
+
+
+@needs_ext
+def test_all_on_the_meta_device_still_gives_shapes():
+    """Every argument on the meta device is the legitimate shape-only call: meta outputs."""
+    v, s, i, l, a = (t.to("meta") for t in make_inputs(dtype=torch.float32))
+    out = torch.ops.detrex_lite.ms_deform_attn_forward(v, s, i, l, a, 64)
+    grads = torch.ops.detrex_lite.ms_deform_attn_backward(v, s, i, l, a, out, 64)
+    assert out.device.type == "meta" and out.shape == (2, 5, 8)
+    assert [(g.device.type, g.shape) for g in grads] == [("meta", v.shape), ("meta", l.shape), ("meta", a.shape)]
+    with pytest.raises(ValueError, match="ms_deform_attn: spatial_shapes is on the meta device: it holds no values"):
+        ms_deform_attn(v, s, i, l, a)
+
+
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -251,3 +251,57 @@ def test_damaged_last_checkpoint_falls_back_to_the_newest_other(tmp_path, caplog
         (tmp_path / "last_checkpoint").write_bytes(content)
         with caplog.at_level("WARNING"):
             assert find_run_checkpoint(str(tmp_path)) == str(tmp_path / "model_0000009.pth")
+
+
+@pytest.fixture
+def fresh_log_handlers():
+    """In-process runs set up the loggers with handlers on pytest's captured stdout, which is
+    closed after each test: a later in-process run would print "--- Logging error ---" tracebacks
+    for those. Drop them before the test and the test's own after it."""
+    import logging
+
+    from detectron2.utils.logger import setup_logger
+    from detrex_lite.engine.run_setup import LOGGER_NAMES
+
+    def drop(only_closed: bool):
+        for name in LOGGER_NAMES:
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                if getattr(getattr(handler, "stream", None), "closed", False) or not only_closed:
+                    logger.removeHandler(handler)
+        setup_logger.cache_clear()
+
+    drop(only_closed=True)
+    yield
+    drop(only_closed=False)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize(
+    "failing", ["inference/detrex_demo_val/instances_predictions.pth", "inference/detrex_demo_val/coco_instances_results.json",
+                "eval_results.json"],
+)
+def test_full_disk_during_evaluation_is_one_line_and_keeps_the_previous_files(tmp_path, capsys, failing, fresh_log_handlers):
+    """--eval-only on a full disk (the file's temporary is a link to /dev/full: every write
+    fails with ENOSPC): one line naming the file, exit 1 (as for a checkpoint that cannot be
+    written), the previous file whole, no temporary left. It used to leave a truncated 8 KB
+    instances_predictions.pth and a traceback."""
+    from detectron2.config import LazyConfig, instantiate
+
+    out = tmp_path / "eval"
+    weights = tmp_path / "toy.pth"
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(LazyConfig.load(TOY_CONFIG).model).state_dict()}, weights)
+    (out / "inference" / "detrex_demo_val").mkdir(parents=True)
+    (out / failing).write_bytes(b"the previous evaluation")
+    os.symlink("/dev/full", (out / failing).parent / f".{os.path.basename(failing)}.tmp.{os.getpid()}")
+    rc = _train_net_module().cli(["--eval-only", "--config-file", TOY_CONFIG, f"train.output_dir={out}",
+                                  f"train.init_checkpoint={weights}"])
+    err = capsys.readouterr().err
+    assert rc == 1, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"train_net: error: cannot write {out / failing} (OSError: [Errno 28] No space left on device); free space in ")
+    assert err.strip().endswith("nothing was replaced (free some space and evaluate again)")
+    assert (out / failing).read_bytes() == b"the previous evaluation"
+    assert not [f for f in os.listdir((out / failing).parent) if ".tmp." in f]

@@ -39,3 +39,33 @@ def test_deformable_detr_train_then_eval_only(tmp_path):
     results = json.load(open(os.path.join(eval_out, "eval_results.json")))
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_an_architecture_change_names_the_checkpoint_and_keeps_the_run(tmp_path):
+    """--resume with model.num_queries changed, or box refinement switched on: one line naming
+    the checkpoint and what differs, exit 2, every file of the run as it was (config.yaml
+    included: it used to be replaced by the new settings before the resume failed, and the
+    line listed every checkpoint of the run as "cannot be loaded")."""
+    out = tmp_path / "run"
+    proc = run_train_net("--config-file", CONFIG, f"train.output_dir={out}", "train.max_iter=2",
+                         "train.checkpointer.period=1", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kept = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith((".pth", ".yaml"))}
+    kept["last_checkpoint"] = (out / "last_checkpoint").read_bytes()
+    assert {"config.yaml", "model_final.pth", "model_0000000.pth"} <= set(kept)
+    for override, differs in [
+        ("model.num_queries=30", "the checkpoint was trained with model.num_queries=20, the config has 30; "
+                                 "1 shape mismatch(es): query_embed.weight: (20, 64) in the checkpoint, (30, 64) in the model"),
+        ("model.with_box_refine=True", "the checkpoint was trained with model.with_box_refine=False, the config has True"),
+    ]:
+        proc = run_train_net("--config-file", CONFIG, "--resume", f"train.output_dir={out}", "train.max_iter=4",
+                             override, timeout=600)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        (line,) = [line for line in proc.stderr.splitlines() if line.startswith("train_net:")]
+        assert line.startswith(f"train_net: error: --resume: {out / 'model_final.pth'} does not fit the model (resume): "
+                               f"{differs}"), line
+        assert line.endswith(f"; nothing was loaded or overwritten: resume with the run's settings "
+                             f"({out / 'config.yaml'}), or train into another train.output_dir")
+        assert {name: (out / name).read_bytes() for name in kept} == kept

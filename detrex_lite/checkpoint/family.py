@@ -18,6 +18,7 @@ Every hook has a neutral default here (a family that knows nothing explains noth
 overrides only what it knows. See docs/architecture.md, "Adding a model".
 """
 import importlib
+import logging
 import pkgutil
 from types import ModuleType
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type
@@ -29,7 +30,10 @@ from torch import nn
 __all__ = [
     "WeightFormat", "WeightFamily", "WEIGHT_FAMILY_REGISTRY", "register_weight_family", "stated_arch_from",
     "registered_weight_families", "weight_family_of", "model_arch", "import_weight_families",
+    "import_families_beside",
 ]
+
+logger = logging.getLogger(__name__)
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -171,3 +175,35 @@ def import_weight_families(package: ModuleType) -> List[str]:
     for name in names:
         importlib.import_module(name)
     return names
+
+
+def import_families_beside(model: nn.Module) -> List[str]:
+    """Import the model families beside ``model``'s own, so that the registry knows them when a
+    checkpoint does not fit (weights of another family are then named as such).
+
+    A family declared, as the convention has it, in ``<families>.<family>.<module>`` (its
+    ``checkpoint.py``) lives in a folder of families: every subpackage of ``<families>`` is
+    imported (:func:`import_weight_families`; one that fails to import is skipped). Nothing is
+    imported for a family declared elsewhere, or for the library's neutral family.
+
+    Returns:
+        the modules imported, by name.
+    """
+    parts = type(weight_family_of(model)).__module__.split(".")
+    if len(parts) < 3 or parts[0] == __name__.split(".")[0]:
+        return []
+    try:
+        container = importlib.import_module(".".join(parts[:-2]))
+    except ImportError:
+        return []
+    imported = []
+    for info in pkgutil.iter_modules(getattr(container, "__path__", [])):
+        if info.ispkg:
+            name = f"{container.__name__}.{info.name}"
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # a broken sibling must not hide the message being built
+                logger.debug(f"import_families_beside: {name} does not import ({type(e).__name__}: {e})")
+                continue
+            imported.append(name)
+    return imported

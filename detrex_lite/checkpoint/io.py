@@ -24,6 +24,85 @@ _WHAT_TO_DO = (
 )
 
 
+# The run metadata's keys that are read back (checkpoint/run.py ``run_metadata`` writes them) and
+# the types they must have; None stands for a missing value.
+_META_TYPES = {
+    "arch": (dict,),
+    "num_classes": (int,),
+    "dataset": (str,),
+    "thing_classes": (list, tuple),
+    "thing_dataset_id_to_contiguous_id": (dict,),
+    "pixel_mean": (list, tuple),
+    "pixel_std": (list, tuple),
+    "test_resize": (dict,),
+    "use_ema_weights": (bool,),
+}
+
+
+def _a(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _type_names(types: tuple) -> str:
+    return " or ".join(_a(t.__name__) for t in types)
+
+
+def _check_meta(path: str, meta: Any) -> None:
+    """``checkpoint["meta"]`` (the run metadata) and the keys of it that are read back have the
+    types training writes; a str or a list there used to end in a traceback far from the file.
+
+    Raises:
+        CheckpointFileError: naming the file and the key.
+    """
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise CheckpointFileError(
+            f"{path}: its 'meta' is {_a(type(meta).__name__)}, expected a dict of run metadata (class names, "
+            "architecture, test resize) as tools/train_net.py writes it; remove the key or re-save the checkpoint"
+        )
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
+            raise CheckpointFileError(
+                f"{path}: meta[{key!r}] is {_a(type(value).__name__)} ({repr(value)[:40]}), expected "
+                f"{_type_names(types)}; remove the key or re-save the checkpoint"
+            )
+    resize = meta.get("test_resize")
+    if resize is not None and not (
+        isinstance(resize.get("short_edge_length"), (int, list, tuple)) and isinstance(resize.get("max_size"), int)
+    ):
+        raise CheckpointFileError(
+            f"{path}: meta['test_resize'] is {resize!r}, expected {{'short_edge_length': [int, ...], 'max_size': int}}"
+        )
+
+
+def _plain_pickle(path: str) -> Optional[str]:
+    """What a plain Python pickle (``pickle.dump``, not ``torch.save``) at ``path`` holds: the type
+    name of its object, or "objects of <module.name>"; None when it is not one. Read without
+    running code: no global (class, function) is looked up."""
+    import pickle
+
+    class _NoGlobals(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"global {module}.{name}")
+
+    with open(path, "rb") as f:
+        if f.read(1) != b"\x80":  # the PROTO opcode every pickle since protocol 2 starts with
+            return None
+        f.seek(0)
+        try:
+            loaded = _NoGlobals(f).load()
+        except pickle.UnpicklingError as e:
+            found = re.match(r"global ([\w.]+)", str(e))
+            return f"objects of {found[1]}" if found else None
+        except Exception:
+            return None
+    if isinstance(loaded, int) and loaded == torch.serialization.MAGIC_NUMBER:
+        return None  # torch.save's legacy format, damaged after its first record
+    return f"a {type(loaded).__name__}"
+
+
 def _looks_like_text(head: bytes) -> bool:
     try:
         text = head.decode("utf-8")
@@ -70,6 +149,12 @@ def _torch_load(path: str) -> Any:
                     "because loading them can run code; if you trust the file, re-save its state "
                     "dict alone: torch.save(torch.load(path, weights_only=False)['model'], new_path)"
                 ) from None
+            pickled = _plain_pickle(path)
+            if pickled is not None:
+                raise CheckpointFileError(
+                    f"{path}: is a plain Python pickle (pickle.dump, not torch.save) holding {pickled}, not a "
+                    f"checkpoint; {_WHAT_TO_DO}"
+                ) from None
             if "zip archive" in message or "central directory" in message:
                 reason = "a truncated or damaged PyTorch file"
             else:
@@ -99,6 +184,7 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
         checkpoint["model"] = loaded["state_dict"]
     else:
         checkpoint = {"model": loaded}
+    _check_meta(path, checkpoint.get("meta"))
     state = checkpoint["model"]
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not state or bad:

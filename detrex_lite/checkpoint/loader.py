@@ -141,8 +141,19 @@ def apply_state_dict(
             reasons.append(hint)
     elif stored:
         reasons += explain_mismatch(options, model_facts, stored, stored=True)
+    tensor_facts = {} if partial_prefix or foreign else family.state_dict_arch(state_dict)
+    if (
+        not partial_prefix and not foreign and not stored.get("meta_architecture")
+        and (missing or report.unexpected or wrong_shapes)
+        and tensor_facts.get("meta_architecture") != model_facts.get("meta_architecture")
+    ):
+        # The model's family does not recognise these tensors: when another family (or a released
+        # format) does, say that alone; the model's options would explain nothing.
+        hint = foreign_format_hint(state_dict, model, stored)
+        if hint:
+            reasons.append(hint)
+            foreign = True
     if not partial_prefix and not foreign:
-        tensor_facts = family.state_dict_arch(state_dict)
         fields = [f for f in options if f != "num_classes" and f not in family.inferred_only and f not in stored]
         reasons += explain_mismatch(options, model_facts, tensor_facts, stored=False, fields=fields)
         reasons += tied_reasons(model, state_dict, family, stored)
@@ -312,10 +323,12 @@ class DetrexCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
         self._purpose = "train"
+        self._source = "the checkpoint"  # the file being loaded, for the messages
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         # fvcore: checkpointables=None loads every checkpointable, i.e. a resume
         self._purpose = "resume" if checkpointables is None and self.checkpointables else "train"
+        self._source = path or "the checkpoint"
         return super().load(path, checkpointables=checkpointables)
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
@@ -336,7 +349,8 @@ class DetrexCheckpointer(DetectionCheckpointer):
             own = self.model.state_dict()
             state_dict = {**{k: v for k, v in own.items() if k not in state_dict}, **state_dict}
         apply_state_dict(
-            self.model, state_dict, purpose=self._purpose, meta=checkpoint.get("meta"), partial_prefix=partial
+            self.model, state_dict, purpose=self._purpose, meta=checkpoint.get("meta"), partial_prefix=partial,
+            source=self._source,
         )
         # apply_state_dict already reported what it did; fvcore would list it again
         return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])

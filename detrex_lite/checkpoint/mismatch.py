@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .convert import detect_source
-from .family import WeightFamily, registered_weight_families
+from .family import WeightFamily, import_families_beside, registered_weight_families
 
 __all__ = ["explain_mismatch", "tied_groups", "tied_reasons", "options_for_keys", "foreign_format_hint"]
 
@@ -105,7 +105,10 @@ def foreign_format_hint(
 ) -> str:
     """Why the names do not fit: released weights not converted yet (a registered family's format),
     or this project's weights of another model family (the stored arch facts say so, or a
-    registered family reads them from the tensors); "" when nothing tells."""
+    registered family reads them from the tensors); "" when nothing tells. The families beside the
+    model's own are imported first (:func:`import_families_beside`): a run of one family has not
+    imported the others."""
+    import_families_beside(model)
     try:
         source, family = detect_source(state_dict)
     except Exception:

@@ -34,7 +34,10 @@ from omegaconf import DictConfig, ListConfig
 
 from detrex_lite.errors import ConfigError
 
-__all__ = ["ALLOWED_TARGET_PREFIXES", "is_allowed_target", "is_users_module", "untrusted_targets", "check_config_targets"]
+__all__ = [
+    "ALLOWED_TARGET_PREFIXES", "is_allowed_target", "is_users_module", "untrusted_targets", "check_config_targets",
+    "config_targets", "missing_target_reason", "check_targets_exist",
+]
 
 ALLOWED_TARGET_PREFIXES = (
     "detrex_lite.",
@@ -102,6 +105,12 @@ def is_allowed_target(target: Any) -> bool:
 def untrusted_targets(cfg: Any, prefix: str = "") -> List[Tuple[str, Any]]:
     """(key, target) of every ``_target_`` in ``cfg`` outside the allow-list, in file order.
     Interpolations are not resolved (a target written as ``${...}`` is refused as it stands)."""
+    return [(key, target) for key, target in config_targets(cfg, prefix) if not is_allowed_target(target)]
+
+
+def config_targets(cfg: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+    """(key, target) of every ``_target_`` in ``cfg``, in file order (the key of the node that
+    holds it; "(top level)" for the root), interpolations unresolved."""
     found: List[Tuple[str, Any]] = []
     if isinstance(cfg, DictConfig):
         items = [(str(k), cfg._get_node(k)) for k in cfg.keys()]
@@ -116,13 +125,49 @@ def untrusted_targets(cfg: Any, prefix: str = "") -> List[Tuple[str, Any]]:
     for key, node in items:
         path = f"{prefix}.{key}" if prefix else key
         if key == "_target_":
-            value = node._value() if hasattr(node, "_value") else node
-            if not is_allowed_target(value):
-                found.append((prefix or "(top level)", value))
+            found.append((prefix or "(top level)", node._value() if hasattr(node, "_value") else node))
             continue
         if isinstance(node, (DictConfig, ListConfig, dict, list, tuple)):
-            found.extend(untrusted_targets(node, path))
+            found.extend(config_targets(node, path))
     return found
+
+
+def missing_target_reason(target: str) -> str:
+    """Why the dotted name ``target`` does not name an object ("" when it does): the first
+    module that does not exist or fails to import, or the first attribute a module lacks.
+    Imports the modules on the way (only call it for names the allow-list accepts, or trusted)."""
+    parts = target.split(".")
+    obj, found = None, 0
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the module exists but imports a missing one
+                return f"importing {name} fails: {e}"
+            break
+        except Exception as e:
+            return f"importing {name} fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        found = i
+    if found == 0:
+        return f"there is no module {parts[0]!r}"
+    for i in range(found, len(parts)):
+        if not hasattr(obj, parts[i]):
+            owner = ".".join(parts[:i])
+            return f"{'module' if i == found else 'object'} {owner} has no {parts[i]!r}"
+        obj = getattr(obj, parts[i])
+    return ""
+
+
+def check_targets_exist(cfg: Any, source: str) -> None:
+    """Raise ConfigError naming the first key whose ``_target_`` (a dotted name) names nothing:
+    a wrong module or attribute, reported before anything is built (instantiate would fail
+    half-way with a traceback)."""
+    for key, target in config_targets(cfg):
+        if isinstance(target, str) and "${" not in target:
+            reason = missing_target_reason(target)
+            if reason:
+                raise ConfigError(f"{source}: {key} has _target_ {target!r}, which does not exist: {reason}")
 
 
 def check_config_targets(cfg: Any, source: str) -> None:

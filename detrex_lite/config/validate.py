@@ -22,19 +22,26 @@ _AMP_DTYPES = ("float16", "bfloat16")
 def load_config_file(path: str, *, trust: bool = False):
     """`LazyConfig.load(path)` with a one-line error for a missing file.
 
-    A YAML config (a run folder's ``config.yaml``) may only name the callables of
-    :mod:`detrex_lite.config.trust`'s allow-list unless ``trust`` is True: it is checked before
-    anything is built from it. A ``.py`` config is code its user chose to run.
+    A YAML config (a run folder's ``config.yaml``) is read as plain YAML
+    (:func:`~detrex_lite.config.yaml_file.read_yaml_config`: no Python tags; one line for a file
+    that is not UTF-8, not YAML, empty or not a mapping), may only name the callables of
+    :mod:`detrex_lite.config.trust`'s allow-list unless ``trust`` is True, and every
+    ``_target_`` must exist: all checked before anything is built from it, each a ConfigError
+    naming the file (and the key). A ``.py`` config is code its user chose to run.
     """
     if not path:
         raise ConfigError("no config file given (use --config-file path/to/config.py)")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    cfg = LazyConfig.load(path)
-    if not trust and path.endswith((".yaml", ".yml")):
-        from .trust import check_config_targets
+    if not path.endswith((".yaml", ".yml")):
+        return LazyConfig.load(path)
+    from .trust import check_config_targets, check_targets_exist
+    from .yaml_file import read_yaml_config
 
+    cfg = read_yaml_config(path, trust=trust)
+    if not trust:
         check_config_targets(cfg, path)
+    check_targets_exist(cfg, path)
     return cfg
 
 

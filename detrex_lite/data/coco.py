@@ -150,7 +150,11 @@ def _accepted_annotations(data, json_file, id_map, image_sizes):
             raise DatasetError(f"{json_file}: annotation id {annotation_id} appears twice")
         annotation_ids.add(annotation_id)
         category_id = annotation.get("category_id")
-        if category_id not in id_map:
+        try:
+            known = category_id in id_map
+        except TypeError:  # a list or a dict: unhashable, and no category id either
+            known = False
+        if not known:
             raise DatasetError(
                 f"{json_file}: annotation id {annotation_id} has category_id {category_id}, "
                 f"which is not among the json's categories (ids {sorted(id_map)})"

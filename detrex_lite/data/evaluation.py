@@ -1,5 +1,5 @@
 """COCO evaluation of a registered dataset: detectron2's ``COCOEvaluator`` with its annotation
-json ready (the demo datasets generated first) and scored against the annotations the loader
+json ready (the demo datasets generated first), its result files written whole, and scored against the annotations the loader
 accepts (:func:`detrex_lite.data.coco.accepted_ground_truth`).
 
 Kept apart from :mod:`detrex_lite.data.coco` (the loader, which the demo dataset uses) because it
@@ -51,13 +51,15 @@ def _fill_missing_areas(coco_api, dataset_name: str) -> None:
 
 
 def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
-    """detectron2 ``COCOEvaluator`` for ``dataset_name``, with its annotation json ready.
+    """detectron2's ``COCOEvaluator`` for ``dataset_name`` with its result files written whole
+    (:class:`~detrex_lite.data.whole_file_evaluator.WholeFileCOCOEvaluator`) and its annotation
+    json ready.
 
     The demo datasets are generated here if needed (COCOEvaluator reads ``metadata.json_file``
     when it is built); for other datasets a missing json is reported by name. ``kwargs`` go to
     COCOEvaluator (e.g. ``max_dets_per_image``, ``tasks``).
     """
-    from detectron2.evaluation import COCOEvaluator
+    from .whole_file_evaluator import WholeFileCOCOEvaluator  # detectron2.evaluation: only when evaluating
 
     if isinstance(dataset_name, (list, tuple)):
         if len(dataset_name) != 1:
@@ -71,7 +73,7 @@ def build_coco_evaluator(dataset_name, output_dir=None, **kwargs):
             f"Dataset '{dataset_name}': annotation file for evaluation not found: {meta.json_file}"
         )
     kwargs.setdefault("tasks", ("bbox",))
-    evaluator = COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)
+    evaluator = WholeFileCOCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)
     _fill_missing_areas(evaluator._coco_api, dataset_name)
     if meta.get("annotations_validated", False):
         # Score against what training accepted: a box the loader dropped as invalid (zero size,

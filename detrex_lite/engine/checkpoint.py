@@ -14,7 +14,6 @@ CheckpointWriteError naming the file and the free space, with nothing replaced.
 import logging
 import os
 import re
-import shutil
 from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
@@ -23,68 +22,22 @@ from detectron2.engine import hooks
 
 from detrex_lite.checkpoint import DetrexCheckpointer
 from detrex_lite.checkpoint.run import numbered_checkpoints, read_last_checkpoint
-from detrex_lite.errors import NothingToResumeError
+from detrex_lite.errors import CheckpointMismatchError, NothingToResumeError
+from detrex_lite.utils.files import remove_quietly, write_atomically
 
 from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
 
 logger = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _megabytes(num_bytes: float) -> str:
-    return f"{num_bytes / 2**20:.1f} MB"
-
-
 def atomic_write(path: str, write_fn, *, size_hint: int = 0) -> None:
-    """Call write_fn(file_object) on a temporary file beside `path`, then rename it to `path`.
-
-    A failed write (OSError, or torch.save's RuntimeError when the disk fills up) removes the
-    temporary file, leaves `path` as it was and raises CheckpointWriteError naming `path` and the
-    free space of its file system (`size_hint`: bytes the file needs, shown when given).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        _remove_quietly(tmp)
-        try:
-            free = _megabytes(shutil.disk_usage(directory).free)
-        except OSError:
-            free = "unknown"
-        need = f", the file needs about {_megabytes(size_hint)}" if size_hint else ""
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointWriteError(
-            f"cannot write {path} ({type(e).__name__}: {reason}); free space in {directory}: {free}{need}; "
-            "nothing was replaced (free some space, then resume with --resume)"
-        ) from e
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+    """A checkpoint file (or ``last_checkpoint``) written whole:
+    :func:`detrex_lite.utils.files.write_atomically`, raising CheckpointWriteError (naming
+    ``path`` and the free space; ``size_hint``: bytes the file needs) with the advice to resume."""
+    write_atomically(
+        path, write_fn, size_hint=size_hint, advice="free some space, then resume with --resume",
+        error=CheckpointWriteError,
+    )
 
 
 def _named_tensors(obj, prefix: str = "") -> Iterator[Tuple[str, torch.Tensor]]:
@@ -176,7 +129,7 @@ class AtomicCheckpointer(DetrexCheckpointer):
         suffix = f".tmp.{os.getpid()}"
         for name in os.listdir(self.save_dir):
             if name.startswith(".") and ".tmp." in name and not name.endswith(suffix):
-                _remove_quietly(os.path.join(self.save_dir, name))
+                remove_quietly(os.path.join(self.save_dir, name))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
@@ -209,7 +162,8 @@ class AtomicCheckpointer(DetrexCheckpointer):
 
         Raises:
             NothingToResumeError: checkpoints are there but none loads (nothing is overwritten:
-                training does not start from scratch over them).
+                training does not start from scratch over them), or the newest does not fit the
+                config (naming it and what differs).
         """
         self.resumed = ""
         if not (resume and self.save_dir and os.path.isdir(self.save_dir)):
@@ -226,6 +180,13 @@ class AtomicCheckpointer(DetrexCheckpointer):
         for candidate in candidates:
             try:
                 checkpoint = self.load(candidate)
+            except CheckpointMismatchError as e:
+                # The config is not the run's (an architecture option or the class count changed):
+                # an older checkpoint of the run would not fit either.
+                raise NothingToResumeError(
+                    f"--resume: {e}; nothing was loaded or overwritten: resume with the run's settings "
+                    f"({os.path.join(self.save_dir, 'config.yaml')}), or train into another train.output_dir"
+                ) from None
             except Exception as e:  # a file written by another tool, or damaged on disk
                 self._parsed_url_during_load = None  # left set by d2's failed load (no public reset)
                 errors.append(f"{os.path.basename(candidate)}: {type(e).__name__}: {e}")
@@ -297,6 +258,6 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         removed = []
         for path in paths[self.max_to_keep:]:
             if os.path.abspath(path) != os.path.abspath(keep):
-                _remove_quietly(path)
+                remove_quietly(path)
                 removed.append(path)
         return removed

@@ -30,6 +30,7 @@ from .ema import ModelEMA
 from .launch import resolve_device
 from .preemption import GracefulStop, PreemptionCheckpointer
 from .summary import TrainingSummary
+from .run_setup import save_config_atomically
 from .trainer import DetrTrainer
 from .writers import default_writers
 
@@ -185,6 +186,7 @@ def do_train(cfg, resume: bool = False) -> DetrTrainer:
 
 def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
     started = time.perf_counter()
+    run_config = copy.deepcopy(cfg) if resume else None  # as given: the model object is put in cfg below
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -251,6 +253,9 @@ def _do_train(cfg, resume: bool, stop: GracefulStop) -> DetrTrainer:
     )
 
     checkpoint = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    if run_config is not None and comm.is_main_process() and cfg.train.output_dir:
+        # default_setup left a resumed run's config.yaml alone until its checkpoint loaded
+        save_config_atomically(run_config, os.path.join(cfg.train.output_dir, "config.yaml"))
     start_iter = 0
     if checkpointer.resumed:
         # The checkpoint's "iteration" is the last finished one.

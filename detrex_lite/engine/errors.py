@@ -9,6 +9,7 @@ from detrex_lite.errors import (  # noqa: F401  (re-exported)
     NonFiniteLossError,
     OutputDirBusyError,
     OutputDirError,
+    OutputWriteError,
 )
 
 

@@ -82,11 +82,16 @@ def default_setup(cfg, args: argparse.Namespace) -> logging.Logger:
             logger.info(f"Contents of args.config_file={config_file}:\n{f.read()}")
     if comm.is_main_process() and output_dir:
         # An evaluation never replaces the training's config.yaml (which --run, Predictor.from_run
-        # and export read): it keeps its own settings in eval_config.yaml.
+        # and export read): it keeps its own settings in eval_config.yaml. A resumed run's
+        # config.yaml is replaced only once its checkpoint has loaded (do_train): a config that
+        # does not fit the run must not overwrite the run's own.
         name = "eval_config.yaml" if getattr(args, "eval_only", False) else "config.yaml"
         path = os.path.join(output_dir, name)
-        save_config_atomically(cfg, path)
-        logger.info(f"Full config saved to {path}")
+        if getattr(args, "resume", False) and not getattr(args, "eval_only", False) and os.path.isfile(path):
+            logger.info(f"Resuming: {path} is saved once the checkpoint has loaded")
+        else:
+            save_config_atomically(cfg, path)
+            logger.info(f"Full config saved to {path}")
         from detrex_lite.data.registration import config_dataset_names, write_dataset_records
 
         # how the config's datasets were registered, so that tools given the folder register them

@@ -29,18 +29,18 @@ from detrex_lite.config import (
     load_config_file,
 )
 from detrex_lite.errors import (
-    CheckpointWriteError,
     ConfigError,
     DatasetError,
     ImageReadError,
     NonFiniteLossError,
     NothingToResumeError,
     OutputDirError,
+    OutputWriteError,
 )
 from detrex_lite.solver import schedule_periods
 from detrex_lite.utils import json_io
+from detrex_lite.utils.files import write_atomically
 
-from .checkpoint import atomic_write
 from .defaults import build_model, do_test, do_train, load_for_eval
 from .errors import INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, TrainingInterrupted
 from .launch import launch, launch_slurm
@@ -225,7 +225,10 @@ def main(args: argparse.Namespace, cfg=None) -> Optional[dict]:
         results = do_test(cfg, model)
         if comm.is_main_process():
             path = os.path.join(cfg.train.output_dir, "eval_results.json")
-            atomic_write(path, lambda f: f.write(json_io.dumps(results, indent=2).encode()))
+            write_atomically(
+                path, lambda f: f.write(json_io.dumps(results, indent=2).encode()),
+                advice="free some space and evaluate again",
+            )
             logger.info(f"Evaluation results written to {path}")
         return results
     do_train(cfg, resume=args.resume)
@@ -329,7 +332,7 @@ def _launch(args: argparse.Namespace, cfg) -> int:
         return _error("interrupted twice: stopped at once; files written so far are complete (atomic writes)", INTERRUPT_EXIT_CODE)
     except NothingToResumeError as e:
         return _error(e, 2)
-    except (NonFiniteLossError, CheckpointError, CheckpointWriteError, DatasetError, ImageReadError) as e:
+    except (NonFiniteLossError, CheckpointError, OutputWriteError, DatasetError, ImageReadError) as e:
         # single process; with several, the launcher reports the worker's traceback
         return _error(e, 1)
     return 0

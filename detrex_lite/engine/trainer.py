@@ -16,7 +16,7 @@ from detrex_lite.utils.rng import derived_seed, seed_global_rngs
 
 from .divergence import DivergenceWatch
 from .ema import ModelEMA
-from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
+from .errors import NonFiniteLossError, OutputWriteError, non_finite_message
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ _ALL_SKIPPED = "Sample larger than population"
 # Iterations of metric history a checkpoint keeps: the writers' median window (detectron2's 20).
 _METRIC_WINDOW = 20
 # Errors train_net reports in one line: detectron2's loop need not log their tracebacks.
-_ONE_LINE_ERRORS = (NonFiniteLossError, CheckpointWriteError, ImageReadError)
+_ONE_LINE_ERRORS = (NonFiniteLossError, OutputWriteError, ImageReadError)
 
 
 class _NoTracebackFor(logging.Filter):

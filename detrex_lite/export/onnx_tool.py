@@ -176,13 +176,14 @@ def export_and_check(args) -> Dict:
 def export_onnx_cli(args) -> int:
     """:func:`export_and_check` with the exit status: 1 when the parity check fails; a checkpoint
     that cannot be used (unreadable, another architecture or class count) is one line on
-    stderr, exit 1; a config mistake (or a config.yaml refused by the allow-list) one line, exit 2."""
+    stderr, exit 1; a config that cannot be used (a run folder's config.yaml that is not valid
+    YAML, names a callable outside the allow-list or one that does not exist) one line, exit 2."""
     try:
         result = export_and_check(args)
+    except ConfigError as e:
+        print(f"export_onnx: error: {e}", file=sys.stderr)
+        return 2
     except (CheckpointError, FileNotFoundError, OutputDirError) as e:
         print(f"export_onnx: error: {e}", file=sys.stderr)
         return 1
-    except ConfigError as e:  # e.g. a saved config.yaml calling a target outside the allow-list
-        print(f"export_onnx: error: {e}", file=sys.stderr)
-        return 2
     return 0 if result.get("max_abs_diff", {"ok": True})["ok"] else 1

@@ -10,7 +10,7 @@ host-device synchronisation on a GPU) and nothing is remembered between forwards
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -121,9 +121,15 @@ class LevelLayout:
         return cls(tuple(level_shapes(spatial_shapes)), spatial_shapes, level_start_index)
 
     @staticmethod
-    def check_tensors(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, caller: str = "LevelLayout") -> None:
+    def check_tensors(
+        spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, caller: str = "LevelLayout",
+        value_device: Optional[torch.device] = None,
+    ) -> None:
         """The layout tensors' structure, without reading their values (the one place the op and
-        the layout check it): (L, 2) and (L,) int64 tensors with the same L.
+        the layout check it): (L, 2) and (L,) int64 tensors with the same L and, when
+        ``value_device`` is given, each on the CPU or on that device (where the operator reads
+        them; any other device, the ``meta`` device included, would hand it memory that does not
+        hold the layout).
 
         Raises:
             ValueError: starting with ``caller`` and naming the argument at fault.
@@ -133,6 +139,10 @@ class LevelLayout:
             if not isinstance(t, torch.Tensor) or t.dim() != rank or t.dtype != torch.int64:
                 got = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{caller}: {name} must be an int64 tensor of shape {layout}, got {got}")
+            if value_device is not None and t.device.type != "cpu" and t.device != torch.device(value_device):
+                raise ValueError(
+                    f"{caller}: {name} must be on the CPU or on value's device {value_device}, got {t.device}"
+                )
         if spatial_shapes.shape[-1] != 2 or level_start_index.shape[0] != spatial_shapes.shape[0]:
             raise ValueError(
                 f"{caller}: spatial_shapes (L, 2) and level_start_index (L,) disagree: shapes "
@@ -148,10 +158,17 @@ class LevelLayout:
         messages.
 
         Raises:
-            ValueError: not (L, 2) / (L,) int64 tensors, non-positive sizes, or level_start_index
-                not the offsets that spatial_shapes implies.
+            ValueError: not (L, 2) / (L,) int64 tensors, on the ``meta`` device (no values),
+                non-positive sizes, or level_start_index not the offsets that spatial_shapes
+                implies.
         """
         cls.check_tensors(spatial_shapes, level_start_index, caller)
+        for name, t in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):
+            if t.device.type == "meta":
+                raise ValueError(
+                    f"{caller}: {name} is on the meta device: it holds no values to read; give the layout on the "
+                    f"CPU or on value's device (or a LevelLayout built from the sizes)"
+                )
         sizes = tuple(level_shapes(spatial_shapes))
         if torch.jit.is_tracing():  # traced sizes: nothing to read
             return cls(sizes, spatial_shapes, level_start_index)

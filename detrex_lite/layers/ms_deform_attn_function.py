@@ -171,12 +171,43 @@ def _autocast_inputs(device_type: str, value, sampling_locations, attention_weig
 # ---------------------------------------------------------------------------------------------
 # Registration of the compiled operators (only when the extension is built).
 # ---------------------------------------------------------------------------------------------
+def check_op_devices(op: str, value: torch.Tensor, layout: dict, samples: dict) -> None:
+    """The operators' device rule (csrc/vision.cpp ``check_ms_deform_attn_inputs``) for the fake
+    (meta) kernels: ``samples`` (sampling_loc, attn_weight, grad_output) on value's device, the
+    ``layout`` tensors there or on the CPU.
+
+    The dispatcher sends a call with *any* tensor on the ``meta`` device to the fake kernel, so a
+    CPU value next to a meta layout or meta locations would otherwise return ``empty`` CPU
+    memory (uninitialised numbers, no error) instead of reaching the C++ check.
+
+    Raises:
+        RuntimeError: ``op: <argument> is on <device> but value is on <device>`` (RuntimeError,
+            as the C++ kernels raise for the same mistake).
+    """
+    for name, t in samples.items():
+        if t.device != value.device:
+            raise RuntimeError(
+                f"{op}: {name} is on {t.device} but value is on {value.device}; value, "
+                f"{', '.join(samples)} must be on one device"
+            )
+    for name, t in layout.items():
+        if t.device.type != "cpu" and t.device != value.device:
+            raise RuntimeError(
+                f"{op}: {name} is on {t.device} but value is on {value.device}; spatial_shapes and "
+                f"level_start_index must be on the CPU or on value's device"
+            )
+
+
 def _register_compiled_ops() -> None:
     forward_op = "detrex_lite::ms_deform_attn_forward"
     backward_op = "detrex_lite::ms_deform_attn_backward"
 
     @torch.library.register_fake(forward_op)
     def _forward_fake(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, im2col_step, kernel="auto"):
+        check_op_devices(
+            "ms_deform_attn_forward", value, {"spatial_shapes": spatial_shapes, "level_start_index": level_start_index},
+            {"sampling_loc": sampling_loc, "attn_weight": attn_weight},
+        )
         n, _, m, d = value.shape
         return value.new_empty((n, sampling_loc.shape[1], m * d))
 
@@ -184,6 +215,10 @@ def _register_compiled_ops() -> None:
     def _backward_fake(
         value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output, im2col_step, kernel="auto"
     ):
+        check_op_devices(
+            "ms_deform_attn_backward", value, {"spatial_shapes": spatial_shapes, "level_start_index": level_start_index},
+            {"sampling_loc": sampling_loc, "attn_weight": attn_weight, "grad_output": grad_output},
+        )
         return torch.empty_like(value), torch.empty_like(sampling_loc), torch.empty_like(attn_weight)
 
     def _setup_context(ctx, inputs, output):
@@ -321,7 +356,7 @@ def _validate(
         if tensors[name].dim() != rank:
             _fail(name, f"must be {layout}, got shape {tuple(tensors[name].shape)}")
     # the layout's structure: LevelLayout's check (its values are checked below, eager only)
-    LevelLayout.check_tensors(spatial_shapes, level_start_index, caller="ms_deform_attn")
+    LevelLayout.check_tensors(spatial_shapes, level_start_index, caller="ms_deform_attn", value_device=value.device)
     for name in ("value", "sampling_locations", "attention_weights"):
         if not tensors[name].is_floating_point():
             _fail(name, f"must be a floating-point tensor, got {tensors[name].dtype}")

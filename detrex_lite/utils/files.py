@@ -2,12 +2,13 @@
 renamed over the target only once it is complete."""
 import contextlib
 import os
+import shutil
 import tempfile
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator, Type
 
-from detrex_lite.errors import OutputDirError
+from detrex_lite.errors import OutputDirError, OutputWriteError
 
-__all__ = ["check_writable", "replaced_when_done"]
+__all__ = ["check_writable", "replaced_when_done", "remove_quietly", "write_atomically"]
 
 
 def check_writable(path: str, flag: str = "--output") -> None:
@@ -38,3 +39,70 @@ def replaced_when_done(path: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_atomically(
+    path: str,
+    write_fn: Callable[[BinaryIO], None],
+    *,
+    size_hint: int = 0,
+    advice: str = "free some space and run again",
+    error: Type[OutputWriteError] = OutputWriteError,
+) -> None:
+    """Call ``write_fn(file_object)`` on a temporary file beside ``path``, flush it to disk and
+    rename it to ``path`` (atomic on POSIX file systems: readers see the old file or the new one).
+
+    A failed write (OSError, or torch.save's RuntimeError when the disk fills up) removes the
+    temporary file, leaves ``path`` as it was and raises ``error`` (one line) naming ``path``, the
+    cause and the free space of its file system (``size_hint``: bytes the file needs, shown when
+    given), ending with ``advice``.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        remove_quietly(tmp)
+        try:
+            free = _megabytes(shutil.disk_usage(directory).free)
+        except OSError:
+            free = "unknown"
+        need = f", the file needs about {_megabytes(size_hint)}" if size_hint else ""
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise error(
+            f"cannot write {path} ({type(e).__name__}: {reason}); free space in {directory}: {free}{need}; "
+            f"nothing was replaced ({advice})"
+        ) from e
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def remove_quietly(path: str) -> None:
+    """Remove the file ``path`` if it can be removed."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _megabytes(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:.1f} MB"
