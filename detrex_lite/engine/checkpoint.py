@@ -23,7 +23,7 @@ from detectron2.engine import hooks
 from detrex_lite.checkpoint import DetrexCheckpointer
 from detrex_lite.checkpoint.run import numbered_checkpoints, read_last_checkpoint
 from detrex_lite.errors import CheckpointMismatchError, NothingToResumeError
-from detrex_lite.utils.files import remove_quietly, write_atomically
+from detrex_lite.utils.files import fsync_dir, remove_quietly, write_atomically
 
 from .errors import CheckpointWriteError, NonFiniteLossError, non_finite_message
 
@@ -109,16 +109,16 @@ class AtomicCheckpointer(DetrexCheckpointer):
         source = os.path.join(self.save_dir, existing)
         target = os.path.join(self.save_dir, f"{name}.pth")
         tmp = os.path.join(self.save_dir, f".{name}.pth.tmp.{os.getpid()}")
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         try:
             os.link(source, tmp)
             os.replace(tmp, target)
         except OSError as e:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             logger.info(f"Cannot hard-link {source} as {target} ({type(e).__name__}: {e}); writing a copy")
             return False
-        _remove_quietly(tmp)  # still there when target already was this file (rename did nothing)
-        _fsync_dir(self.save_dir)
+        remove_quietly(tmp)  # still there when target already was this file (rename did nothing)
+        fsync_dir(self.save_dir)
         self.logger.info(f"Saving checkpoint to {target} (a hard link to {existing}: the same file, stored once)")
         self.tag_last_checkpoint(os.path.basename(target))
         return True

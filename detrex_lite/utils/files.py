@@ -80,7 +80,7 @@ def write_atomically(
     except BaseException:
         remove_quietly(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def remove_quietly(path: str) -> None:
@@ -91,7 +91,7 @@ def remove_quietly(path: str) -> None:
         pass
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
