@@ -8,7 +8,7 @@ from typing import BinaryIO, Callable, Iterator, Type
 
 from detrex_lite.errors import OutputDirError, OutputWriteError
 
-__all__ = ["check_writable", "replaced_when_done", "remove_quietly", "write_atomically"]
+__all__ = ["check_writable", "fsync_dir", "replaced_when_done", "remove_quietly", "write_atomically"]
 
 
 def check_writable(path: str, flag: str = "--output") -> None:
