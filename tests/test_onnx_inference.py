@@ -237,3 +237,35 @@ def test_the_docs_snippet_prints_the_tools_detections(exported, capsys):
         for d in OnnxPredictor(onnx_path)(image, threshold=0.3).detections
     ]
     assert printed == expected and expected
+
+
+def test_the_checkpoints_display_threshold_is_recorded_and_used_by_default(exported, tmp_path, capsys):
+    """A checkpoint whose meta holds the evaluation's suggested threshold: the export records it
+    (with where it came from) and the tool keeps detections from it by default and says so; an
+    export of a checkpoint without one says 'default' and uses 0.3; --threshold wins."""
+    import torch
+
+    _, checkpoint, plain_onnx, paths = exported
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state.setdefault("meta", {})["display_threshold"] = {
+        "score": 0.4125, "f1": 0.5, "iteration": 1199, "dataset": "detrex_demo_val", "rule": "max F1 at IoU 0.5"}
+    with_threshold = str(tmp_path / "with_threshold.pth")
+    torch.save(state, with_threshold)
+    onnx_path = str(tmp_path / "with_threshold.onnx")
+    export(["--config-file", CONFIG, "--checkpoint", with_threshold, "--output", onnx_path, "--no-check"])
+    props = {p.key: json.loads(p.value) for p in onnx.load(onnx_path).metadata_props}
+    source = f"max F1 at IoU 0.5 on detrex_demo_val, iteration 1199, from {with_threshold}"
+    assert props["display_threshold"] == {"score": 0.4125, "source": source}
+    assert "display_threshold" not in {p.key for p in onnx.load(plain_onnx).metadata_props}
+
+    ours = OnnxPredictor(onnx_path)
+    assert ours.threshold == 0.4125
+    everything = ours(paths[0], threshold=0.0).detections
+    assert [d.score for d in ours(paths[0]).detections] == [d.score for d in everything if d.score >= 0.4125]
+    code, stdout, _ = run_tool([onnx_path, paths[0]], capsys)
+    assert code == 0
+    assert stdout.splitlines()[0] == f"score threshold 0.412 ({source}, recorded in {onnx_path})"
+    code, stdout, _ = run_tool([plain_onnx, paths[0]], capsys)
+    assert stdout.splitlines()[0] == f"score threshold 0.3 (no threshold recorded in {plain_onnx}; default)"
+    code, stdout, _ = run_tool([onnx_path, paths[0], "--threshold", "0.25"], capsys)
+    assert stdout.splitlines()[0] == "score threshold 0.25 (--threshold)"

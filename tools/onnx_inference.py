@@ -23,7 +23,9 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("onnx", help="the .onnx file written by tools/export_onnx.py")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--threshold", type=float, default=0.3, help="keep detections with at least this score (0.3)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="keep detections with at least this score (default: the display threshold the export "
+                        "recorded from the checkpoint's last evaluation, else 0.3)")
     parser.add_argument(
         "--json", default=None, metavar="FILE",
         help="also write the detections here (per image: file_name, height, width, detections with "

@@ -30,6 +30,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detrex_lite.errors import DetrexError
 
+# Without a recorded threshold (as detrex_lite.analysis.threshold.DEFAULT_THRESHOLD, which this
+# torch-free module does not import).
+DEFAULT_THRESHOLD = 0.3
+
 __all__ = [
     "Detection", "ImageDetections", "OnnxInferenceError", "OnnxPredictor", "onnx_inference_main", "read_rgb",
     "resized_shape",
@@ -148,6 +152,15 @@ class OnnxPredictor:
             )
         self.resample = Image.Resampling[recorded.get("interp", "bilinear").upper()]
         self.class_names: Optional[List[str]] = _json_prop(props, "class_names", path) if "class_names" in props else None
+        # The score threshold used when none is given: the one the checkpoint's last evaluation
+        # suggested (max F1 at IoU 0.5 on the validation set), recorded by the export, else 0.3.
+        stored = _json_prop(props, "display_threshold", path) if "display_threshold" in props else None
+        if isinstance(stored, dict) and isinstance(stored.get("score"), (int, float)):
+            self.threshold = float(stored["score"])
+            self.threshold_source = f"{stored.get('source', 'recorded')}, recorded in {path}"
+        else:
+            self.threshold = DEFAULT_THRESHOLD
+            self.threshold_source = f"no threshold recorded in {path}; default"
         height, width = self.session.get_inputs()[0].shape[2:]
         # A graph exported with --fixed-size has int height/width; a dynamic one has names.
         self.fixed_canvas = (height, width) if isinstance(height, int) and isinstance(width, int) else None
@@ -196,11 +209,12 @@ class OnnxPredictor:
             return self.class_names[class_id]
         return str(class_id)
 
-    def __call__(self, path: str, threshold: float = 0.3) -> ImageDetections:
-        """Detections of the image file ``path`` with score >= ``threshold``."""
-        return self.predict_rgb(read_rgb(path), threshold, file_name=path)
+    def __call__(self, path: str, threshold: Optional[float] = None) -> ImageDetections:
+        """Detections of the image file ``path`` with score >= ``threshold`` (default:
+        ``self.threshold``, the file's recorded display threshold or 0.3)."""
+        return self.predict_rgb(read_rgb(path), self.threshold if threshold is None else threshold, file_name=path)
 
-    def predict(self, paths: Sequence[str], threshold: float = 0.3) -> List[ImageDetections]:
+    def predict(self, paths: Sequence[str], threshold: Optional[float] = None) -> List[ImageDetections]:
         """One :class:`ImageDetections` per image file, one graph run each (no padding)."""
         return [self(path, threshold) for path in paths]
 
@@ -225,19 +239,22 @@ def onnx_inference_main(args) -> None:
         from detrex_lite.utils.files import check_writable
 
         check_writable(args.json, "--json")
+    threshold = predictor.threshold if args.threshold is None else args.threshold
+    source = predictor.threshold_source if args.threshold is None else "--threshold"
+    print(f"score threshold {threshold:.3g} ({source})")
     results = []
     for path in args.images:
-        result = predictor(path, args.threshold)
+        result = predictor(path, threshold)
         results.append(result)
         print(f"{path} (h x w = {result.height}x{result.width}, resized to {result.resized[0]}x{result.resized[1]}):")
         if not result.detections:
-            print(f"  no detection with score >= {args.threshold:g} (highest score {result.highest_score:.3f})")
+            print(f"  no detection with score >= {threshold:.3g} (highest score {result.highest_score:.3f})")
         for d in result.detections:
             x0, y0, x1, y1 = d.box
             print(f"  {d.class_name:<16} {d.score:.3f}  {x0:8.1f} {y0:8.1f} {x1:8.1f} {y1:8.1f}")
     total = sum(len(r.detections) for r in results)
     summary = (
-        f"{total} detection{'' if total == 1 else 's'} with score >= {args.threshold:g} "
+        f"{total} detection{'' if total == 1 else 's'} with score >= {threshold:.3g} "
         f"in {len(results)} image{'' if len(results) == 1 else 's'}"
     )
     if args.json:

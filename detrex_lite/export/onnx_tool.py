@@ -40,12 +40,14 @@ def default_canvas(augmentations: Sequence[T.Augmentation]) -> Tuple[int, int]:
     raise ValueError("Cannot infer the export canvas from the test augmentations; pass --canvas H W")
 
 
-def deployment_metadata(augmentations: Sequence[T.Augmentation], class_names: Optional[Sequence[str]]) -> Dict[str, str]:
+def deployment_metadata(augmentations: Sequence[T.Augmentation], class_names: Optional[Sequence[str]],
+                        display_threshold: Optional[Dict[str, object]] = None) -> Dict[str, str]:
     """The ONNX ``metadata_props`` (key -> JSON string) that let code without torch reproduce the
     test loader (``tools/onnx_inference.py``): ``test_resize`` = {"short_edge_length",
     "max_size", "interp" (a PIL resampling name)} when the test augmentation is one
-    ResizeShortestEdge of one size, and ``class_names`` (index = the graph's label) when known.
-    Anything else is logged as not recorded."""
+    ResizeShortestEdge of one size, ``class_names`` (index = the graph's label) when known, and
+    ``display_threshold`` = {"score", "source"} (the checkpoint's suggested score threshold, see
+    :mod:`detrex_lite.analysis.threshold`) when given. Anything else is logged as not recorded."""
     metadata: Dict[str, str] = {}
     augs = list(augmentations)
     resize = augs[0] if len(augs) == 1 and isinstance(augs[0], T.ResizeShortestEdge) else None
@@ -63,11 +65,25 @@ def deployment_metadata(augmentations: Sequence[T.Augmentation], class_names: Op
             "test_resize (tools/onnx_inference.py then needs --short-edge and --max-size).",
             [type(a).__name__ for a in augs],
         )
+    if display_threshold is not None:
+        metadata["display_threshold"] = json.dumps(
+            {"score": float(display_threshold["score"]), "source": str(display_threshold["source"])}
+        )
     if class_names:
         metadata["class_names"] = json.dumps([str(name) for name in class_names])
     else:
         logger.warning("No class names known (checkpoint metadata or test dataset): the ONNX file records none.")
     return metadata
+
+
+def _display_threshold(meta: Dict, checkpoint: str) -> Optional[Dict[str, object]]:
+    """{"score", "source"} of the display threshold the checkpoint's last evaluation stored, or None."""
+    from detrex_lite.analysis.threshold import describe_stored, stored_threshold
+
+    stored = stored_threshold(meta)
+    if stored is None:
+        return None
+    return {"score": float(stored["score"]), "source": describe_stored(stored, checkpoint)}
 
 
 def check_inputs(
@@ -145,7 +161,7 @@ def export_and_check(args) -> Dict:
     class_names = test_metadata(cfg, meta).get("thing_classes", None)
     wrapper = export_onnx(
         model, args.output, canvas, output=args.format, opset=args.opset, dynamic_size=not args.fixed_size,
-        metadata=deployment_metadata(augmentations, class_names),
+        metadata=deployment_metadata(augmentations, class_names, _display_threshold(meta, checkpoint)),
     )
     report: Dict = {
         "onnx": args.output, "format": args.format, "canvas": list(canvas), "opset": args.opset,
