@@ -305,3 +305,23 @@ def test_full_disk_during_evaluation_is_one_line_and_keeps_the_previous_files(tm
     assert err.strip().endswith("nothing was replaced (free some space and evaluate again)")
     assert (out / failing).read_bytes() == b"the previous evaluation"
     assert not [f for f in os.listdir((out / failing).parent) if ".tmp." in f]
+
+
+def test_first_dataset_dicts_beyond_the_dataset_is_one_line(tmp_path):
+    """dataloader.test.dataset.num_images above the dataset's size: one line naming the dataset,
+    the value and the size, exit 1 (it was a ValueError traceback from inside the data loader)."""
+    from detectron2.config import LazyConfig
+
+    from tools_tiny_models import save_tiny_checkpoint
+
+    config = os.path.join(REPO, "tests", "configs", "deformable_detr_tiny_demo.py")
+    save_tiny_checkpoint(LazyConfig.load(config), str(tmp_path), class_bias_std=1.0)
+    proc = run_train_net("--config-file", config, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
+                         f"train.init_checkpoint={tmp_path / 'model_final.pth'}",
+                         "dataloader.test.dataset.num_images=1000", timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train_net: error: first_dataset_dicts('detrex_demo_val'): num_images=1000, expected 1..100 "
+        "(the dataset has 100 images)"
+    )
