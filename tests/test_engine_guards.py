@@ -159,6 +159,21 @@ def test_max_to_keep_counts_the_files_on_disk(tmp_path):
     ]
 
 
+def test_max_to_keep_keeps_the_latest_iterations_whatever_the_file_times(tmp_path):
+    """A run folder copied without its modification times (cp -r): the oldest files by time are
+    the latest checkpoints; max_to_keep still removes the lowest iterations."""
+    model = _Quadratic()
+    checkpointer = AtomicCheckpointer(model, str(tmp_path))
+    for i in range(4):
+        checkpointer.save(f"model_{i:07d}", iteration=i)
+        os.utime(tmp_path / f"model_{i:07d}.pth", (2000 - i, 2000 - i))  # times reversed
+    periodic = PeriodicCheckpointer(checkpointer, period=1, max_to_keep=2, max_iter=100)
+    periodic.step(4)
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith("model_0")) == [
+        "model_0000003.pth", "model_0000004.pth",
+    ]
+
+
 # ------------------------------------------------------------------ full disk
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_full_disk_is_one_line_and_replaces_nothing(tmp_path):

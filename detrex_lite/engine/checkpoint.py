@@ -253,7 +253,9 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         directory = self.checkpointer.save_dir
         pattern = re.compile(re.escape(self.file_prefix) + r"_\d{7}\.pth")
         paths = [os.path.join(directory, n) for n in os.listdir(directory) if pattern.fullmatch(n)]
-        paths.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)  # newest first
+        # Newest first by the iteration in the name, not by modification time: a folder copied
+        # without its times (cp -r, rsync without -t) must not lose its latest checkpoints.
+        paths.sort(key=lambda p: int(os.path.basename(p)[len(self.file_prefix) + 1:-4]), reverse=True)
         keep = self.checkpointer.last_checkpoint_path()
         removed = []
         for path in paths[self.max_to_keep:]:

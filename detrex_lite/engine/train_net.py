@@ -97,9 +97,9 @@ def _checkpoint_meta(path: str) -> dict:
 
     if not path or not os.path.isfile(path):
         return {}
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
-    except Exception:  # unreadable or not a dict: load_weights reports it in one line
+    try:  # memory-mapped: only the small meta entry is read, not the weights (hundreds of MB)
+        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("meta", {})
+    except Exception:  # unreadable, not a dict, or a legacy (non-zip) file: load_weights reports it
         return {}
     return meta if isinstance(meta, dict) else {}
 
