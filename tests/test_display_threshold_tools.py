@@ -15,7 +15,7 @@ from detrex_lite.analysis.threshold import best_f1_threshold
 from detrex_lite.apps import analyze_results, visualize_results
 from detrex_lite.predictor import Predictor
 from tests.tools_analysis_data import VAL, perturbed_predictions, register_small_demo, write_predictions
-from tools_tiny_models import load_tool, save_config, save_tiny_checkpoint, tiny_deformable_detr_config
+from tools_tiny_models import LogRecords, load_tool, save_config, save_tiny_checkpoint, tiny_deformable_detr_config
 
 CLASSES = ["circle", "square", "triangle", "cross", "ring", "bar"]
 
@@ -117,22 +117,13 @@ def test_predictor_threshold_and_named_detections(stored):
     assert named["label_names"] == [CLASSES[c] for c in named["labels"].tolist()]
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.mark.parametrize("which", ["stored", "old", "explicit"])
 def test_demo_uses_and_names_its_threshold(stored, tmp_path, which):
     cfg_path, with_meta, without, image = stored
     demo = load_tool("demo")
     ckpt = without if which == "old" else with_meta
     flags = ["--threshold", "0.92"] if which == "explicit" else []
-    records = _Records()
+    records = LogRecords()
     logging.getLogger("detrex_lite.demo").addHandler(records)
     try:
         code = demo.main(["--config-file", cfg_path, "--input", image, "--output", str(tmp_path), "--json",

@@ -11,7 +11,7 @@ import torch
 
 from detrex_lite.apps.demo import expand_inputs, output_name, split_overrides
 from detrex_lite.predictor import Predictor
-from tools_tiny_models import load_tool, save_config, save_tiny_checkpoint, tiny_deformable_detr_config
+from tools_tiny_models import LogRecords, load_tool, save_config, save_tiny_checkpoint, tiny_deformable_detr_config
 
 demo = load_tool("demo")  # the command line; what it does is detrex_lite.apps.demo
 
@@ -40,22 +40,13 @@ def setup(tmp_path_factory):
     return cfg_path, inputs, video, images
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def test_demo_folder_video_json_and_skips(setup, tmp_path):
     cfg_path, inputs, video, images = setup
     out = tmp_path / "out"
     threshold = 0.3
     # The log records themselves: detectron2's setup_logger is cached per process, so its stdout
     # handler may write to another test's captured stream.
-    records = _Records()
+    records = LogRecords()
     logging.getLogger("detrex_lite.demo").addHandler(records)
     try:
         code = demo.main([

@@ -5,6 +5,7 @@ decoder layer, a few queries) so that a forward pass on a 64-128 px image takes 
 on CPU, while every code path of the real model (multi-scale deformable attention, box
 refinement, two-stage proposals) is kept.
 """
+import logging
 import os
 
 from detectron2.config import LazyConfig
@@ -88,3 +89,16 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class LogRecords(logging.Handler):
+    """Collects the messages of the records logged to the loggers it is added to (a tool's own
+    logger: detectron2's setup_logger is cached per process and stops propagation, so caplog and
+    capsys may miss them)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())

@@ -22,7 +22,7 @@ import sys
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from detrex_lite.cli import add_override_arguments
+    from detrex_lite.cli import add_override_arguments, add_trust_config_argument
 
     parser = argparse.ArgumentParser(prog="browse_dataset.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,9 +36,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--columns", type=int, default=None, help="contact sheet: images per row (ceil(sqrt(num)))")
     parser.add_argument("--palette", action="store_true",
                         help="contact sheet with a 256-colour palette: about 3x smaller, for documentation")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="let a saved config.yaml call any _target_, not only the allow-list of "
-                        "docs/reliability.md (only for a file you trust)")
+    add_trust_config_argument(parser)
     add_override_arguments(
         parser, help="config overrides after the flags, e.g. dataloader.train.dataset.names=my_train")
     return parser

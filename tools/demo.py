@@ -31,7 +31,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from detrex_lite.cli import add_override_arguments
+    from detrex_lite.cli import add_override_arguments, add_trust_config_argument
     from detrex_lite.cli.datasets import add_dataset_arguments
 
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=_HelpFormatter)
@@ -63,9 +63,7 @@ def get_parser() -> argparse.ArgumentParser:
         "the inputs that are its images (matched by file name); --json then uses the dataset's image ids for "
         "them. A dataset the run registered in its config file is registered again as the run recorded it",
         images_needed=False)
-    parser.add_argument("--trust-config", action="store_true",
-                        help="let a saved config.yaml call any _target_, not only the allow-list of "
-                        "docs/reliability.md (only for a file you trust)")
+    add_trust_config_argument(parser)
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"],
                         help="CPU inference mode (detrex_lite.inference): fp32 = folded BatchNorm + channels_last; "
                         "bf16 = bfloat16 weights and activations where the CPU has native bf16 (AMX / AVX-512 "

@@ -7,7 +7,10 @@ from typing import List, Optional, Sequence
 
 from detrex_lite.errors import ConfigError
 
-__all__ = ["add_override_arguments", "check_flags_before_overrides", "collect_overrides", "parse_args_with_overrides"]
+__all__ = [
+    "add_override_arguments", "add_trust_config_argument", "check_flags_before_overrides", "collect_overrides",
+    "parse_args_with_overrides",
+]
 
 _HELP = (
     "config overrides after the flags, e.g. train.max_iter=1000 train.output_dir=output/run "
@@ -21,6 +24,16 @@ def add_override_arguments(parser: argparse.ArgumentParser, help: str = _HELP) -
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=None, metavar="key=value", help=help)
     parser.add_argument("--opts", dest="deprecated_opts", nargs="*", default=None, metavar="KEY=VALUE",
                         help="deprecated spelling of the overrides: write key=value after the flags")
+
+
+def add_trust_config_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--trust-config`` (``args.trust_config``): let a saved config.yaml call any
+    ``_target_`` instead of only the allow-list of :mod:`detrex_lite.config.trust`."""
+    parser.add_argument(
+        "--trust-config", action="store_true",
+        help="let a saved config.yaml call any _target_, not only the allow-list of docs/reliability.md "
+        "(only for a file you trust: a config calls code)",
+    )
 
 
 def check_flags_before_overrides(parser: argparse.ArgumentParser, opts: Optional[Sequence[str]]) -> None:

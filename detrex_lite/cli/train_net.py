@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from detrex_lite.errors import REQUEUE_EXIT_CODE, ConfigError, StoppedOutsideTraining
 
 from .entry import tool_parser
-from .overrides import add_override_arguments, collect_overrides
+from .overrides import add_override_arguments, add_trust_config_argument, collect_overrides
 from .quiet_imports import import_detectron2_quietly
 
 __all__ = ["cli", "get_parser", "parse_args"]
@@ -103,12 +103,7 @@ def get_parser() -> argparse.ArgumentParser:
         "config.yaml and DIR as train.output_dir. Datasets the run registered in its config file are "
         "registered again from DIR/datasets.json",
     )
-    parser.add_argument(
-        "--trust-config",
-        action="store_true",
-        help="let a saved config.yaml call any _target_, not only the allow-list of docs/reliability.md "
-        "(only for a file you trust: a config calls code)",
-    )
+    add_trust_config_argument(parser)
     add_override_arguments(parser)
     return parser
 

@@ -6,7 +6,7 @@ import os
 import re
 from typing import Optional, Sequence
 
-from detrex_lite.cli.overrides import add_override_arguments, parse_args_with_overrides
+from detrex_lite.cli.overrides import add_override_arguments, add_trust_config_argument, parse_args_with_overrides
 
 __all__ = ["export_onnx_parser", "parse_export_onnx_args", "analyze_model_parser", "parse_analyze_model_args"]
 
@@ -78,11 +78,7 @@ def export_onnx_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--json", default=None, help="write the parity report here")
-    parser.add_argument(
-        "--trust-config", action="store_true",
-        help="let a saved config.yaml call any _target_, not only the allow-list of docs/reliability.md "
-        "(only for a file you trust)",
-    )
+    add_trust_config_argument(parser)
     add_override_arguments(parser, help="config overrides after the flags, e.g. train.init_checkpoint=model.pth")
     return parser
 
