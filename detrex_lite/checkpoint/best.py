@@ -1,9 +1,8 @@
 """Reading a run's ``model_best.pth`` (written by :mod:`detrex_lite.engine.best_checkpoint`):
 its ``meta["best"]`` says which metric made it the best, its value and when."""
-import os
 from typing import Any, Dict, Optional
 
-import torch
+from .io import peek_meta
 
 __all__ = ["BEST_CHECKPOINT", "describe_best", "format_metric", "read_best"]
 
@@ -14,13 +13,7 @@ def read_best(path: str) -> Optional[Dict[str, Any]]:
     """``meta["best"]`` of a best checkpoint ({"metric": "bbox/AP", "value": 20.78, "iteration":
     1200}, iteration = iterations trained), or None when the file is missing, unreadable or has
     none. Memory-maps the file: the weights are not read."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a damaged or foreign file: no best known
-        return None
-    best = (checkpoint.get("meta") or {}).get("best") if isinstance(checkpoint, dict) else None
+    best = peek_meta(path).get("best")  # {} for a missing, damaged or foreign file: no best known
     if not isinstance(best, dict) or not isinstance(best.get("value"), (int, float)):
         return None
     return dict(best)

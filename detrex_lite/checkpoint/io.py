@@ -10,7 +10,8 @@ import torch
 from detrex_lite.errors import CheckpointError, CheckpointFileError  # noqa: F401  (re-exported)
 
 __all__ = [
-    "CheckpointError", "CheckpointFileError", "load_state_dict", "read_checkpoint", "read_hf_config", "save_checkpoint",
+    "CheckpointError", "CheckpointFileError", "load_state_dict", "peek_meta", "read_checkpoint", "read_hf_config",
+    "save_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,20 @@ _WHAT_TO_DO = (
     "expected a .pth written by tools/train_net.py or tools/convert_checkpoint.py "
     "(torch.save of a state dict, possibly under 'model')"
 )
+
+
+def peek_meta(path: str) -> Dict[str, Any]:
+    """``checkpoint["meta"]`` of a local checkpoint file, read memory-mapped (the weights, hundreds
+    of MB, are not read); {} when the file is missing, cannot be read this way (damaged, not a
+    dict, a legacy non-zip file) or has no dict ``meta``: loading it for real says why."""
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return {}
+    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 # The run metadata's keys that are read back (checkpoint/run.py ``run_metadata`` writes them) and

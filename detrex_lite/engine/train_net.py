@@ -20,6 +20,7 @@ from detectron2.utils import comm
 
 import detrex_lite.data  # noqa: F401  (registers the demo datasets the configs name)
 from detrex_lite.checkpoint import CheckpointError
+from detrex_lite.checkpoint.io import peek_meta
 from detrex_lite.checkpoint.run import find_run_checkpoint, resolve_num_classes, run_config_path
 from detrex_lite.config import (
     apply_overrides_checked,
@@ -90,20 +91,6 @@ def _run_folder_arguments(args: argparse.Namespace) -> Tuple[str, List[str], Opt
     return config_file, extra + overrides, run_dir
 
 
-def _checkpoint_meta(path: str) -> dict:
-    """``checkpoint["meta"]`` of a local checkpoint file ({} when it has none or cannot be read:
-    loading it later says why)."""
-    import torch
-
-    if not path or not os.path.isfile(path):
-        return {}
-    try:  # memory-mapped: only the small meta entry is read, not the weights (hundreds of MB)
-        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("meta", {})
-    except Exception:  # unreadable, not a dict, or a legacy (non-zip) file: load_weights reports it
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def register_run_datasets(cfg, config_file: str, run_dir: Optional[str], eval_only: bool) -> None:
     """Register the datasets the config needs (with ``eval_only``, the test set's only) that no
     code registered, as the run recorded them
@@ -136,7 +123,7 @@ def register_run_datasets(cfg, config_file: str, run_dir: Optional[str], eval_on
                 register(read_dataset_records(folder), os.path.join(folder, "datasets.json"))
         checkpoint = cfg.train.get("init_checkpoint", "")
         if not all(name in DatasetCatalog.list() for name in needed) and checkpoint:
-            register(_checkpoint_meta(checkpoint).get("datasets"), checkpoint)
+            register(peek_meta(checkpoint).get("datasets"), checkpoint)
     except DatasetError as e:
         raise ConfigError(str(e)) from None
     for name in needed:
