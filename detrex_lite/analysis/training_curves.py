@@ -306,11 +306,10 @@ def summarize(runs: Dict[str, Dict[str, Series]]) -> Dict[str, dict]:
 
 def write_summary(summary: Dict[str, dict], out_dir: str) -> List[str]:
     """summary.json and summary.md (a Markdown table of the final AP metrics) in out_dir."""
+    from detrex_lite.utils import json_io
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "summary.json")
-    with open(json_path, "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
+    json_io.dump(summary, json_path, indent=2)
     lines = ["| run | iteration | " + " | ".join(AP_METRICS) + " |", "|---|---:|" + "---:|" * len(AP_METRICS)]
     for label, entry in summary.items():
         final = entry["final"]

@@ -132,7 +132,6 @@ def write_dataset_records(output_dir: str, names: Iterable[str]) -> Dict[str, Di
     """Record how ``names`` are registered in ``output_dir/datasets.json`` (atomically; the
     names already recorded there are kept unless recorded again). Returns what the file holds."""
     from detrex_lite.utils import json_io
-    from detrex_lite.utils.files import replaced_when_done
 
     try:
         records = read_dataset_records(output_dir)
@@ -140,9 +139,7 @@ def write_dataset_records(output_dir: str, names: Iterable[str]) -> Dict[str, Di
         logger.warning(f"{e}: writing it again")
         records = {}
     records.update(dataset_records(names))
-    path = os.path.join(output_dir, DATASETS_FILE)
-    with replaced_when_done(path) as tmp:
-        json_io.dump(records, tmp, indent=2)
+    json_io.dump(records, os.path.join(output_dir, DATASETS_FILE), indent=2)
     return records
 
 

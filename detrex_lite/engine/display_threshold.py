@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 from detectron2.engine import hooks
 
 from detrex_lite.analysis.threshold import best_f1_threshold
+from detrex_lite.utils import json_io
 
 __all__ = ["EvalHook", "THRESHOLD_FILE", "record_display_threshold"]
 
@@ -58,8 +59,7 @@ def record_display_threshold(evaluator: Any, output_dir: Optional[str], dataset:
         f"precision {found.precision:.3f}, recall {found.recall:.3f}, {found.num_kept} of {found.num_predictions} "
         "predictions kept)"
     )
-    with open(os.path.join(output_dir, THRESHOLD_FILE), "w") as f:
-        json.dump(stored, f, indent=1)
+    json_io.dump(stored, os.path.join(output_dir, THRESHOLD_FILE), indent=1)
     if run_meta is not None:
         run_meta.meta["display_threshold"] = stored
     return stored

@@ -34,8 +34,13 @@ def dumps(obj: Any, **kwargs) -> str:
 
 
 def dump(obj: Any, path: str, indent: int = 2) -> None:
-    """Write ``obj`` as strict JSON to ``path`` (its folder is created)."""
+    """Write ``obj`` as strict JSON to ``path`` (its folder is created), whole: through a
+    temporary file renamed over ``path`` when complete (a process killed meanwhile, or an object
+    that is not JSON, leaves the previous file as it was)."""
+    from detrex_lite.utils.files import replaced_when_done
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(dumps(obj, indent=indent) + "\n")
+    text = dumps(obj, indent=indent) + "\n"
+    with replaced_when_done(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
