@@ -66,16 +66,17 @@ def config_changes(saved_path: str, cfg: Any) -> List[ConfigChange]:
     """The keys in which ``cfg`` differs from the config saved at ``saved_path``, in file order.
 
     Raises:
-        ConfigError: ``saved_path`` is not a readable YAML mapping.
+        ConfigError: ``saved_path`` cannot be read, or is not a saved config (not UTF-8, not
+            valid YAML, empty, not a mapping: :func:`detrex_lite.config.yaml_file.read_yaml_config`).
     """
+    from omegaconf import OmegaConf
+
+    from detrex_lite.config.yaml_file import read_yaml_config
+
     try:
-        with open(saved_path, "rb") as f:
-            saved = yaml.safe_load(f.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{saved_path}: cannot be read to compare the resumed config with it ({reason})") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{saved_path}: expected a config (a YAML mapping) to compare the resumed config with")
+        saved = OmegaConf.to_container(read_yaml_config(saved_path), resolve=False)
+    except OSError as e:
+        raise ConfigError(f"{saved_path}: cannot be read to compare the resumed config with it ({e})") from None
     before, now = _flatten(saved, "", {}), _flatten(_saved_form(cfg), "", {})
     changes = []
     for key in list(before) + [k for k in now if k not in before]:
