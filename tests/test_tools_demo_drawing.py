@@ -19,7 +19,8 @@ from detrex_lite.visualization import (
     draw_detections,
     place_labels,
 )
-from test_tools_demo import _Records, demo, setup  # noqa: F401  (setup: the tiny model, its config and input images)
+from test_tools_demo import demo, setup  # noqa: F401  (setup: the tiny model, its config and input images)
+from tools_tiny_models import LogRecords
 
 
 def _changed(a, b):
@@ -83,7 +84,7 @@ def test_nothing_above_the_threshold_is_said_with_the_best_score(setup, tmp_path
     from detrex_lite.predictor import Predictor
 
     cfg_path, inputs, _, _ = setup
-    records = _Records()
+    records = LogRecords()
     logging.getLogger("detrex_lite.demo").addHandler(records)
     try:
         code = demo.main(["--config-file", cfg_path, "--input", str(inputs / "b.png"), "--output", str(tmp_path),
